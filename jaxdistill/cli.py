@@ -1,0 +1,138 @@
+"""`jaxdistill` command line: parses, hands off to the library, turns bad input into exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from typing import Callable, Sequence
+
+from jaxdistill.errors import UserError
+
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+
+
+def _keys_epilog(cls: type) -> str:
+    from jaxdistill import config
+
+    rows = "\n".join(f"  {k:<32} {v}" for k, v in config.keys(cls))
+    return f"config keys (set in the YAML or as key=value; default shown):\n{rows}"
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML recipe (default: configs/demo.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. steps=100 mesh.data=4 student.num_layers=4")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from jaxdistill import config, distributed
+    from jaxdistill.train import pretrain
+
+    distributed.maybe_initialize()
+    cfg = config.load(config.PretrainConfig, args.config, args.overrides)
+    summary = pretrain.run(cfg)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from jaxdistill import config
+    from jaxdistill.models.loading import load_pretrained
+    from jaxdistill.train import pretrain
+
+    cfg = config.load(config.PretrainConfig, args.config, args.overrides)
+    _, _, tok = load_pretrained(cfg.teacher.path)
+    out = pretrain.prepare_data(cfg, tok)
+    print(json.dumps({"prepared_dir": str(out)}))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from jaxdistill import checkpoint
+    from jaxdistill.convert import write_hf_dir
+
+    cfg, params, tok, _ = checkpoint.load_model(args.checkpoint)
+    out = write_hf_dir(cfg, params, args.out, tokenizer_dir=tok)
+    print(json.dumps({"hf_dir": str(out), "architecture": cfg.flavor, "head": cfg.head}))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jaxdistill import checkpoint
+    from jaxdistill.convert import read_hf_dir
+
+    src = Path(args.hf)
+    cfg, params = read_hf_dir(src)
+    step_dir = checkpoint.save_model(args.out, cfg, params, tokenizer_dir=src, source=str(src))
+    print(json.dumps({"checkpoint": str(step_dir), "architecture": cfg.flavor, "head": cfg.head}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jaxdistill.config import PretrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="jaxdistill",
+        description="Distil BERT-family models with JAX: general distillation, task stage, "
+                    "Hugging Face import/export.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            With no flags, `jaxdistill pretrain` runs configs/demo.yaml: TinyBERT general
+            distillation of the packaged MiniLM teacher on packaged IMDB text, then exports
+            the student to runs/demo/hf."""))
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("pretrain", help="general distillation (TinyBERT, DistilBERT)",
+                       formatter_class=fmt, epilog=_keys_epilog(PretrainConfig))
+    _add_config_args(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("prepare-data", help="tokenize a corpus into training shards",
+                       formatter_class=fmt, epilog=_keys_epilog(PretrainConfig))
+    _add_config_args(p)
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("export", help="checkpoint -> Hugging Face directory")
+    p.add_argument("--checkpoint", required=True,
+                   help="run dir (latest step), checkpoints dir, or one step dir")
+    p.add_argument("--out", required=True, help="output Hugging Face directory")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="Hugging Face directory -> Orbax checkpoint")
+    p.add_argument("--hf", required=True, help="Hugging Face model directory")
+    p.add_argument("--out", required=True, help="output directory (run-dir layout)")
+    p.set_defaults(func=cmd_import)
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print("error: " + textwrap.fill(" ".join(message.split()), width=100), file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UserError as e:
+        if args.debug:
+            raise
+        return _fail(str(e), EXIT_USAGE)
+    except Exception as e:
+        from jaxdistill.train.pretrain import TrainingDiverged
+
+        if isinstance(e, TrainingDiverged) and not args.debug:
+            return _fail(str(e), EXIT_DIVERGED)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

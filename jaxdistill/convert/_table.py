@@ -1,0 +1,178 @@
+"""Shared mechanics of the per-family mapping tables (HF tensor name <-> our param path).
+
+A family module (bert.py, distilbert.py) only lists `Entry` rows and a few config hooks; reading,
+writing, shape checks, prefixes, old LayerNorm names and tied decoders are handled here once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Iterable
+
+import jax
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from jaxdistill.errors import UserError
+from jaxdistill.models.bert import ACTIVATIONS, BertConfig, init_params
+
+log = logging.getLogger(__name__)
+
+Path = tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One tensor: HF name (without the base-model prefix when `base`), our path, transpose flag.
+
+    base: the tensor lives in the base model (`bert.`/`distilbert.` prefix inside a model with a
+      head); head tensors (`cls.*`, `classifier.*`, `vocab_*`) never carry the prefix.
+    head: part of a task head, so it may be freshly initialised when the checkpoint lacks it.
+    aliases: other names accepted on read (older checkpoints).
+    """
+
+    hf: str
+    path: Path
+    transpose: bool = False
+    base: bool = True
+    head: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+def linear(hf: str, path: Path, **kw: Any) -> list[Entry]:
+    """torch Linear (weight (out, in)) <-> flax Dense (kernel (in, out))."""
+    return [Entry(f"{hf}.weight", path + ("kernel",), transpose=True, **kw),
+            Entry(f"{hf}.bias", path + ("bias",), **kw)]
+
+
+def layer_norm(hf: str, path: Path, **kw: Any) -> list[Entry]:
+    return [Entry(f"{hf}.weight", path + ("scale",), **kw), Entry(f"{hf}.bias", path + ("bias",), **kw)]
+
+
+def embedding(hf: str, path: Path, **kw: Any) -> list[Entry]:
+    return [Entry(f"{hf}.weight", path + ("embedding",), **kw)]
+
+
+def num_labels(hf: dict[str, Any]) -> int:
+    """Label count of an HF config: id2label wins over num_labels (transformers does the same)."""
+    if isinstance(hf.get("id2label"), dict) and hf["id2label"]:
+        return len(hf["id2label"])
+    return int(hf.get("num_labels", 2))
+
+
+def activation(name: Any, key: str) -> str:
+    """Validates an HF activation name against the ones our model implements."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise UserError(f"config.json sets {key}={name!r}, which jaxdistill does not implement; "
+                        f"supported: {', '.join(sorted(ACTIVATIONS))}.")
+    return name
+
+
+def label_fields(count: int, id2label: dict[int, str] | None) -> dict[str, Any]:
+    """id2label/label2id/num_labels; keeps given label names when their count matches."""
+    if not id2label or len(id2label) != count:
+        id2label = {i: f"LABEL_{i}" for i in range(count)}
+    id2label = {int(k): str(v) for k, v in id2label.items()}
+    return {"num_labels": count,
+            "id2label": {str(k): v for k, v in sorted(id2label.items())},
+            "label2id": {v: k for k, v in sorted(id2label.items())}}
+
+
+def normalise_names(tensors: dict[str, np.ndarray], base_prefix: str) -> dict[str, np.ndarray]:
+    """Strips the base-model prefix and renames old LayerNorm `gamma`/`beta` to `weight`/`bias`."""
+    out = {}
+    for name, value in tensors.items():
+        if name.startswith(base_prefix):
+            name = name[len(base_prefix):]
+        if name.endswith(".gamma"):
+            name = name[: -len("gamma")] + "weight"
+        elif name.endswith(".beta"):
+            name = name[: -len("beta")] + "bias"
+        out[name] = value
+    return out
+
+
+def expected_shapes(cfg: BertConfig) -> dict[Path, tuple[int, ...]]:
+    """Shapes of every parameter of the per-layer (unscanned) model, without allocating it."""
+    flat_cfg = cfg.replace(scan_layers=False, remat="none")
+    shapes = jax.eval_shape(lambda: init_params(flat_cfg, jax.random.key(0)))
+    return {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()}
+
+
+def _check_table(table: list[Entry], shapes: dict[Path, tuple[int, ...]]) -> None:
+    # A table/model drift is our bug, not the user's: fail loudly with an assertion-style error.
+    paths = {e.path for e in table}
+    if paths != set(shapes):
+        raise RuntimeError(f"conversion table does not match the model: missing {set(shapes) - paths}, "
+                           f"extra {paths - set(shapes)}")
+
+
+def _cast(value: np.ndarray, dtype: str) -> np.ndarray:
+    return np.asarray(value).astype(jax.numpy.dtype(dtype))
+
+
+def read_params(
+    tensors: dict[str, np.ndarray],
+    cfg: BertConfig,
+    table: list[Entry],
+    base_prefix: str,
+    tied: Iterable[tuple[str, str]] = (),
+    init: Callable[[], dict] | None = None,
+) -> dict:
+    """HF tensors -> nested params (per-layer layout) in `cfg.param_dtype`.
+
+    tied: (decoder name, embedding name) pairs our model ties; a decoder present in the file must
+      equal the embedding. init: called for fresh params when head tensors are missing.
+    """
+    names = normalise_names(tensors, base_prefix)
+    shapes = expected_shapes(cfg)
+    _check_table(table, shapes)
+    fresh = None
+    flat: dict[Path, np.ndarray] = {}
+    for e in table:
+        found = next((n for n in (e.hf, *e.aliases) if n in names), None)
+        if found is None:
+            if not e.head:
+                raise UserError(f"The checkpoint has no tensor '{e.hf}' (looked for it with and "
+                                f"without the '{base_prefix}' prefix), which a {cfg.flavor} "
+                                f"model with head '{cfg.head}' needs.")
+            if init is None:
+                part = "pooler" if e.path[0] == "pooler" else f"'{cfg.head}' head"
+                raise UserError(f"The checkpoint has no {part} (tensor '{e.hf}' is missing). Load "
+                                f"it with a head it has (head='auto'), or pass an rng to "
+                                f"initialise the missing part randomly.")
+            if fresh is None:
+                fresh = flatten_dict(init())
+                log.warning("The checkpoint lacks the %s (first missing tensor: '%s'): initialising it "
+                            "randomly.", "pooler" if e.path[0] == "pooler" else f"'{cfg.head}' head", e.hf)
+            flat[e.path] = _cast(fresh[e.path], cfg.param_dtype)
+            continue
+        value = np.asarray(names[found])
+        if e.transpose:
+            value = value.T
+        if value.shape != shapes[e.path]:
+            shown = value.T.shape if e.transpose else value.shape
+            want = shapes[e.path][::-1] if e.transpose else shapes[e.path]
+            raise UserError(f"Tensor '{found}' has shape {tuple(shown)}, but config.json implies "
+                            f"{tuple(want)}; the weights do not belong to this config.")
+        flat[e.path] = _cast(value, cfg.param_dtype)
+    for decoder, target in tied:
+        if decoder in names and not np.array_equal(np.asarray(names[decoder]), np.asarray(names[target])):
+            raise UserError(f"Tensor '{decoder}' differs from '{target}': untied output embeddings "
+                            f"are not supported (jaxdistill ties the MLM decoder to the word "
+                            f"embeddings).")
+    return unflatten_dict(flat)
+
+
+def write_params(params: dict, cfg: BertConfig, table: list[Entry], base_prefix: str) -> dict[str, np.ndarray]:
+    """Nested params (per-layer layout) -> HF tensors in float32, contiguous for safetensors."""
+    flat = flatten_dict(params)
+    _check_table(table, {k: () for k in flat})
+    prefix = base_prefix if cfg.head != "none" else ""  # a bare base model is saved unprefixed
+    out = {}
+    for e in table:
+        value = np.asarray(flat[e.path], dtype=np.float32)
+        if e.transpose:
+            value = value.T
+        out[(prefix if e.base else "") + e.hf] = np.ascontiguousarray(value)
+    return out

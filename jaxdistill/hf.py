@@ -1,0 +1,114 @@
+"""Python API over Hugging Face directories: `load(DIR)` gives a callable JAX model, `save` writes one.
+
+    model = jaxdistill.hf.load("path/to/hf_dir")          # or "package:minilm"
+    out = model(input_ids, attention_mask, token_type_ids)
+    out.logits, out.hidden_states, out.attentions, out.last_hidden_state
+    jaxdistill.hf.save(model, "out_dir")
+
+Outputs mean what transformers' outputs mean: `hidden_states` is a tuple starting with the
+embedding output, `attentions` a tuple of softmax probabilities [B, heads, T, T] per layer.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill.assets import resolve_model_path
+from jaxdistill.convert.hf_dir import detect_architecture, read_hf_config, read_hf_dir, write_hf_dir
+from jaxdistill.models.bert import BertConfig, BertModel, Capture
+
+
+@flax.struct.dataclass
+class ModelOutputs:
+    """transformers-style outputs; fields not asked for (or without a head: logits) are None."""
+
+    last_hidden_state: jax.Array
+    logits: jax.Array | None = None
+    hidden_states: tuple[jax.Array, ...] | None = None
+    attentions: tuple[jax.Array, ...] | None = None
+    pooler_output: jax.Array | None = None
+
+
+def _forward(module: BertModel, params: dict, input_ids, attention_mask, token_type_ids,
+             capture: Capture) -> ModelOutputs:
+    out = module.apply({"params": params}, input_ids, attention_mask, token_type_ids,
+                       capture=capture, deterministic=True)
+    # Our model stacks per-layer arrays on axis 0; transformers returns tuples.
+    hidden = tuple(out.hidden_states) if out.hidden_states is not None else None
+    attn = tuple(out.attention_probs) if out.attention_probs is not None else None
+    return ModelOutputs(out.last_hidden_state, out.logits, hidden, attn, out.pooled)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_forward(config: BertConfig):
+    """One jitted forward per config, so models of the same architecture share compilations."""
+    return jax.jit(functools.partial(_forward, BertModel(config)), static_argnames=("capture",))
+
+
+class HFModel:
+    """A BERT-family model with its params; calling it runs one jitted forward pass.
+
+    architecture: the HF class it was loaded from (and is saved as). source_dir: where its
+    tokenizer files are copied from on `save`.
+    """
+
+    def __init__(self, config: BertConfig, params: dict, *, architecture: str | None = None,
+                 source_dir: str | os.PathLike | None = None,
+                 id2label: dict[int, str] | None = None):
+        self.config = config
+        self.params = params
+        self.architecture = architecture
+        self.source_dir = Path(source_dir) if source_dir is not None else None
+        self.id2label = id2label
+        self.module = BertModel(config)
+        self._jitted = _jitted_forward(config)
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, *,
+                 output_hidden_states: bool = True, output_attentions: bool = True) -> ModelOutputs:
+        """Forward pass on [B, T] token ids (numpy, lists, jax or CPU torch tensors)."""
+        capture = Capture(hidden_states=output_hidden_states, attention_probs=output_attentions)
+        return self._jitted(self.params, _ids(input_ids), _ids(attention_mask),
+                            _ids(token_type_ids), capture=capture)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"HFModel({self.architecture or c.flavor}, layers={c.num_layers}, "
+                f"hidden={c.hidden_size}, heads={c.num_heads}, head={c.head!r})")
+
+
+def _ids(x: Any) -> jax.Array | None:
+    if x is None:
+        return None
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    return jnp.asarray(np.asarray(x), dtype=jnp.int32)
+
+
+def load(path: str | os.PathLike, head: str = "auto", *, rng: jax.Array | None = None,
+         num_labels: int | None = None, **overrides: Any) -> HFModel:
+    """Loads an HF BERT/DistilBERT directory (or `package:minilm`); see `read_hf_dir` for options."""
+    path = resolve_model_path(str(path))
+    cfg, params = read_hf_dir(path, head, rng=rng, num_labels=num_labels, **overrides)
+    hf = read_hf_config(path)
+    arch, family, file_head = detect_architecture(hf)
+    if cfg.head != file_head or arch not in family.EXPORT_ARCHITECTURE.values():
+        # A different head was asked for, or BertForPreTraining (saved as BertForMaskedLM:
+        # we keep no NSP head): save as the class that holds what we have.
+        arch = family.EXPORT_ARCHITECTURE[cfg.head]
+    id2label = hf.get("id2label") if cfg.head == "classifier" else None
+    params = jax.tree.map(jnp.asarray, params)
+    return HFModel(cfg, params, architecture=arch, source_dir=path,
+                   id2label={int(k): v for k, v in id2label.items()} if id2label else None)
+
+
+def save(model: HFModel, path: str | os.PathLike) -> Path:
+    """Writes `model` as an HF directory (config.json, model.safetensors, tokenizer files)."""
+    return write_hf_dir(model.config, model.params, path, tokenizer_dir=model.source_dir,
+                        id2label=model.id2label)

@@ -1,0 +1,145 @@
+"""Shared loss terms of the distillation methods, as small pure `jax.numpy` functions.
+
+Every function casts its inputs to float32 first: teachers run in bfloat16 and students may
+too, but softmax, logs and long sums of squares lose too much in 16 bits. Each docstring names
+the original code it reproduces; tests/test_losses.py checks each against a PyTorch reference
+written the way that code computes it.
+
+Masks and weights are 1 (or True) for what counts and 0 for what does not. Where the reference
+would divide by zero (nothing selected) we return 0 instead of NaN, so that a batch without a
+single valid row cannot poison the parameters inside a jitted step.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# torch.nn.CosineEmbeddingLoss adds this to each squared norm (ATen's EPSILON).
+_COSINE_EPS = 1e-12
+# Floor for probabilities inside a log: a softmax that underflowed to 0 must not give inf.
+_PROB_FLOOR = 1e-30
+
+
+def _f32(x: jax.Array) -> jax.Array:
+    return jnp.asarray(x).astype(jnp.float32)
+
+
+def _weighted_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
+    """Mean of `values` over the rows whose weight is non-zero (all rows if `weights` is None)."""
+    if weights is None:
+        return jnp.mean(values)
+    w = jnp.broadcast_to(_f32(weights), values.shape)
+    return jnp.sum(values * w) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def soft_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array,
+                       temperature: float = 1.0, weights: jax.Array | None = None) -> jax.Array:
+    """TinyBERT's prediction-layer loss: -sum_c softmax(t/T) * log_softmax(s/T), mean over rows.
+
+    Logits are [..., C]; `weights` [...] selects rows. No T^2 factor, as in TinyBERT's
+    task_distill.py. Its `soft_cross_entropy` takes `.mean()` over all B*C elements, which is
+    this value divided by C (a constant factor that Adam all but ignores); we keep the proper
+    per-example cross entropy so the loss does not shrink with the number of labels.
+    """
+    s = _f32(student_logits) / temperature
+    t = _f32(teacher_logits) / temperature
+    per_row = -jnp.sum(jax.nn.softmax(t, axis=-1) * jax.nn.log_softmax(s, axis=-1), axis=-1)
+    return _weighted_mean(per_row, weights)
+
+
+def kl_div_with_temperature(student_logits: jax.Array, teacher_logits: jax.Array,
+                            temperature: float, weights: jax.Array | None = None) -> jax.Array:
+    """DistilBERT's distillation loss: KL(p_t || p_s) at temperature T, times T^2, batchmean.
+
+    distiller.py selects the rows it distils on (the MLM-masked tokens with
+    `restrict_ce_to_mask`) and applies `KLDivLoss(reduction='batchmean')`, i.e. the summed KL
+    divided by the number of selected rows; `weights` [...] is that selection over [..., V] logits.
+    The T^2 factor keeps the gradient scale independent of T (Hinton et al.).
+    """
+    s = _f32(student_logits) / temperature
+    t = _f32(teacher_logits) / temperature
+    log_p_t = jax.nn.log_softmax(t, axis=-1)
+    per_row = jnp.sum(jnp.exp(log_p_t) * (log_p_t - jax.nn.log_softmax(s, axis=-1)), axis=-1)
+    return _weighted_mean(per_row, weights) * temperature ** 2
+
+
+def hard_cross_entropy(logits: jax.Array, labels: jax.Array,
+                       weights: jax.Array | None = None) -> jax.Array:
+    """Cross entropy against integer labels, mean over weighted rows.
+
+    Equals `torch.nn.CrossEntropyLoss(ignore_index=-100)` when `weights` is 1 exactly where the
+    label is not ignored (for MLM: the real masked positions).
+    """
+    log_probs = jax.nn.log_softmax(_f32(logits), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return _weighted_mean(nll, weights)
+
+
+def mse(a: jax.Array, b: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """`torch.nn.MSELoss()` (mean over elements); with `mask`, over the selected elements only.
+
+    `mask` broadcasts against `a` (e.g. [B, T, 1] or [B, T] with a trailing axis added by the
+    caller), and the mean is over every selected element, as `MSELoss` on `masked_select` gives.
+    """
+    sq = jnp.square(_f32(a) - _f32(b))
+    return _weighted_mean(sq, mask)
+
+
+def logit_mse_batchmean(student_logits: jax.Array, teacher_logits: jax.Array,
+                        weights: jax.Array | None = None) -> jax.Array:
+    """DistilBERT's optional `alpha_mse` term: `MSELoss(reduction='sum')` / number of rows.
+
+    Logits [..., V]; the squared error is summed over the vocabulary and averaged over the
+    selected rows ("reproducing batchmean reduction" in distiller.py).
+    """
+    per_row = jnp.sum(jnp.square(_f32(student_logits) - _f32(teacher_logits)), axis=-1)
+    return _weighted_mean(per_row, weights)
+
+
+def attention_score_mse(student_scores: jax.Array, teacher_scores: jax.Array,
+                        key_mask: jax.Array) -> jax.Array:
+    """TinyBERT's attention loss: MSE of pre-softmax scores over all B*H*T*T elements.
+
+    Scores are [B, H, T, T] (query, key), `key_mask` is the [B, T] attention mask.
+
+    TinyBERT's models return `QK^T/sqrt(d) + mask`, where the additive mask is -10000 at padded
+    keys, and the loss first sets every score <= -100 to 0 (`torch.where(att <= -1e2, 0, att)`)
+    for student and teacher alike. So padded key columns contribute a 0 difference but still
+    count in the mean's denominator. Our `EncoderOutputs.attention_scores` are raw scaled QK^T
+    without the mask, so zeroing the padded key columns of both here gives the same value,
+    as long as real scores lie above -100 (the reference would also zero those; no trained BERT
+    comes near that) and raw scores at padded keys stay below 9900 (ditto).
+    """
+    keep = jnp.asarray(key_mask)[:, None, None, :] > 0
+    diff = jnp.where(keep, _f32(student_scores) - _f32(teacher_scores), 0.0)
+    return jnp.mean(jnp.square(diff))
+
+
+def attention_kl(student_probs: jax.Array, teacher_probs: jax.Array,
+                 mask: jax.Array | None = None) -> jax.Array:
+    """MobileBERT's attention transfer: KL(teacher || student) per query row, mean over rows.
+
+    Probabilities are [B, H, T, T] (softmax over keys already applied, padded keys ~0); `mask`
+    [B, T] selects the real query positions. The mean runs over batch, heads and real queries,
+    as the paper's 1/(T*A) sum over tokens and heads.
+    """
+    t = _f32(teacher_probs)
+    log_s = jnp.log(jnp.maximum(_f32(student_probs), _PROB_FLOOR))
+    log_t = jnp.log(jnp.maximum(t, _PROB_FLOOR))
+    per_row = jnp.sum(t * (log_t - log_s), axis=-1)  # [B, H, T]
+    weights = None if mask is None else jnp.asarray(mask)[:, None, :]
+    return _weighted_mean(per_row, weights)
+
+
+def cosine_embedding_loss(student: jax.Array, teacher: jax.Array,
+                          mask: jax.Array | None = None) -> jax.Array:
+    """DistilBERT's hidden-state loss: mean of 1 - cos(s, t) over the non-padded token vectors.
+
+    `torch.nn.CosineEmbeddingLoss` with target 1 on the rows `masked_select`ed by the attention
+    mask; the cosine uses torch's formula, dot / sqrt((|s|^2 + eps) * (|t|^2 + eps)), which is
+    also what keeps the gradient finite at a zero vector. Vectors are [..., H], `mask` [...].
+    """
+    s, t = _f32(student), _f32(teacher)
+    dot = jnp.sum(s * t, axis=-1)
+    norms = (jnp.sum(s * s, axis=-1) + _COSINE_EPS) * (jnp.sum(t * t, axis=-1) + _COSINE_EPS)
+    return _weighted_mean(1.0 - dot / jnp.sqrt(norms), mask)

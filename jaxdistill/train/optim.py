@@ -1,0 +1,49 @@
+"""Learning-rate schedules and the optimizer, built from config with optax."""
+from __future__ import annotations
+
+import optax
+
+from jaxdistill.config import OptimizerConfig
+from jaxdistill.errors import UserError
+
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+def warmup_steps(cfg: OptimizerConfig, total_steps: int) -> int:
+    return cfg.warmup_steps if cfg.warmup_steps >= 0 else int(round(cfg.warmup_ratio * total_steps))
+
+
+def schedule(cfg: OptimizerConfig, peak_lr: float, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to `peak_lr`, then linear/cosine decay to end_lr_ratio*peak (or flat)."""
+    if cfg.schedule not in SCHEDULES:
+        raise UserError(f"optimizer.schedule={cfg.schedule!r}: expected one of {', '.join(SCHEDULES)}.")
+    warm = min(warmup_steps(cfg, total_steps), total_steps)
+    decay = max(total_steps - warm, 1)
+    end = peak_lr * cfg.end_lr_ratio
+    if cfg.schedule == "linear":
+        after = optax.linear_schedule(peak_lr, end, decay)
+    elif cfg.schedule == "cosine":
+        after = optax.cosine_decay_schedule(peak_lr, decay, alpha=cfg.end_lr_ratio)
+    else:
+        after = optax.constant_schedule(peak_lr)
+    if warm == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warm), after], [warm])
+
+
+def _decay_mask(params):
+    # BERT convention: no weight decay on biases and LayerNorm parameters (1-D leaves).
+    import jax
+
+    return jax.tree.map(lambda x: x.ndim > 1, params)
+
+
+def optimizer(cfg: OptimizerConfig, peak_lr: float, total_steps: int) -> optax.GradientTransformation:
+    if cfg.name != "adamw":
+        raise UserError(f"optimizer.name={cfg.name!r}: only 'adamw' is supported.")
+    parts = []
+    if cfg.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+    parts.append(optax.adamw(schedule(cfg, peak_lr, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, mask=_decay_mask))
+    return optax.chain(*parts)

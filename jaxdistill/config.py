@@ -50,8 +50,9 @@ class TeacherConfig:
 class StudentConfig:
     """Student architecture and initialisation.
 
-    init: 'random', 'teacher_layers' (DistilBERT: copy every other teacher layer), or a path
-    (Hugging Face directory or Orbax checkpoint) to start from.
+    init: 'default' (the method's choice), 'random', 'teacher_layers' (DistilBERT: copy every
+    other teacher layer), or a model reference (Hugging Face dir, jaxdistill run dir, package:minilm).
+    freeze: parameter path prefixes (e.g. 'encoder', 'embeddings') that are not trained.
     """
 
     flavor: str = "bert"
@@ -64,7 +65,8 @@ class StudentConfig:
     attention_dropout: float = 0.1
     head: str = "none"
     num_labels: int = 2
-    init: str = "random"
+    init: str = "default"
+    freeze: list = dataclasses.field(default_factory=list)
     dtype: str = "float32"
     param_dtype: str = "float32"
     scan_layers: bool = False
@@ -173,6 +175,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise UserError(f"{where}: expected a number, got {value!r}.")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -222,10 +229,12 @@ def to_dict(cfg: Any) -> dict:
 def _deep_merge(base: dict, top: dict) -> dict:
     out = dict(base)
     for k, v in top.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
-            out[k] = _deep_merge(out[k], v)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = {**out[k], **v}
+        old = out.get(k)
+        if k == "method" and isinstance(old, dict) and isinstance(v, dict) \
+                and v.get("name", old.get("name")) != old.get("name"):
+            out[k] = v  # another method: the base's options mean nothing to it
+        elif isinstance(v, dict) and isinstance(old, dict):
+            out[k] = _deep_merge(old, v)
         else:
             out[k] = v
     return out

@@ -192,8 +192,10 @@ def test_scanned_layout_gives_same_outputs(hf_dirs, tmp_path):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0)
     hf.save(scanned, tmp_path)  # writes the per-layer HF layout from stacked params
-    assert load_file(str(tmp_path / "model.safetensors")).keys() == load_file(
-        str(path / "model.safetensors")).keys()
+    written, original = load_file(str(tmp_path / "model.safetensors")), load_file(
+        str(path / "model.safetensors"))
+    assert written.keys() == original.keys()
+    assert all(np.array_equal(written[k], original[k]) for k in written)
 
 
 def test_pytorch_model_bin(hf_dirs, tmp_path):
@@ -288,6 +290,19 @@ def test_teacher_matches_transformers(teacher):
     mask = enc["attention_mask"].astype(bool)
     diff = np.abs(np.asarray(ours.last_hidden_state) - theirs.numpy())[mask]
     assert diff.max() < TOL, diff.max()
+
+
+def test_teacher_export_loads_in_transformers(teacher, tmp_path):
+    path, enc, model = teacher
+    hf.save(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["BertModel"]
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert tok(SENTENCES, padding=True, return_tensors="np")["input_ids"].tolist() == \
+        enc["input_ids"].tolist()
+    original, written = _load_torch(transformers.AutoModel, path), _load_torch(
+        transformers.AutoModel, tmp_path)
+    for a, b in zip(original.state_dict().values(), written.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_teacher_embeddings_rank_paraphrase_first(teacher):

@@ -14,7 +14,8 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxdistill.errors import UserError
-from jaxdistill.models.bert import ACTIVATIONS, BertConfig, init_params
+from jaxdistill.models.bert import (ACTIVATIONS, BertConfig, init_params, stack_layers,
+                                    unstack_layers)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def num_labels(hf: dict[str, Any]) -> int:
 def activation(name: Any, key: str) -> str:
     """Validates an HF activation name against the ones our model implements."""
     if not isinstance(name, str) or name not in ACTIVATIONS:
-        raise UserError(f"config.json sets {key}={name!r}, which jaxdistill does not implement; "
+        raise UserError(f"{key}={name!r} is an activation jaxdistill does not implement; "
                         f"supported: {', '.join(sorted(ACTIVATIONS))}.")
     return name
 
@@ -103,12 +104,32 @@ def _check_table(table: list[Entry], shapes: dict[Path, tuple[int, ...]]) -> Non
     # A table/model drift is our bug, not the user's: fail loudly with an assertion-style error.
     paths = {e.path for e in table}
     if paths != set(shapes):
-        raise RuntimeError(f"conversion table does not match the model: missing {set(shapes) - paths}, "
-                           f"extra {paths - set(shapes)}")
+        raise RuntimeError(f"conversion table does not match the model: missing "
+                           f"{set(shapes) - paths}, extra {paths - set(shapes)}")
 
 
-def _cast(value: np.ndarray, dtype: str) -> np.ndarray:
-    return np.asarray(value).astype(jax.numpy.dtype(dtype))
+def _missing(e: Entry, cfg: BertConfig, base_prefix: str, can_init: bool) -> None:
+    """Raises for a tensor the checkpoint lacks, unless it is a head part we may initialise."""
+    if not e.head:
+        raise UserError(f"The checkpoint has no tensor '{e.hf}' (looked for it with and without "
+                        f"the '{base_prefix}' prefix), which a {cfg.flavor} model with head "
+                        f"'{cfg.head}' needs.")
+    part = "pooler" if e.path[0] == "pooler" else f"'{cfg.head}' head"
+    if not can_init:
+        raise UserError(f"The checkpoint has no {part} (tensor '{e.hf}' is missing). Load it with "
+                        f"a head it has (head='auto'), or pass an rng to initialise the missing "
+                        f"part randomly.")
+
+
+def _checked(name: str, value: np.ndarray, e: Entry, want: tuple[int, ...]) -> np.ndarray:
+    """The tensor in our layout (kernels transposed), after checking its shape."""
+    value = np.asarray(value)
+    ours = value.T if e.transpose else value
+    if ours.shape != want:
+        expected = want[::-1] if e.transpose else want  # report both in HF's (out, in) layout
+        raise UserError(f"Tensor '{name}' has shape {tuple(value.shape)}, but config.json implies "
+                        f"{tuple(expected)}; the weights do not belong to this config.")
+    return ours
 
 
 def read_params(
@@ -119,53 +140,43 @@ def read_params(
     tied: Iterable[tuple[str, str]] = (),
     init: Callable[[], dict] | None = None,
 ) -> dict:
-    """HF tensors -> nested params (per-layer layout) in `cfg.param_dtype`.
+    """HF tensors -> nested params in `cfg.param_dtype` (stacked when `cfg.scan_layers`).
 
     tied: (decoder name, embedding name) pairs our model ties; a decoder present in the file must
-      equal the embedding. init: called for fresh params when head tensors are missing.
+      equal the embedding. init: gives fresh params for head tensors the checkpoint lacks.
     """
     names = normalise_names(tensors, base_prefix)
     shapes = expected_shapes(cfg)
     _check_table(table, shapes)
-    fresh = None
+    dtype = jax.numpy.dtype(cfg.param_dtype)
+    fresh, initialised = None, []
     flat: dict[Path, np.ndarray] = {}
     for e in table:
         found = next((n for n in (e.hf, *e.aliases) if n in names), None)
         if found is None:
-            if not e.head:
-                raise UserError(f"The checkpoint has no tensor '{e.hf}' (looked for it with and "
-                                f"without the '{base_prefix}' prefix), which a {cfg.flavor} "
-                                f"model with head '{cfg.head}' needs.")
-            if init is None:
-                part = "pooler" if e.path[0] == "pooler" else f"'{cfg.head}' head"
-                raise UserError(f"The checkpoint has no {part} (tensor '{e.hf}' is missing). Load "
-                                f"it with a head it has (head='auto'), or pass an rng to "
-                                f"initialise the missing part randomly.")
-            if fresh is None:
-                fresh = flatten_dict(init())
-                log.warning("The checkpoint lacks the %s (first missing tensor: '%s'): initialising it "
-                            "randomly.", "pooler" if e.path[0] == "pooler" else f"'{cfg.head}' head", e.hf)
-            flat[e.path] = _cast(fresh[e.path], cfg.param_dtype)
-            continue
-        value = np.asarray(names[found])
-        if e.transpose:
-            value = value.T
-        if value.shape != shapes[e.path]:
-            shown = value.T.shape if e.transpose else value.shape
-            want = shapes[e.path][::-1] if e.transpose else shapes[e.path]
-            raise UserError(f"Tensor '{found}' has shape {tuple(shown)}, but config.json implies "
-                            f"{tuple(want)}; the weights do not belong to this config.")
-        flat[e.path] = _cast(value, cfg.param_dtype)
+            _missing(e, cfg, base_prefix, init is not None)
+            fresh = fresh if fresh is not None else flatten_dict(init())
+            flat[e.path] = np.asarray(fresh[e.path]).astype(dtype)
+            initialised.append(e.hf)
+        else:
+            flat[e.path] = _checked(found, names[found], e, shapes[e.path]).astype(dtype)
+    if initialised:
+        log.warning("The checkpoint lacks %d head tensors (%s); initialised them randomly.",
+                    len(initialised), ", ".join(initialised))
     for decoder, target in tied:
-        if decoder in names and not np.array_equal(np.asarray(names[decoder]), np.asarray(names[target])):
+        if decoder in names and not np.array_equal(names[decoder], names[target]):
             raise UserError(f"Tensor '{decoder}' differs from '{target}': untied output embeddings "
                             f"are not supported (jaxdistill ties the MLM decoder to the word "
                             f"embeddings).")
-    return unflatten_dict(flat)
+    params = unflatten_dict(flat)
+    return stack_layers(params, cfg.num_layers) if cfg.scan_layers else params
 
 
-def write_params(params: dict, cfg: BertConfig, table: list[Entry], base_prefix: str) -> dict[str, np.ndarray]:
-    """Nested params (per-layer layout) -> HF tensors in float32, contiguous for safetensors."""
+def write_params(params: dict, cfg: BertConfig, table: list[Entry],
+                 base_prefix: str) -> dict[str, np.ndarray]:
+    """Nested params (per-layer or scanned layout) -> HF tensors in float32, contiguous."""
+    if "layers" in params.get("encoder", {}):
+        params = unstack_layers(params, cfg.num_layers)
     flat = flatten_dict(params)
     _check_table(table, {k: () for k in flat})
     prefix = base_prefix if cfg.head != "none" else ""  # a bare base model is saved unprefixed

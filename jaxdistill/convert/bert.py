@@ -64,8 +64,8 @@ def config_from_hf(hf: dict[str, Any], head: str) -> BertConfig:
     """HF BertConfig dict (defaults as in transformers) -> our config with `head`."""
     pos = hf.get("position_embedding_type") or "absolute"
     if pos != "absolute":
-        raise UserError(f"config.json sets position_embedding_type={pos!r}; only 'absolute' "
-                        f"position embeddings are supported.")
+        raise UserError(f"position_embedding_type={pos!r} is not supported; only 'absolute' "
+                        f"position embeddings are.")
     try:
         return BertConfig(
             vocab_size=int(hf.get("vocab_size", 30522)),
@@ -87,7 +87,7 @@ def config_from_hf(hf: dict[str, Any], head: str) -> BertConfig:
             num_labels=_table.num_labels(hf),
         )
     except ValueError as e:
-        raise UserError(f"config.json describes a model jaxdistill cannot build: {e}.") from e
+        raise UserError(f"jaxdistill cannot build this model: {e}.") from e
 
 
 def config_to_hf(cfg: BertConfig, id2label: dict[int, str] | None = None) -> dict[str, Any]:
@@ -122,10 +122,11 @@ def config_to_hf(cfg: BertConfig, id2label: dict[int, str] | None = None) -> dic
 
 def params_from_hf(tensors: dict[str, np.ndarray], cfg: BertConfig,
                    init: Callable[[], dict] | None = None) -> dict:
-    """HF tensors (with or without `bert.`) -> nested params, per-layer layout."""
-    return _table.read_params(tensors, cfg, table(cfg), BASE_PREFIX, TIED, init)
+    """HF tensors (with or without `bert.`) -> nested params (stacked when cfg.scan_layers)."""
+    tied = TIED if cfg.head == "mlm" else ()  # a dropped MLM head is not checked
+    return _table.read_params(tensors, cfg, table(cfg), BASE_PREFIX, tied, init)
 
 
 def params_to_hf(params: dict, cfg: BertConfig) -> dict[str, np.ndarray]:
-    """Nested params, per-layer layout -> HF tensors named as `EXPORT_ARCHITECTURE[cfg.head]` saves them."""
+    """Nested params (either layout) -> HF tensors as `EXPORT_ARCHITECTURE[cfg.head]` names them."""
     return _table.write_params(params, cfg, table(cfg), BASE_PREFIX)

@@ -75,7 +75,7 @@ def config_from_hf(hf: dict[str, Any], head: str) -> BertConfig:
             num_labels=_table.num_labels(hf),
         )
     except ValueError as e:
-        raise UserError(f"config.json describes a model jaxdistill cannot build: {e}.") from e
+        raise UserError(f"jaxdistill cannot build this model: {e}.") from e
 
 
 def config_to_hf(cfg: BertConfig, id2label: dict[int, str] | None = None) -> dict[str, Any]:
@@ -114,10 +114,11 @@ def config_to_hf(cfg: BertConfig, id2label: dict[int, str] | None = None) -> dic
 
 def params_from_hf(tensors: dict[str, np.ndarray], cfg: BertConfig,
                    init: Callable[[], dict] | None = None) -> dict:
-    """HF tensors (with or without `distilbert.`) -> nested params, per-layer layout."""
-    return _table.read_params(tensors, cfg, table(cfg), BASE_PREFIX, TIED, init)
+    """HF tensors (with or without `distilbert.`) -> nested params (stacked when cfg.scan_layers)."""
+    tied = TIED if cfg.head == "mlm" else ()  # a dropped MLM head is not checked
+    return _table.read_params(tensors, cfg, table(cfg), BASE_PREFIX, tied, init)
 
 
 def params_to_hf(params: dict, cfg: BertConfig) -> dict[str, np.ndarray]:
-    """Nested params, per-layer layout -> HF tensors named as `EXPORT_ARCHITECTURE[cfg.head]` saves them."""
+    """Nested params (either layout) -> HF tensors as `EXPORT_ARCHITECTURE[cfg.head]` names them."""
     return _table.write_params(params, cfg, table(cfg), BASE_PREFIX)

@@ -25,7 +25,7 @@ from jaxdistill.convert import _table
 from jaxdistill.convert import bert as bert_family
 from jaxdistill.convert import distilbert as distilbert_family
 from jaxdistill.errors import UserError
-from jaxdistill.models.bert import HEADS, BertConfig, stack_layers, unstack_layers
+from jaxdistill.models.bert import HEADS, BertConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
     return hf
 
 
-def detect_architecture(hf: dict[str, Any], where: str = "config.json") -> tuple[str, ModuleType, str]:
+def detect_architecture(hf: dict[str, Any],
+                        where: str = "config.json") -> tuple[str, ModuleType, str]:
     """(architecture name, family module, head) of an HF config; raises on anything unsupported."""
     archs = hf.get("architectures") or []
     supported = ", ".join(SUPPORTED)
@@ -150,26 +151,27 @@ def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if (path / SAFETENSORS).is_file():
         return _read_safetensors(path / SAFETENSORS)
     if (path / SAFETENSORS_INDEX).is_file():
-        return {k: v for f in _shards(path, SAFETENSORS_INDEX) for k, v in _read_safetensors(f).items()}
+        shards = _shards(path, SAFETENSORS_INDEX)
+        return {k: v for f in shards for k, v in _read_safetensors(f).items()}
     if (path / TORCH_BIN).is_file():
         return _read_torch_bin(path / TORCH_BIN)
     if (path / TORCH_BIN_INDEX).is_file():
-        return {k: v for f in _shards(path, TORCH_BIN_INDEX) for k, v in _read_torch_bin(f).items()}
+        shards = _shards(path, TORCH_BIN_INDEX)
+        return {k: v for f in shards for k, v in _read_torch_bin(f).items()}
     raise UserError(f"'{path}' has config.json but no weights: expected {SAFETENSORS}, "
                     f"{SAFETENSORS_INDEX}, {TORCH_BIN} or {TORCH_BIN_INDEX}.")
 
 
-def _init_head(cfg: BertConfig, rng: jax.Array) -> dict:
+def init_head_params(cfg: BertConfig, rng: jax.Array) -> dict:
     """Fresh params in the model's init scheme; only head and pooler entries are ever used.
 
     Weights ~ normal(initializer_range), biases 0, LayerNorm scales 1: what both our modules
     and transformers' `_init_weights` do. Drawn with numpy from a seed taken from `rng`, because
     compiling the model's `init` costs seconds (op-by-op eager init even more).
     """
-    key = rng
-    if jax.numpy.issubdtype(getattr(rng, "dtype", None), jax.dtypes.prng_key):
-        key = jax.random.key_data(rng)
-    gen = np.random.default_rng(np.asarray(key, dtype=np.uint32).ravel().tolist())
+    if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)  # typed key (jax.random.key) -> its uint32 words
+    gen = np.random.default_rng(np.asarray(rng).astype(np.uint32).ravel().tolist())
     dtype = jax.numpy.dtype(cfg.param_dtype)
     flat = {}
     for path, shape in sorted(_table.expected_shapes(cfg).items()):
@@ -207,22 +209,24 @@ def read_hf_dir(
     if bad:
         raise UserError(f"Cannot override {', '.join(bad)} when loading a checkpoint; allowed: "
                         f"{', '.join(LOAD_OVERRIDES)}.")
-    cfg = family.config_from_hf(hf, head)
+    try:
+        cfg = family.config_from_hf(hf, head)
+    except UserError as e:
+        raise UserError(f"{path / 'config.json'}: {e}") from e
     if num_labels is not None:
+        if int(num_labels) < 1:
+            raise UserError(f"num_labels={num_labels}: a classifier needs at least one label.")
         cfg = cfg.replace(num_labels=int(num_labels))
     try:
         cfg = cfg.replace(**overrides)
     except ValueError as e:
         raise UserError(f"Invalid load option: {e}.") from e
-    per_layer = cfg.replace(scan_layers=False, remat="none")
-    init = None if rng is None else functools.partial(_init_head, per_layer.replace(num_layers=0), rng)
+    init = None if rng is None else functools.partial(init_head_params, cfg.replace(num_layers=0), rng)
     tensors = read_tensors(path)
     try:
-        params = family.params_from_hf(tensors, per_layer, init)
+        params = family.params_from_hf(tensors, cfg, init)
     except UserError as e:
         raise UserError(f"{path}: {e}") from e
-    if cfg.scan_layers:
-        params = stack_layers(params, cfg.num_layers)
     return cfg, params
 
 
@@ -242,16 +246,13 @@ def _replace_file(target: Path, write) -> None:
 
 def copy_tokenizer(tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[str]:
     """Copies the tokenizer files present in `tokenizer_dir`; returns their names."""
-    src = Path(tokenizer_dir)
+    src, dst = Path(tokenizer_dir), Path(out_dir)
     if not src.is_dir():
         raise UserError(f"Tokenizer directory '{src}' does not exist.")
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file() and (src / name).resolve() != (Path(out_dir) / name).resolve():
-            shutil.copyfile(src / name, Path(out_dir) / name)
-            copied.append(name)
-        elif (src / name).is_file():
-            copied.append(name)  # saving over the directory it came from: already there
+    copied = [name for name in TOKENIZER_FILES if (src / name).is_file()]
+    if src.resolve() != dst.resolve():  # saving over the source directory: already there
+        for name in copied:
+            shutil.copyfile(src / name, dst / name)
     if not copied:
         log.warning("No tokenizer files (%s) in %s; the export has no tokenizer.",
                     ", ".join(TOKENIZER_FILES), src)
@@ -270,12 +271,8 @@ def write_hf_dir(
     from safetensors.numpy import save_file
 
     family = family_for(cfg)
-    params = nn.unbox(params)
-    if cfg.scan_layers:
-        params = unstack_layers(params, cfg.num_layers)
-    per_layer = cfg.replace(scan_layers=False, remat="none")
-    hf_config = family.config_to_hf(per_layer, id2label)
-    tensors = family.params_to_hf(params, per_layer)
+    hf_config = family.config_to_hf(cfg, id2label)
+    tensors = family.params_to_hf(nn.unbox(params), cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _replace_file(out / SAFETENSORS, lambda f: save_file(tensors, str(f), metadata={"format": "pt"}))

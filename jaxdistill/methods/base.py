@@ -35,6 +35,8 @@ class Method(abc.ABC):
     teacher_head: ClassVar[str] = "none"
     # 'random' or 'teacher_layers': the student's default initialisation for this method.
     default_student_init: ClassVar[str] = "random"
+    # False for methods that train without a teacher (plain MLM): the step skips its forward.
+    needs_teacher: ClassVar[bool] = True
 
     @abc.abstractmethod
     def student_capture(self) -> Capture: ...
@@ -58,7 +60,7 @@ class Method(abc.ABC):
 
     # --- the loss ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def loss(self, params: dict, student: EncoderOutputs, teacher: EncoderOutputs,
+    def loss(self, params: dict, student: EncoderOutputs, teacher: EncoderOutputs | None,
              batch: Batch) -> tuple[jax.Array, Metrics]:
         """(scalar loss, {'loss/<term>': value, ...}); pure, runs inside jit."""
 

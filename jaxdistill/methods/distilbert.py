@@ -130,7 +130,7 @@ _SAME = ("hidden_size", "num_heads", "intermediate_size", "vocab_size", "max_pos
 
 
 def student_from_teacher_layers(teacher_params: dict, teacher_cfg: BertConfig,
-                                student_cfg: BertConfig, rng: jax.Array | None = None) -> dict:
+                                student_cfg: BertConfig, fallback: dict | None = None) -> dict:
     """Student parameters copied from the teacher as DistilBERT's extract_distilbert.py does.
 
     Copies the word and position embeddings with their LayerNorm, the layers chosen by
@@ -138,8 +138,9 @@ def student_from_teacher_layers(teacher_params: dict, teacher_cfg: BertConfig,
     embeddings are copied only if the student has them (a 'distilbert' student drops them, as
     the reference does, so its embeddings differ from the teacher's by token_type[0]); so is
     the pooler. Parameters the teacher lacks (e.g. a classifier, or the MLM head of a teacher
-    loaded without one) are initialised from `rng`, or are an error without it. Values are cast
-    to the student's param_dtype: pass full-precision teacher parameters, not the bf16 copy.
+    loaded without one) come from `fallback`, student parameters in the student's own layout
+    (e.g. its random init), and are an error without it. Values are cast to the student's
+    param_dtype: pass full-precision teacher parameters, not the bf16 copy.
     Works with scanned (stacked) layers on either side.
     """
     for key in _SAME:
@@ -154,7 +155,8 @@ def student_from_teacher_layers(teacher_params: dict, teacher_cfg: BertConfig,
     flat_cfg = student_cfg.replace(scan_layers=False)
     template = jax.eval_shape(lambda: bert.init_params(flat_cfg, jax.random.key(0)))
     source = _teacher_view(teacher, chosen)
-    fallback = bert.init_params(flat_cfg, rng) if rng is not None else None
+    if fallback is not None and student_cfg.scan_layers:
+        fallback = bert.unstack_layers(fallback, student_cfg.num_layers)
     dtype = jnp.dtype(student_cfg.param_dtype)
     student = _fill(template, source, fallback, dtype, path=())
     if student_cfg.scan_layers:
@@ -173,15 +175,14 @@ def _fill(template, source, fallback, dtype, path: tuple[str, ...]):
     if isinstance(template, Mapping):
         return {k: _fill(v, _get(source, k), _get(fallback, k), dtype, path + (k,))
                 for k, v in template.items()}
-    if source is not None:
-        if tuple(source.shape) != tuple(template.shape):
-            raise ValueError(f"teacher parameter {'/'.join(path)} has shape {source.shape}, "
-                             f"the student needs {template.shape}")
-        return jnp.asarray(source, dtype)
-    if fallback is None:
+    value, origin = (source, "teacher") if source is not None else (fallback, "fallback")
+    if value is None:
         raise ValueError(f"the teacher has no parameter {'/'.join(path)} to copy into the "
-                         f"student; pass `rng` to initialise what the teacher lacks")
-    return jnp.asarray(fallback, dtype)
+                         f"student; pass `fallback` student parameters for what the teacher lacks")
+    if tuple(value.shape) != tuple(template.shape):
+        raise ValueError(f"{origin} parameter {'/'.join(path)} has shape {tuple(value.shape)}, "
+                         f"the student needs {tuple(template.shape)}")
+    return jnp.asarray(value, dtype)
 
 
 def _get(tree, key):

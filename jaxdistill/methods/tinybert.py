@@ -12,6 +12,8 @@ with k = N_teacher / M_student (which must be an integer):
   attention of student layer i (0-based)   <- teacher layer i*k + k - 1  (last of each block)
   hidden state j (0 = embeddings, 0..M)    <- teacher hidden state j*k
 so 6 -> 3 matches attention (0,1), (1,3), (2,5) and hidden states (0,0), (1,2), (2,4), (3,6).
+In 1-based layer numbers both are the paper's g(m) = m * N / M: student layer m learns from
+teacher layer g(m), its attention and its output alike.
 
 Projection ('fit_dense'): TinyBERT's TinyBertForPreTraining has ONE Linear(student width ->
 teacher width) applied to every student hidden state, the embedding output included, so all

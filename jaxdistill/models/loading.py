@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from jaxdistill import assets, checkpoint
+from jaxdistill.convert.hf_dir import init_head_params, read_hf_dir
 from jaxdistill.errors import UserError
-from jaxdistill.models.bert import BertConfig, init_params
+from jaxdistill.models.bert import BertConfig
 
 
 def load_pretrained(ref: str, head: str = "auto", rng: jax.Array | None = None
@@ -28,9 +28,7 @@ def load_pretrained(ref: str, head: str = "auto", rng: jax.Array | None = None
                         f"(config.json + model.safetensors), a jaxdistill run/checkpoint "
                         f"directory, or package:minilm.")
     if (path / "config.json").is_file():
-        from jaxdistill.convert import read_hf_dir
-
-        cfg, params = read_hf_dir(path, head="auto")
+        cfg, params = read_hf_dir(path, head=head, rng=rng)
         tokenizer = path if any((path / f).is_file() for f in checkpoint.TOKENIZER_FILES) else None
     else:
         cfg, params, tokenizer, _ = checkpoint.load_model(path)
@@ -47,8 +45,7 @@ def with_head(cfg: BertConfig, params: dict, head: str, rng: jax.Array | None,
     if fresh_needed and fresh_needed not in params and rng is None:
         raise UserError(f"The model has no '{head}' head and none can be initialised here; "
                         f"give a checkpoint that has one.")
-    fresh = jax.tree.map(np.asarray, init_params(new_cfg.replace(scan_layers=False), rng)) \
-        if rng is not None else {}
+    fresh = init_head_params(new_cfg.replace(num_layers=0), rng) if rng is not None else {}
     out = {k: v for k, v in params.items() if k in ("embeddings", "encoder")}
     if new_cfg.flavor == "bert" and head != "mlm":
         out["pooler"] = params.get("pooler", fresh.get("pooler"))

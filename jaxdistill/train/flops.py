@@ -44,13 +44,18 @@ def forward_flops_per_token(cfg: BertConfig, seq: int, mlm_positions: int | None
     return 2 * matmul_params(cfg, mlm_positions, seq) + 4 * cfg.num_layers * seq * cfg.hidden_size
 
 
-def step_flops(student: BertConfig, teacher: BertConfig, batch: int, seq: int,
-               mlm_positions: int | None = None, extra_params: int = 0) -> float:
-    """Model FLOPs of one distillation step on `batch` sequences of length `seq`."""
+def step_flops(student: BertConfig, teacher: BertConfig | None, batch: int, seq: int,
+               mlm_positions: int | None = None, extra_params: int = 0,
+               student_backward: bool = True) -> float:
+    """Model FLOPs of one distillation step on `batch` sequences of length `seq`.
+
+    teacher None: no teacher forward (plain MLM). student_backward False: a frozen encoder,
+    counted as forward only (its small trainable head's backward is neglected).
+    """
     tokens = batch * seq
-    teacher_fwd = forward_flops_per_token(teacher, seq, mlm_positions) * tokens
+    teacher_fwd = forward_flops_per_token(teacher, seq, mlm_positions) * tokens if teacher else 0.0
     student_fwd = (forward_flops_per_token(student, seq, mlm_positions) + 2 * extra_params) * tokens
-    return teacher_fwd + 3 * student_fwd
+    return teacher_fwd + (3 if student_backward else 1) * student_fwd
 
 
 def device_peak_flops(device: jax.Device | None = None) -> tuple[float, str]:

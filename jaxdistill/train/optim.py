@@ -1,7 +1,11 @@
 """Learning-rate schedules and the optimizer, built from config with optax."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import jax
 import optax
+from flax import traverse_util
 
 from jaxdistill.config import OptimizerConfig
 from jaxdistill.errors import UserError
@@ -33,12 +37,16 @@ def schedule(cfg: OptimizerConfig, peak_lr: float, total_steps: int) -> optax.Sc
 
 def _decay_mask(params):
     # BERT convention: no weight decay on biases and LayerNorm parameters (1-D leaves).
-    import jax
-
     return jax.tree.map(lambda x: x.ndim > 1, params)
 
 
-def optimizer(cfg: OptimizerConfig, peak_lr: float, total_steps: int) -> optax.GradientTransformation:
+def optimizer(cfg: OptimizerConfig, peak_lr: float, total_steps: int,
+              frozen: Callable[[tuple[str, ...]], bool] | None = None, params: Any = None
+              ) -> optax.GradientTransformation:
+    """AdamW with warmup/decay and clipping; params for which `frozen(path)` holds never move.
+
+    `params` (arrays or shapes) is needed with `frozen`: the labels are computed from it once.
+    """
     if cfg.name != "adamw":
         raise UserError(f"optimizer.name={cfg.name!r}: only 'adamw' is supported.")
     parts = []
@@ -46,4 +54,10 @@ def optimizer(cfg: OptimizerConfig, peak_lr: float, total_steps: int) -> optax.G
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
     parts.append(optax.adamw(schedule(cfg, peak_lr, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay, mask=_decay_mask))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    if frozen is None:
+        return tx
+    labels = traverse_util.path_aware_map(
+        lambda path, _: "frozen" if frozen(path) else "train", params)
+    # Frozen params keep no optimizer moments (set_to_zero has no state).
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -28,7 +28,7 @@ from jaxdistill.models.loading import load_pretrained
 from jaxdistill.train import flops, optim, state as state_lib
 from jaxdistill.train.feed import Prefetcher
 from jaxdistill.train.metrics_log import MetricsLog
-from jaxdistill.train.step import StepContext, compile_step
+from jaxdistill.train.step import StepContext, compile_step, is_frozen
 
 
 class TrainingDiverged(RuntimeError):
@@ -96,8 +96,9 @@ def student_config(cfg: PretrainConfig, teacher: bert.BertConfig, head: str) -> 
         dtype=s.dtype, param_dtype=s.param_dtype, scan_layers=s.scan_layers, remat=s.remat)
 
 
-def _load_teacher(cfg: PretrainConfig, head: str) -> tuple[bert.BertConfig, dict, Path | None]:
-    tcfg, params, tok = load_pretrained(cfg.teacher.path)
+def _teacher_for(cfg: PretrainConfig, tcfg: bert.BertConfig, params: dict, head: str
+                 ) -> tuple[bert.BertConfig, dict]:
+    """The teacher as the method needs it: the right head, execution dtype, layer layout."""
     if head != "none" and tcfg.head != head:
         raise UserError(
             f"teacher.path={cfg.teacher.path}: method '{cfg.method.name}' needs a teacher with a "
@@ -105,72 +106,103 @@ def _load_teacher(cfg: PretrainConfig, head: str) -> tuple[bert.BertConfig, dict
             f"packaged MiniLM teacher run `jaxdistill pretrain --config configs/teacher_mlm.yaml` "
             f"and point teacher.path at its run_dir.")
     if head == "none" and tcfg.head != "none":
-        tcfg, params = tcfg.replace(head="none"), {k: v for k, v in params.items()
-                                                   if k in ("embeddings", "encoder")}
+        tcfg = tcfg.replace(head="none")
+        params = {k: v for k, v in params.items() if k in ("embeddings", "encoder")}
     if cfg.teacher.scan_layers and not tcfg.scan_layers:
         params = bert.stack_layers(params, tcfg.num_layers)
     tcfg = tcfg.replace(dtype=cfg.teacher.dtype, param_dtype=cfg.teacher.dtype,
                         scan_layers=cfg.teacher.scan_layers, remat="none")
     params = jax.tree.map(lambda x: np.asarray(x).astype(jnp.dtype(cfg.teacher.dtype)), params)
-    return tcfg, params, tok
+    return tcfg, params
 
 
-def _initial_student(cfg: PretrainConfig, method_cls, teacher_cfg, teacher_params, student_cfg):
-    init = cfg.student.init if cfg.student.init != "default" else method_cls.default_student_init
+def _initial_student(cfg: PretrainConfig, method, teacher_cfg, teacher_params, student_cfg):
+    """Host params to start the student from, or None for a random init (done on device)."""
+    init = cfg.student.init if cfg.student.init != "default" else method.default_student_init
     if init == "random":
         return None
     if init == "teacher_layers":
         from jaxdistill.methods.distilbert import student_from_teacher_layers
 
-        tparams = teacher_params
-        if teacher_cfg.scan_layers:
-            tparams = bert.unstack_layers(tparams, teacher_cfg.num_layers)
         params = student_from_teacher_layers(
-            jax.tree.map(lambda x: np.asarray(x, np.float32), tparams),
+            jax.tree.map(lambda x: np.asarray(x, np.float32), teacher_params),
             teacher_cfg.replace(scan_layers=False), student_cfg.replace(scan_layers=False))
     else:
         src_cfg, params, _ = load_pretrained(init, head=student_cfg.head,
                                              rng=jax.random.key(cfg.seed + 1))
-        mismatch = [f for f in ("hidden_size", "num_layers", "num_heads", "intermediate_size")
+        mismatch = [f for f in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
+                                "vocab_size", "flavor")
                     if getattr(src_cfg, f) != getattr(student_cfg, f)]
         if mismatch:
             raise UserError(f"student.init={init}: its {', '.join(mismatch)} differ from the "
                             f"student.* config; make them equal.")
+        if src_cfg.scan_layers:
+            params = bert.unstack_layers(params, src_cfg.num_layers)
     if student_cfg.scan_layers:
         params = bert.stack_layers(params, student_cfg.num_layers)
     return jax.tree.map(np.asarray, params)
 
 
+def _method_for(cfg: PretrainConfig, teacher_cfg: bert.BertConfig):
+    """(method, student architecture): the student's head is whatever the method needs."""
+    student_cfg = student_config(cfg, teacher_cfg, "none")
+    method = build_method(cfg.method.name, cfg.method.options, student_cfg, teacher_cfg)
+    if method.student_head != student_cfg.head:
+        student_cfg = student_cfg.replace(head=method.student_head)
+        method = build_method(cfg.method.name, cfg.method.options, student_cfg, teacher_cfg)
+    return method, student_cfg
+
+
 def build(cfg: PretrainConfig) -> Setup:
     mesh = sharding.make_mesh(cfg.mesh)
-    from jaxdistill.methods.base import REGISTRY
-
-    method_cls = REGISTRY.get(cfg.method.name)
-    if method_cls is None:  # build_method below gives the full message
-        build_method(cfg.method.name, cfg.method.options, None, None)
-    teacher_cfg, teacher_params, tok = _load_teacher(cfg, method_cls.teacher_head)
-    student_cfg = student_config(cfg, teacher_cfg, method_cls.student_head)
-    method = build_method(cfg.method.name, cfg.method.options, student_cfg, teacher_cfg)
-    init_student = _initial_student(cfg, method_cls, teacher_cfg, teacher_params, student_cfg)
-
-    tx = optim.optimizer(cfg.optimizer, cfg.learning_rate, cfg.steps)
-    ctx = StepContext(student=bert.BertModel(student_cfg), teacher=bert.BertModel(teacher_cfg),
-                      method=method, tx=tx,
-                      lr_schedule=optim.schedule(cfg.optimizer, cfg.learning_rate, cfg.steps),
-                      grad_accum=cfg.optimizer.grad_accum)
+    raw_cfg, raw_params, tok = load_pretrained(cfg.teacher.path)  # fp32, as stored
+    if raw_cfg.scan_layers:
+        raw_params = bert.unstack_layers(raw_params, raw_cfg.num_layers)
+        raw_cfg = raw_cfg.replace(scan_layers=False)
+    method, student_cfg = _method_for(cfg, raw_cfg)
+    init_student = _initial_student(cfg, method, raw_cfg, raw_params, student_cfg)
+    if method.needs_teacher:
+        teacher_cfg, teacher_params = _teacher_for(cfg, raw_cfg, raw_params, method.teacher_head)
+    else:
+        teacher_cfg, teacher_params = raw_cfg.replace(head="none"), {}
+    del raw_params
 
     params_shapes = {"student": jax.eval_shape(lambda: bert.init_params(student_cfg, jax.random.key(0))),
                      "method": jax.eval_shape(lambda: method.init_params(jax.random.key(0)))}
+    frozen = tuple(cfg.student.freeze)
+    _check_freeze(frozen, params_shapes["student"])
+    tx = optim.optimizer(cfg.optimizer, cfg.learning_rate, cfg.steps,
+                         frozen=(lambda path: path[0] == "student" and is_frozen(path[1:], frozen))
+                         if frozen else None, params=params_shapes)
+    ctx = StepContext(student=bert.BertModel(student_cfg), teacher=bert.BertModel(teacher_cfg),
+                      method=method, tx=tx,
+                      lr_schedule=optim.schedule(cfg.optimizer, cfg.learning_rate, cfg.steps),
+                      grad_accum=cfg.optimizer.grad_accum, frozen=frozen)
+
     logical = {"student": bert.logical_axes(student_cfg), "method": method.param_axes()}
     params_sh = state_lib.param_shardings(logical, params_shapes, mesh)
     state_sh = state_lib.state_shardings(tx, params_shapes, params_sh, mesh)
-    teacher_sh = sharding.shardings_for(bert.logical_axes(teacher_cfg), teacher_params, mesh)
+    teacher_sh = sharding.shardings_for(bert.logical_axes(teacher_cfg), teacher_params, mesh) \
+        if teacher_params else {}
     teacher_params = jax.device_put(teacher_params, teacher_sh)
-    batch_sh = {k: sharding.batch_sharding(mesh, 1 if k == "none" else 2) for k in (
-        "input_ids", "attention_mask", "token_type_ids", "masked_positions", "masked_ids",
-        "masked_weights")}
+    batch_sh = {k: sharding.batch_sharding(mesh, 2) for k in BATCH_KEYS}
     return Setup(cfg, mesh, student_cfg, teacher_cfg, teacher_params, tok, method, ctx, state_sh,
                  teacher_sh, batch_sh, init_student)
+
+
+BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "masked_positions", "masked_ids",
+              "masked_weights")
+
+
+def _check_freeze(prefixes: tuple[str, ...], student_shapes: dict) -> None:
+    from flax.traverse_util import flatten_dict
+
+    paths = list(flatten_dict(student_shapes))
+    for p in prefixes:
+        if not any(is_frozen(path, (p,)) for path in paths):
+            tops = sorted({"/".join(path[:2]) for path in paths})
+            raise UserError(f"student.freeze: '{p}' matches no student parameter; prefixes that "
+                            f"exist: {', '.join(tops)}.")
 
 
 def init_state(setup: Setup) -> state_lib.TrainState:
@@ -257,8 +289,10 @@ def run(cfg: PretrainConfig) -> dict:
     seq = cfg.seq_len
     masked = loader.max_predictions if setup.method.uses_masked_positions() else None
     step_flops = flops.step_flops(
-        setup.student_cfg, setup.teacher_cfg, cfg.batch_size, seq, masked,
-        extra_params=sum(x.size for x in jax.tree.leaves(state.params["method"])))
+        setup.student_cfg, setup.teacher_cfg if setup.method.needs_teacher else None,
+        cfg.batch_size, seq, masked,
+        extra_params=sum(x.size for x in jax.tree.leaves(state.params["method"])),
+        student_backward=not cfg.student.freeze)
     peak, _ = flops.device_peak_flops()
     peak_total = peak * jax.device_count()
 

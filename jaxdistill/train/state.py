@@ -7,7 +7,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from jaxdistill import sharding
 
@@ -26,13 +26,28 @@ def param_shardings(logical: Any, shapes: Any, mesh: Mesh) -> Any:
 
 def opt_state_shardings(tx: optax.GradientTransformation, params_shapes: Any,
                         params_shardings: Any, mesh: Mesh) -> Any:
-    """Optimizer moments sharded like their parameters; counters replicated."""
-    opt_shapes = jax.eval_shape(tx.init, params_shapes)
+    """Optimizer moments sharded like their parameters; counters and the rest replicated.
+
+    A state leaf belongs to a parameter when the dict keys on its path end with that
+    parameter's path and the shapes agree; this also covers wrappers such as
+    `optax.multi_transform`, whose masked states `optax.tree_map_params` cannot map.
+    """
+    by_path = {tuple(_keys(p)): s for p, s in jax.tree_util.tree_leaves_with_path(params_shardings)}
+    shapes = {tuple(_keys(p)): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params_shapes)}
     replicated = sharding.replicated(mesh)
-    return optax.tree_map_params(
-        tx, lambda _, s: s, opt_shapes, params_shardings,
-        transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, NamedSharding))
+
+    def pick(path, leaf):
+        keys = tuple(_keys(path))
+        for i in range(len(keys)):
+            if keys[i:] in by_path and shapes[keys[i:]] == leaf.shape:
+                return by_path[keys[i:]]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, jax.eval_shape(tx.init, params_shapes))
+
+
+def _keys(path) -> list[str]:
+    return [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
 
 
 def state_shardings(tx: optax.GradientTransformation, params_shapes: Any, params_sh: Any,

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from jaxdistill.methods.base import Batch, Method, Metrics
 from jaxdistill.models.bert import BertModel, EncoderOutputs
@@ -27,13 +28,16 @@ class StepContext:
     tx: optax.GradientTransformation
     lr_schedule: optax.Schedule
     grad_accum: int = 1
+    frozen: tuple[str, ...] = ()  # student param path prefixes that get no gradient
 
 
 def _model_inputs(batch: Batch) -> tuple:
     return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
 
 
-def teacher_forward(ctx: StepContext, teacher_params: Any, batch: Batch) -> EncoderOutputs:
+def teacher_forward(ctx: StepContext, teacher_params: Any, batch: Batch) -> EncoderOutputs | None:
+    if not ctx.method.needs_teacher:
+        return None
     out = ctx.teacher.apply(
         {"params": teacher_params}, *_model_inputs(batch),
         capture=ctx.method.teacher_capture(), deterministic=True,
@@ -41,14 +45,28 @@ def teacher_forward(ctx: StepContext, teacher_params: Any, batch: Batch) -> Enco
     return jax.lax.stop_gradient(out)
 
 
-def loss_fn(params: dict, ctx: StepContext, teacher_out: EncoderOutputs, batch: Batch,
+def loss_fn(params: dict, ctx: StepContext, teacher_out: EncoderOutputs | None, batch: Batch,
             rng: jax.Array) -> tuple[jax.Array, Metrics]:
+    student_params = freeze(params["student"], ctx.frozen)
     student_out = ctx.student.apply(
-        {"params": params["student"]}, *_model_inputs(batch),
+        {"params": student_params}, *_model_inputs(batch),
         capture=ctx.method.student_capture(), deterministic=False,
         masked_positions=batch["masked_positions"] if ctx.method.uses_masked_positions() else None,
         rngs={"dropout": rng})
     return ctx.method.loss(params["method"], student_out, teacher_out, batch)
+
+
+def freeze(params: dict, prefixes: tuple[str, ...]) -> dict:
+    """stop_gradient on frozen subtrees, so XLA drops their backward pass entirely."""
+    if not prefixes:
+        return params
+    return traverse_util.path_aware_map(
+        lambda path, x: jax.lax.stop_gradient(x) if is_frozen(path, prefixes) else x, params)
+
+
+def is_frozen(path: tuple[str, ...], prefixes: tuple[str, ...]) -> bool:
+    joined = "/".join(path)
+    return any(joined == p or joined.startswith(p + "/") for p in prefixes)
 
 
 def _grads(state: TrainState, ctx: StepContext, teacher_params: Any, batch: Batch,

@@ -1,0 +1,79 @@
+"""Shared builders for tests that run the real pipeline on tiny models."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def write_tiny_teacher(path: Path, arch: str = "BertModel", layers: int = 4, hidden: int = 32,
+                       heads: int = 4, seed: int = 0, nan: bool = False) -> Path:
+    """A tiny random transformers model that uses the packaged MiniLM tokenizer's vocabulary."""
+    import torch
+    import transformers
+
+    from jaxdistill import assets
+
+    src = assets.teacher_dir()
+    vocab = len((src / "vocab.txt").read_text().splitlines())
+    cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                  num_attention_heads=heads, intermediate_size=2 * hidden,
+                                  max_position_embeddings=128)
+    torch.manual_seed(seed)
+    model = getattr(transformers, arch)(cfg)
+    if nan:
+        with torch.no_grad():
+            next(p for n, p in model.named_parameters() if "encoder.layer.0" in n).fill_(float("nan"))
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).is_file():
+            (path / name).write_bytes((src / name).read_bytes())
+    return path
+
+
+def cli_env(devices: int | None = None) -> dict:
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    env["TQDM_DISABLE"] = "1"
+    return env
+
+
+def run_cli(*args: str, devices: int | None = None, timeout: int = 600,
+            check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "jaxdistill.cli", *args], cwd=REPO,
+                          env=cli_env(devices), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"jaxdistill {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+            if line.strip()]
+
+
+def loss_columns(rows: list[dict]) -> dict[int, dict[str, float]]:
+    """step -> every loss term, for bit-for-bit comparison between runs."""
+    return {r["step"]: {k: v for k, v in r.items() if k == "loss" or k.startswith("loss/")}
+            for r in rows}
+
+
+def final_params(run_dir: Path) -> dict:
+    from flax.traverse_util import flatten_dict
+
+    from jaxdistill import checkpoint
+
+    _, params, _, _ = checkpoint.load_model(run_dir)
+    return {k: np.asarray(v) for k, v in flatten_dict(params, sep="/").items()}

@@ -1,0 +1,194 @@
+"""End to end `jaxdistill pretrain`: losses fall, exact resume (SIGKILL, SIGTERM), mesh equivalence,
+the DistilBERT recipe, and clean failures."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import (REPO, cli_env, final_params, loss_columns, read_metrics, run_cli,
+                     write_tiny_teacher)
+
+TINY = ["seq_len=32", "batch_size=8", "student.hidden_size=24", "student.num_layers=2",
+        "student.num_heads=4", "student.intermediate_size=48", "data.max_documents=200",
+        "tensorboard=false", "log_every=1", "learning_rate=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    return write_tiny_teacher(tmp_path_factory.mktemp("teacher") / "bert", layers=4)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_teacher) -> Path:
+    """Tokenized IMDB shards shared by the runs below (same tokenizer, seq_len and corpus)."""
+    out = tmp_path_factory.mktemp("prepared")
+    run_cli("prepare-data", f"teacher.path={tiny_teacher}", f"data.prepared_dir={out}", *TINY)
+    return out
+
+
+def _args(run_dir: Path, teacher: Path, prepared: Path, *extra: str) -> list[str]:
+    return ["pretrain", f"run_dir={run_dir}", f"teacher.path={teacher}",
+            f"data.prepared_dir={prepared}", *TINY, *extra]
+
+
+def test_tinybert_losses_fall_and_export(tmp_path, tiny_teacher, prepared):
+    run_dir = tmp_path / "run"
+    run_cli(*_args(run_dir, tiny_teacher, prepared, "steps=30", "save_every=100"))
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    first, last = rows[0], rows[-1]
+    terms = [k for k in first if k.startswith("loss/") and k.count("/") == 1] + ["loss"]
+    assert {"loss/attn_mse", "loss/hidden_mse", "loss/embedding_mse"} <= set(terms)
+    early = {k: np.mean([r[k] for r in rows[:3]]) for k in terms}
+    late = {k: np.mean([r[k] for r in rows[-3:]]) for k in terms}
+    for k in terms:
+        assert late[k] < early[k], (k, early[k], late[k])
+    for key in ("tokens_per_sec", "lr", "grad_norm", "mfu"):
+        assert key in last and np.isfinite(last[key])
+    assert (run_dir / "config.yaml").is_file()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["30"]
+
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(run_dir / "hf")
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 24
+    tok = transformers.AutoTokenizer.from_pretrained(run_dir / "hf")
+    assert tok("a fine film")["input_ids"][0] == tok.cls_token_id
+
+
+def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 300) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ckpts = run_dir / "checkpoints"
+        done = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.is_dir() else []
+        if done:
+            return min(done)
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before its first checkpoint: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, tiny_teacher, prepared) -> Path:
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    run_cli(*_args(run_dir, tiny_teacher, prepared, "steps=120", "save_every=10", "export=false"))
+    return run_dir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_resume_is_exact(tmp_path, tiny_teacher, prepared, straight_run, sig):
+    run_dir = tmp_path / "run"
+    args = _args(run_dir, tiny_teacher, prepared, "steps=120", "save_every=10", "export=false")
+    proc = subprocess.Popen([sys.executable, "-m", "jaxdistill.cli", *args], cwd=REPO,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(run_dir, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 0, err[-3000:]
+        assert json.loads(out.strip().splitlines()[-1])["preempted"] is True
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    stopped_at = max(int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit())
+    assert stopped_at < 120, "the run finished before it was interrupted; the test proves nothing"
+
+    run_cli(*args)  # the same command again resumes
+    assert loss_columns(read_metrics(run_dir)) == loss_columns(read_metrics(straight_run))
+    a, b = final_params(run_dir), final_params(straight_run)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+MESH_SCRIPT = r"""
+import json, sys
+from jaxdistill import config
+from jaxdistill.train import pretrain
+args, meshes = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+out = {}
+for i, (d, f, t) in enumerate(meshes):
+    cfg = config.load(config.PretrainConfig, None, args + [
+        f"run_dir={sys.argv[3]}/m{i}", f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}"])
+    pretrain.run(cfg)
+    rows = [json.loads(l) for l in open(f"{sys.argv[3]}/m{i}/metrics.jsonl")]
+    out[f"{d},{f},{t}"] = [{k: v for k, v in r.items() if k == "loss" or k.startswith("loss/")}
+                          for r in rows]
+print("RESULT" + json.dumps(out))
+"""
+
+
+def _mesh_losses(tmp_path, devices, meshes, args) -> dict:
+    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, json.dumps(args), json.dumps(meshes),
+                           str(tmp_path / f"d{devices}")], cwd=REPO, env=cli_env(devices),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
+    return json.loads(line[len("RESULT"):])
+
+
+def test_meshes_match_one_device(tmp_path, tiny_teacher, prepared):
+    args = [f"teacher.path={tiny_teacher}", f"data.prepared_dir={prepared}", *TINY, "steps=3",
+            "teacher.dtype=float32", "export=false", "save_every=100"]
+    one = _mesh_losses(tmp_path, 1, [[1, 1, 1]], args)["1,1,1"]
+    many = _mesh_losses(tmp_path, 8, [[8, 1, 1], [2, 2, 2], [1, 4, 2]], args)
+    for mesh, rows in many.items():
+        assert len(rows) == len(one) == 3
+        for r1, r8 in zip(one, rows):
+            for k, v in r1.items():
+                assert r8[k] == pytest.approx(v, rel=1e-5, abs=1e-7), (mesh, k)
+
+
+def test_distilbert_recipe_with_mlm_teacher(tmp_path, prepared):
+    teacher = write_tiny_teacher(tmp_path / "mlm_teacher", arch="BertForMaskedLM", layers=4)
+    run_dir = tmp_path / "run"
+    run_cli("pretrain", "--config", "configs/distilbert_demo.yaml", f"run_dir={run_dir}",
+            f"teacher.path={teacher}", f"data.prepared_dir={prepared}", *TINY, "steps=6",
+            "student.num_layers=2", "student.hidden_size=32", "student.intermediate_size=64",
+            "save_every=100")
+    rows = read_metrics(run_dir)
+    assert {"loss/ce", "loss/mlm", "loss/cos"} <= set(rows[-1])
+    assert all(np.isfinite(r["loss"]) for r in rows)
+
+    import transformers
+
+    model = transformers.AutoModelForMaskedLM.from_pretrained(run_dir / "hf")
+    assert type(model).__name__ == "DistilBertForMaskedLM"
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, prepared):
+    teacher = write_tiny_teacher(tmp_path / "nan_teacher", nan=True)
+    run_dir = tmp_path / "run"
+    proc = run_cli(*_args(run_dir, teacher, prepared, "steps=4", "save_every=1"), check=False)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "Loss became nan" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (run_dir / "hf").exists()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("stpes=3", "Did you mean 'steps'"),
+    ("student.hidden_sise=3", "Did you mean 'hidden_size'"),
+    ("teacher.path=/nonexistent/teacher", "/nonexistent/teacher"),
+    ("method.name=tinybret", "tinybert"),
+])
+def test_bad_input_exits_2_without_traceback(tmp_path, override, needle):
+    proc = run_cli("pretrain", f"run_dir={tmp_path / 'run'}", override, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_corrupted_teacher_weights_exit_2(tmp_path):
+    teacher = write_tiny_teacher(tmp_path / "bad")
+    (teacher / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    proc = run_cli("pretrain", f"run_dir={tmp_path / 'run'}", f"teacher.path={teacher}",
+                   check=False, timeout=120)
+    assert proc.returncode == 2 and "model.safetensors" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

@@ -119,6 +119,9 @@ def _fail(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from jaxdistill.hostmem import tune_malloc
+
+    tune_malloc()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

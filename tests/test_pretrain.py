@@ -192,3 +192,36 @@ def test_corrupted_teacher_weights_exit_2(tmp_path):
                    check=False, timeout=120)
     assert proc.returncode == 2 and "model.safetensors" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_recipe_with_real_teacher_losses_fall(tmp_path):
+    """The embedded default (packaged MiniLM teacher, IMDB text), shortened to 30 steps."""
+    run_dir = tmp_path / "demo"
+    run_cli("pretrain", f"run_dir={run_dir}", "steps=30", "log_every=5", "save_every=100",
+            "data.max_documents=300", "tensorboard=false", timeout=900)
+    rows = read_metrics(run_dir)
+    first, last = rows[0], rows[-1]
+    terms = ["loss"] + [k for k in first if k.startswith("loss/") and k.count("/") == 1]
+    assert len(terms) == 4
+    for k in terms:
+        assert last[k] < first[k], (k, first[k], last[k])
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(run_dir / "hf")
+    assert (model.config.num_hidden_layers, model.config.hidden_size,
+            model.config.num_attention_heads) == (3, 312, 12)
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path, tiny_teacher, prepared):
+    run_dir = tmp_path / "run"
+    args = _args(run_dir, tiny_teacher, prepared, "steps=4", "save_every=2", "export=false")
+    run_cli(*args)
+    # What an interrupted Orbax save leaves behind: a temporary step directory, never renamed.
+    partial = run_dir / "checkpoints" / "6.orbax-checkpoint-tmp-1234"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\x00" * 10)
+    from jaxdistill import checkpoint
+
+    assert checkpoint.find_step_dir(run_dir).name == "4"
+    run_cli(*_args(run_dir, tiny_teacher, prepared, "steps=6", "save_every=2", "export=false"))
+    assert [r["step"] for r in read_metrics(run_dir)][-2:] == [5, 6]

@@ -299,20 +299,19 @@ def run(cfg: PretrainConfig) -> dict:
     log = MetricsLog(run_dir, cfg.steps, start, tensorboard=cfg.tensorboard)
     feed = Prefetcher(loader, setup.batch_sh, cfg.batch_size, depth=cfg.data.prefetch)
     clock = _Clock(start, cfg.batch_size * seq, step_flops, peak_total)
-    pending: list[tuple[int, Any]] = []  # logged steps whose metrics are still on device
-    preempted = False
+    def log_step(step: int, metrics: Any) -> None:
+        # Waiting for this step's metrics costs one dispatch gap per log interval (the next
+        # batch is already prefetched) and makes tokens/s a measured, not a queued, rate.
+        values = jax.device_get(metrics)
+        check_finite(step, values["loss"])
+        log.log(step, {**values, **clock.rates(step)})
 
-    def flush() -> None:
-        # Fetching an older step's metrics does not stall the device: it is already done.
-        for s, m in pending:
-            values = jax.device_get(m)
-            if not math.isfinite(float(values["loss"])):
-                raise TrainingDiverged(
-                    f"Loss became {float(values['loss'])} at step {s}; stopping. The last good "
-                    f"checkpoint (step {mngr.latest_step()}) is kept in {run_dir / 'checkpoints'}; "
-                    f"lower learning_rate or check the data.")
-            log.log(s, {**values, **clock.rates(s)})
-        pending.clear()
+    def check_finite(step: int, loss: Any) -> None:
+        if not math.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"Loss became {float(loss)} at step {step}; stopping. The last good checkpoint "
+                f"(step {mngr.latest_step()}) is kept in {run_dir / 'checkpoints'}; lower "
+                f"learning_rate or check the data.")
 
     try:
         with _Preemption() as preempt, setup.mesh:
@@ -323,18 +322,19 @@ def run(cfg: PretrainConfig) -> dict:
                 if step == start + 1:  # the first step includes compilation: not timed
                     jax.block_until_ready(metrics)
                     clock.restart(step)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    flush()
-                    pending.append((step, metrics))
+                logged = step % cfg.log_every == 0 or step == cfg.steps
+                if logged:
+                    log_step(step, metrics)
                 # Hosts agree on preemption at log boundaries (a collective), or at once alone.
                 check = jax.process_count() == 1 or step % cfg.log_every == 0
                 preempted = preempt.any_host() if check else False
                 if preempted or step % cfg.save_every == 0 or step == cfg.steps:
+                    if not logged:  # never save a diverged state as the last good one
+                        check_finite(step, metrics["loss"])
                     checkpoint.save(mngr, step, state, data_state, meta, force=preempted)
                 if preempted:
                     log.write(f"SIGTERM: saved step {step}; exiting.")
                     break
-            flush()
     finally:
         feed.close()
         mngr.wait_until_finished()

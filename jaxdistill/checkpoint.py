@@ -86,12 +86,17 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_state: bytes |
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, bytes | None]:
-    """Train state restored onto `target`'s shardings (any mesh), plus this process's data state."""
+    """Train state restored onto `target`'s shardings (any mesh), plus this process's data state.
+
+    The data state is None when the checkpoint has none for this process, e.g. it was written by
+    another number of processes; the caller then positions the data by step.
+    """
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
     args = {"state": ocp.args.StandardRestore(abstract)}
     step_dir = Path(_abs(mngr.directory)) / str(step)
-    has_data = (step_dir / "data").is_dir()
+    mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    has_data = (step_dir / "data" / mine).is_file()
     if has_data:
         args["data"] = grain_ckpt.CheckpointRestore(DataState())
     restored = mngr.restore(step, args=ocp.args.Composite(**args))
@@ -163,12 +168,24 @@ def load_model(path: str | Path) -> tuple[BertConfig, dict, Path | None, dict]:
         raise UserError(f"{step_dir} was not written by jaxdistill (its metadata has no 'model').")
     cfg = BertConfig(**meta["model"])
     try:
-        tree = ocp.StandardCheckpointer().restore(step_dir / "state")
+        params = _read_student_params(step_dir / "state")
     except Exception as e:  # orbax raises many types for unreadable data
         raise UserError(f"Could not read checkpoint {step_dir / 'state'}: {e}") from None
-    params = jax.tree.map(np.asarray, tree["params"]["student"])
     tok = run_dir_of(step_dir) / "tokenizer"
     return cfg, params, (tok if tok.is_dir() else None), meta
+
+
+def _read_student_params(state_dir: Path) -> dict:
+    """Only params/student, as host NumPy: works on any machine, whatever mesh wrote it."""
+    ckptr = ocp.PyTreeCheckpointer()
+    tree = ckptr.metadata(state_dir).item_metadata
+    is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
+    item = {"params": {"student": jax.tree.map(lambda m: np.zeros((), m.dtype),
+                                               tree["params"]["student"], is_leaf=is_leaf)}}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    out = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+    return out["params"]["student"]
 
 
 def save_model(run_dir: str | Path, cfg: BertConfig, params: dict, tokenizer_dir: str | Path | None,

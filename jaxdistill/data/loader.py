@@ -1,21 +1,22 @@
 """The pretraining input pipeline: prepared ArrayRecord shards -> masked host batches (grain).
 
-Each process reads only its share of the records: grain's IndexSampler splits the record index
-space into `process_count` contiguous shards (remainder dropped), shuffles within the shard with
-`seed`, a fresh order every epoch, and runs forever. Masking is a grain RandomMap, seeded per
-record by grain from (seed, global sample index), so each row's masking is the same whatever the
-worker count. Batches depend only on (data, seed, process_index, process_count, batch size,
-masking settings, num_workers): never on restarts. (With num_workers > 0 grain forms each batch
-inside one worker from every num_workers-th sample, so batch composition, but not the set of rows
-an epoch sees, changes with num_workers; a saved state needs the same num_workers to restore.)
+Global batches do not depend on how many processes read them. The records are shuffled with
+`seed` (a fresh order every epoch, grain's MapDataset shuffle-then-repeat), each position of that
+endless sequence is masked with a generator grain seeds from (seed, position), and global batch k
+is positions [k*B, (k+1)*B). Process p of P reads only rows [p*B/P, (p+1)*B/P) of every global
+batch, which is exactly where `jax.make_array_from_process_local_data` puts them. So one process
+with 4 devices and 2 processes with 2 devices each see the same batches row for row (dropout
+included), and a run can move to another process count at any step.
 
 The iterator is checkpointable: `get_state()` is a small JSON-serialisable dict (store it with
 the model checkpoint); `set_state(state)` on a new iterator built with the same arguments makes
-the following batches bit-identical to an uninterrupted run. The state does not embed file
-paths, so the prepared directory may move between save and restore.
+the following batches bit-identical to an uninterrupted run; `skip_to(step)` positions any
+iterator at global batch `step` (what a restore onto another process count uses). The state
+does not embed file paths, so the prepared directory may move between save and restore.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -83,17 +84,40 @@ def _mask_transform(spec: MaskingSpec, seq_len: int, dtype: str, pad_id: int):
     return MaskExample()
 
 
+class _ProcessRows:
+    """Local element j of process p -> global position (j // b) * B + p * b + j % b."""
+
+    def __init__(self, global_batch: int, local_batch: int, process_index: int):
+        self.global_batch, self.local_batch, self.offset = global_batch, local_batch, \
+            process_index * local_batch
+
+    def __call__(self, j: int) -> int:
+        return (j // self.local_batch) * self.global_batch + self.offset + j % self.local_batch
+
+
 class PretrainLoader:
     """Endless iterator of host batches (dicts of NumPy arrays, process-local rows)."""
 
-    def __init__(self, data_loader, manifest: dict, local_batch_size: int, spec: MaskingSpec):
-        self._data_loader = data_loader
-        self._iterator = iter(data_loader)
+    def __init__(self, dataset, manifest: dict, local_batch_size: int, spec: MaskingSpec,
+                 workers: int, fingerprint: str):
+        self._dataset = dataset
+        self._fingerprint = fingerprint
+        self._workers = workers
+        self._iterator = self._start(dataset)
         self.manifest = manifest
         self.local_batch_size = local_batch_size
         self.seq_len = int(manifest["settings"]["seq_len"])
         self.max_predictions = spec.max_predictions
         self.num_examples = int(manifest["num_examples"])
+
+    def _start(self, dataset):
+        import grain
+
+        it_ds = dataset.to_iter_dataset(
+            grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
+        if self._workers > 0:
+            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers))
+        return iter(it_ds)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self
@@ -103,21 +127,29 @@ class PretrainLoader:
 
     def get_state(self) -> dict[str, Any]:
         """JSON-serialisable position of the iterator (after the batches already returned)."""
-        return json.loads(self._iterator.get_state().decode())
+        return {**self._iterator.get_state(), "fingerprint": self._fingerprint}
 
     def set_state(self, state: dict | bytes | str) -> None:
         """Continue from a state of `get_state()` taken on an iterator with the same arguments."""
-        if isinstance(state, dict):
-            state = json.dumps(state)
+        if isinstance(state, bytes):
+            state = state.decode()
         if isinstance(state, str):
-            state = state.encode()
+            state = json.loads(state)
+        if not isinstance(state, dict) or state.get("fingerprint") != self._fingerprint:
+            raise UserError(
+                "The saved data-iterator state does not fit this data loader (the prepared data, "
+                "seed, process count or data.num_workers changed since the checkpoint).")
         try:
-            self._iterator.set_state(state)
-        except (ValueError, KeyError, json.JSONDecodeError) as e:
+            self._iterator.set_state({k: v for k, v in state.items() if k != "fingerprint"})
+        except (ValueError, KeyError, TypeError) as e:
             raise UserError(
                 "The saved data-iterator state does not fit this data loader (the prepared data, "
                 "seed, process count or data.num_workers changed since the checkpoint): "
                 f"{str(e).splitlines()[0]}") from None
+
+    def skip_to(self, batch_index: int) -> None:
+        """Position the iterator so the next batch is global batch `batch_index`."""
+        self._iterator = self._start(self._dataset[batch_index:])
 
 
 def _allow_unparsed_absl_flags() -> None:
@@ -170,15 +202,16 @@ def make_loader(prepared_dir: str | Path, global_batch_size: int, seed: int,
 
     if num_workers > 0:
         _allow_unparsed_absl_flags()
-    shard = grain.sharding.ShardOptions(shard_index=process_index, shard_count=process_count,
-                                        drop_remainder=True)
-    sampler = grain.samplers.IndexSampler(num_records=num_records, shard_options=shard,
-                                          shuffle=True, num_epochs=None, seed=seed)
     transform = _mask_transform(spec, seq_len, manifest["dtype"], manifest["special_ids"]["pad"])
-    loader = grain.DataLoader(
-        data_source=PreparedSource(prepared_dir, manifest), sampler=sampler,
-        operations=[transform, grain.transforms.Batch(batch_size=local_batch, drop_remainder=True)],
-        worker_count=num_workers, worker_buffer_size=max(1, prefetch), shard_options=shard,
-        # Reading is cheap (one small record per row): two threads keep one batch ahead.
-        read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(16, local_batch)))
-    return PretrainLoader(loader, manifest, local_batch, spec)
+    source = grain.MapDataset.source(PreparedSource(prepared_dir, manifest))
+    # Shuffle before repeat: every epoch gets its own order. Masking seeds from the position in
+    # this global sequence, so it does not depend on which process reads the row.
+    positions = source.shuffle(seed=seed).repeat(None).random_map(transform, seed=seed)
+    rows = _ProcessRows(global_batch_size, local_batch, process_index)
+    local = grain.MapDataset.range(2**62).map(rows).map(lambda g: positions[g])
+    dataset = local.batch(local_batch, drop_remainder=True)
+    # What the saved position means: restoring it under other settings would silently change data.
+    fingerprint = hashlib.sha256(repr((
+        repr(PreparedSource(prepared_dir, manifest)), seed, global_batch_size, process_index,
+        process_count, mlm_probability, mlm_smoothing, num_workers)).encode()).hexdigest()[:16]
+    return PretrainLoader(dataset, manifest, local_batch, spec, num_workers, fingerprint)

@@ -281,6 +281,8 @@ def run(cfg: PretrainConfig) -> dict:
         state, data_state = checkpoint.restore_state(mngr, start, state)
         if data_state is not None:
             loader.set_state(data_state)
+        else:  # written by another process count: global batches are a function of the step
+            loader.skip_to(start)
     start = int(start or 0)
     meta = checkpoint.model_meta(setup.student_cfg, run_config=config_lib.to_dict(cfg))
 

@@ -114,6 +114,9 @@ class MethodConfig:
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     run_dir: str = "runs/demo"
+    # Where Orbax writes checkpoints; default run_dir/checkpoints. May be a gs:// bucket path
+    # (Orbax/tensorstore); the run dir itself (metrics, config, export) must be a local/mounted path.
+    checkpoint_dir: str = ""
     seed: int = 0
     steps: int = 1000
     batch_size: int = 32

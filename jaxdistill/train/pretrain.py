@@ -261,6 +261,20 @@ def make_loader(cfg: PretrainConfig, data_dir: Path):
                         num_workers=cfg.data.num_workers)
 
 
+def _restore_or_init(setup: Setup, mngr, loader) -> tuple[state_lib.TrainState, int]:
+    """Resume from the latest complete checkpoint (onto this mesh), else a fresh state."""
+    state = init_state(setup)
+    start = mngr.latest_step()
+    if start is None:
+        return state, 0
+    state, data_state = checkpoint.restore_state(mngr, start, state)
+    if data_state is not None:
+        loader.set_state(data_state)
+    else:  # written by another process count: global batches are a function of the step
+        loader.skip_to(start)
+    return state, int(start)
+
+
 def run(cfg: PretrainConfig) -> dict:
     """Train (or resume) to `cfg.steps`; returns a summary. Exact resume on the same mesh."""
     run_dir = Path(cfg.run_dir)
@@ -273,17 +287,10 @@ def run(cfg: PretrainConfig) -> dict:
     data_dir = prepare_data(cfg, setup.tokenizer_dir)
     loader = make_loader(cfg, data_dir)
 
-    mngr = checkpoint.manager(run_dir / "checkpoints", keep=cfg.keep_checkpoints,
-                              keep_every=cfg.keep_every, async_save=cfg.async_checkpoint)
-    state = init_state(setup)
-    start = mngr.latest_step()
-    if start is not None:
-        state, data_state = checkpoint.restore_state(mngr, start, state)
-        if data_state is not None:
-            loader.set_state(data_state)
-        else:  # written by another process count: global batches are a function of the step
-            loader.skip_to(start)
-    start = int(start or 0)
+    mngr = checkpoint.manager(cfg.checkpoint_dir or run_dir / "checkpoints",
+                              keep=cfg.keep_checkpoints, keep_every=cfg.keep_every,
+                              async_save=cfg.async_checkpoint)
+    state, start = _restore_or_init(setup, mngr, loader)
     meta = checkpoint.model_meta(setup.student_cfg, run_config=config_lib.to_dict(cfg))
 
     step_fn = compile_step(setup.ctx, setup.state_sh, setup.teacher_sh, setup.batch_sh,
@@ -301,6 +308,8 @@ def run(cfg: PretrainConfig) -> dict:
     log = MetricsLog(run_dir, cfg.steps, start, tensorboard=cfg.tensorboard)
     feed = Prefetcher(loader, setup.batch_sh, cfg.batch_size, depth=cfg.data.prefetch)
     clock = _Clock(start, cfg.batch_size * seq, step_flops, peak_total)
+    preempted = False
+
     def log_step(step: int, metrics: Any) -> None:
         # Waiting for this step's metrics costs one dispatch gap per log interval (the next
         # batch is already prefetched) and makes tokens/s a measured, not a queued, rate.
@@ -312,7 +321,7 @@ def run(cfg: PretrainConfig) -> dict:
         if not math.isfinite(float(loss)):
             raise TrainingDiverged(
                 f"Loss became {float(loss)} at step {step}; stopping. The last good checkpoint "
-                f"(step {mngr.latest_step()}) is kept in {run_dir / 'checkpoints'}; lower "
+                f"(step {mngr.latest_step()}) is kept in {mngr.directory}; lower "
                 f"learning_rate or check the data.")
 
     try:
@@ -327,9 +336,11 @@ def run(cfg: PretrainConfig) -> dict:
                 logged = step % cfg.log_every == 0 or step == cfg.steps
                 if logged:
                     log_step(step, metrics)
-                # Hosts agree on preemption at log boundaries (a collective), or at once alone.
+                # Hosts agree on SIGTERM at log boundaries (a collective), or at once alone; on TPU
+                # pods JAX's preemption service also names a step that every host stops at.
                 check = jax.process_count() == 1 or step % cfg.log_every == 0
-                preempted = preempt.any_host() if check else False
+                preempted = (preempt.any_host() if check else False) or (
+                    jax.process_count() > 1 and mngr.reached_preemption(step))
                 if preempted or step % cfg.save_every == 0 or step == cfg.steps:
                     if not logged:  # never save a diverged state as the last good one
                         check_finite(step, metrics["loss"])

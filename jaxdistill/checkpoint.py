@@ -24,6 +24,7 @@ import grain.checkpoint as grain_ckpt
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxdistill.errors import UserError
 from jaxdistill.models.bert import BertConfig
@@ -94,9 +95,9 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
     args = {"state": ocp.args.StandardRestore(abstract)}
-    step_dir = Path(_abs(mngr.directory)) / str(step)
+    step_dir = epath.Path(mngr.directory) / str(step)  # epath: local disk or gs:// alike
     mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    has_data = (step_dir / "data" / mine).is_file()
+    has_data = (step_dir / "data" / mine).exists()
     if has_data:
         args["data"] = grain_ckpt.CheckpointRestore(DataState())
     restored = mngr.restore(step, args=ocp.args.Composite(**args))

@@ -225,3 +225,21 @@ def test_half_written_checkpoint_is_ignored(tmp_path, tiny_teacher, prepared):
     assert checkpoint.find_step_dir(run_dir).name == "4"
     run_cli(*_args(run_dir, tiny_teacher, prepared, "steps=6", "save_every=2", "export=false"))
     assert [r["step"] for r in read_metrics(run_dir)][-2:] == [5, 6]
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path, tiny_teacher, prepared):
+    """k microbatches averaged = one full batch (dropout off, so both see the same function)."""
+    runs = {}
+    for k in (1, 2):
+        run_dir = tmp_path / f"accum{k}"
+        run_cli(*_args(run_dir, tiny_teacher, prepared, "steps=3", "save_every=100",
+                       "export=false", "teacher.dtype=float32", "student.hidden_dropout=0",
+                       "student.attention_dropout=0", f"optimizer.grad_accum={k}"))
+        runs[k] = run_dir
+    a, b = loss_columns(read_metrics(runs[1])), loss_columns(read_metrics(runs[2]))
+    for step in a:
+        for key, v in a[step].items():
+            assert b[step][key] == pytest.approx(v, rel=1e-5), (step, key)
+    pa, pb = final_params(runs[1]), final_params(runs[2])
+    for key in pa:
+        np.testing.assert_allclose(pa[key], pb[key], rtol=1e-4, atol=1e-6, err_msg=key)

@@ -58,6 +58,10 @@ class Method(abc.ABC):
         """Logical axis names (PartitionSpec pytree) for `init_params`' output."""
         return {}
 
+    def forward_flops_per_token(self) -> float:
+        """Model FLOPs per token of the method's own layers (forward), for MFU accounting."""
+        return 0.0
+
     # --- the loss ---------------------------------------------------------------------------
     @abc.abstractmethod
     def loss(self, params: dict, student: EncoderOutputs, teacher: EncoderOutputs | None,

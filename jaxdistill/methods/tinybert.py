@@ -217,6 +217,11 @@ class TinyBert(Method):
         kernel = self.student.initializer_range * jax.random.normal(rng, (h_s, h_t), dtype)
         return {"fit_dense": {"kernel": kernel, "bias": jnp.zeros((h_t,), dtype)}}
 
+    def forward_flops_per_token(self) -> float:
+        # fit_dense runs once per matched hidden state (embeddings included).
+        uses = sum(m.feature != "attention" for m in self.matches)
+        return 2.0 * uses * self.student.hidden_size * self.teacher.hidden_size
+
     def param_axes(self) -> dict:
         if not self._needs_projection():
             return {}

@@ -45,7 +45,7 @@ def forward_flops_per_token(cfg: BertConfig, seq: int, mlm_positions: int | None
 
 
 def step_flops(student: BertConfig, teacher: BertConfig | None, batch: int, seq: int,
-               mlm_positions: int | None = None, extra_params: int = 0,
+               mlm_positions: int | None = None, method_flops_per_token: float = 0.0,
                student_backward: bool = True) -> float:
     """Model FLOPs of one distillation step on `batch` sequences of length `seq`.
 
@@ -54,7 +54,8 @@ def step_flops(student: BertConfig, teacher: BertConfig | None, batch: int, seq:
     """
     tokens = batch * seq
     teacher_fwd = forward_flops_per_token(teacher, seq, mlm_positions) * tokens if teacher else 0.0
-    student_fwd = (forward_flops_per_token(student, seq, mlm_positions) + 2 * extra_params) * tokens
+    student_fwd = (forward_flops_per_token(student, seq, mlm_positions)
+                   + method_flops_per_token) * tokens
     return teacher_fwd + (3 if student_backward else 1) * student_fwd
 
 

@@ -300,7 +300,7 @@ def run(cfg: PretrainConfig) -> dict:
     step_flops = flops.step_flops(
         setup.student_cfg, setup.teacher_cfg if setup.method.needs_teacher else None,
         cfg.batch_size, seq, masked,
-        extra_params=sum(x.size for x in jax.tree.leaves(state.params["method"])),
+        method_flops_per_token=setup.method.forward_flops_per_token(),
         student_backward=not cfg.student.freeze)
     peak, _ = flops.device_peak_flops()
     peak_total = peak * jax.device_count()

@@ -11,6 +11,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# A tiny pretrain run: small student, short sequences, every step logged.
+TINY = ["seq_len=32", "batch_size=8", "student.hidden_size=24", "student.num_layers=2",
+        "student.num_heads=4", "student.intermediate_size=48", "data.max_documents=200",
+        "tensorboard=false", "log_every=1", "learning_rate=1e-3"]
 
 
 def write_tiny_teacher(path: Path, arch: str = "BertModel", layers: int = 4, hidden: int = 32,

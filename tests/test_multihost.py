@@ -3,7 +3,6 @@ and restoring a checkpoint onto another mesh / device count."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -12,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import REPO, cli_env, final_params, loss_columns, read_metrics, run_cli
-from test_pretrain import TINY, prepared, tiny_teacher  # noqa: F401  (module fixtures)
+from helpers import REPO, TINY, cli_env, final_params, loss_columns, read_metrics, run_cli
 
 LOCAL = str(REPO / "launch" / "local.sh")
 

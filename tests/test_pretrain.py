@@ -3,7 +3,6 @@ the DistilBERT recipe, and clean failures."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,26 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import (REPO, cli_env, final_params, loss_columns, read_metrics, run_cli,
+from helpers import (REPO, TINY, cli_env, final_params, loss_columns, read_metrics, run_cli,
                      write_tiny_teacher)
-
-TINY = ["seq_len=32", "batch_size=8", "student.hidden_size=24", "student.num_layers=2",
-        "student.num_heads=4", "student.intermediate_size=48", "data.max_documents=200",
-        "tensorboard=false", "log_every=1", "learning_rate=1e-3"]
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory) -> Path:
-    return write_tiny_teacher(tmp_path_factory.mktemp("teacher") / "bert", layers=4)
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_teacher) -> Path:
-    """Tokenized IMDB shards shared by the runs below (same tokenizer, seq_len and corpus)."""
-    out = tmp_path_factory.mktemp("prepared")
-    run_cli("prepare-data", f"teacher.path={tiny_teacher}", f"data.prepared_dir={out}", *TINY)
-    return out
-
 
 def _args(run_dir: Path, teacher: Path, prepared: Path, *extra: str) -> list[str]:
     return ["pretrain", f"run_dir={run_dir}", f"teacher.path={teacher}",

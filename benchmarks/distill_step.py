@@ -150,7 +150,7 @@ def ratio(jax_rep: dict, torch_res: dict | None, mode: str) -> float | None:
 def print_memory(mem: dict, peak: int | None, source: str, rss: int) -> None:
     print("\nMemory (the teacher is frozen: no optimizer state, no gradients)")
     print(f"  train state (donated):  student params {fmt_bytes(mem['student_params_bytes'])}, "
-          f"method params (fit_dense) {fmt_bytes(mem['method_params_bytes'])}, "
+          f"method params {fmt_bytes(mem['method_params_bytes'])}, "
           f"optimizer state {fmt_bytes(mem['opt_state_bytes'])} "
           f"(= {mem['opt_state_bytes'] / max(mem['student_params_bytes'] + mem['method_params_bytes'], 1):.2f}"
           f" x trainable params: Adam mu + nu)")

@@ -302,7 +302,8 @@ def run(cfg: PretrainConfig) -> dict:
         method_flops_per_token=setup.method.forward_flops_per_token(),
         student_backward=not cfg.student.freeze)
     peak, _ = flops.device_peak_flops()
-    peak_total = peak * jax.device_count()
+    # A CPU's measured peak is the whole machine's, however many fake devices split it.
+    peak_total = peak if jax.devices()[0].platform == "cpu" else peak * jax.device_count()
 
     log = MetricsLog(run_dir, cfg.steps, start, tensorboard=cfg.tensorboard)
     feed = Prefetcher(loader, setup.batch_sh, cfg.batch_size, depth=cfg.data.prefetch)

@@ -44,29 +44,8 @@ set -euo pipefail
 usage() { sed -n '2,/^# Bad arguments/p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "tpu_vm.sh: error: $*" >&2; echo "Run 'launch/tpu_vm.sh --help' for the options." >&2; exit 2; }
 
-# Quote one word for a POSIX shell: bare when it holds only safe characters, otherwise in single
-# quotes (a ' inside becomes '\''). Printed commands can be pasted back into a shell, and the
-# remote command string survives the worker's shell unchanged. Result in REPLY.
-shq() {
-  local s=$1 q="'\\''" t
-  if [[ $s =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then REPLY=$s; return; fi
-  t=${s//\'/$q}
-  REPLY="'$t'"
-}
-# A command line from words; `--flag=value` keeps the flag bare and quotes only the value.
-shjoin() {
-  local out="" w
-  for w in "$@"; do
-    if [[ $w =~ ^(--[A-Za-z0-9-]+=)(.*)$ ]]; then
-      local flag=${BASH_REMATCH[1]}
-      shq "${BASH_REMATCH[2]}"; REPLY="$flag$REPLY"
-    else
-      shq "$w"
-    fi
-    out+="${out:+ }$REPLY"
-  done
-  REPLY=$out
-}
+# shq / shjoin: POSIX quoting of words and command lines.
+source "$(dirname "${BASH_SOURCE[0]}")/_quote.sh"
 
 name="" zone="" project="" accelerator="v5litepod-64" runtime="" create=0 queued=0 spot=0
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)" remote_dir="jaxdistill"

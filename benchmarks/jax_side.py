@@ -226,7 +226,7 @@ def run(bc: BenchConfig, work_dir: Path, breakdown: bool = False, export: bool =
     teacher = setup.teacher_params
 
     step_fn = step_lib.compile_step(setup.ctx, setup.state_sh, setup.teacher_sh, setup.batch_sh,
-                                    sharding.replicated(setup.mesh), setup.mesh, sharding.RULES)
+                                    sharding.replicated(setup.mesh), sharding.RULES)
     with setup.mesh:
         t0 = time.perf_counter()
         lowered = step_fn.lower(state, teacher, batch)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxdistill.convert.hf_dir import copy_tokenizer as copy_files
 from jaxdistill.errors import UserError
 from jaxdistill.models.bert import BertConfig
 
@@ -141,18 +141,13 @@ def model_meta(cfg: BertConfig, **extra: Any) -> dict:
     return {"model": dataclasses.asdict(cfg), **extra}
 
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
 def copy_tokenizer(src: str | Path | None, run_dir: str | Path) -> Path | None:
     """Copy the tokenizer files next to the checkpoints (`run_dir/tokenizer`), so runs are portable."""
     if src is None:
         return None
     dst = Path(run_dir) / "tokenizer"
     dst.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (Path(src) / name).is_file() and Path(src).resolve() != dst.resolve():
-            shutil.copyfile(Path(src) / name, dst / name)
+    copy_files(src, dst)
     return dst
 
 

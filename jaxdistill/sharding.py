@@ -130,7 +130,3 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
-
-def flax_rules() -> tuple[tuple[str, Any], ...]:
-    """RULES in the form `flax.linen.logical_axis_rules` takes (for activation constraints)."""
-    return RULES

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Literal
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -285,13 +285,15 @@ class MlmHead(nn.Module):
     cfg: BertConfig
 
     @nn.compact
-    def __call__(self, x, word_embeddings):
+    def __call__(self, x, word_table):
         cfg = self.cfg
         x = _dense(cfg.hidden_size, ("embed", "embed_out"), cfg, "transform")(x)
         x = _layer_norm(cfg, "transform_norm")(ACTIVATIONS[cfg.hidden_act](x))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
                           (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
-        logits = word_embeddings.attend(x)
+        # During init the table arrives boxed with its logical axes; the decoder only needs values.
+        table = nn.unbox(word_table) if isinstance(word_table, nn.Partitioned) else word_table
+        logits = jnp.einsum("...h,vh->...v", x, table.astype(x.dtype))
         return logits + bias.astype(logits.dtype)
 
 
@@ -349,20 +351,10 @@ class BertModel(nn.Module):
             if masked_positions is not None:
                 feats = jnp.take_along_axis(last, masked_positions[..., None], axis=1)
             word = embeddings.variables["params"]["word"]["embedding"]
-            logits = MlmHead(cfg, name="mlm_head")(feats, _TiedEmbedding(word, cfg))
+            logits = MlmHead(cfg, name="mlm_head")(feats, word)
         elif cfg.head == "classifier":
             logits = Classifier(cfg, name="classifier")(pooled, last[:, 0], deterministic)
         return EncoderOutputs(last, hidden_states, scores, probs, pooled, logits)
-
-
-@dataclasses.dataclass
-class _TiedEmbedding:
-    table: jax.Array
-    cfg: BertConfig
-
-    def attend(self, x):
-        table = nn.unbox(self.table) if isinstance(self.table, nn.Partitioned) else self.table
-        return jnp.einsum("...h,vh->...v", x, table.astype(x.dtype))
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:
@@ -394,5 +386,3 @@ def logical_axes(cfg: BertConfig, seq_len: int = 8) -> Any:
     boxed = jax.eval_shape(lambda: BertModel(cfg).init(jax.random.key(0), jnp.zeros(ids.shape, ids.dtype)))
     return nn.get_partition_spec(boxed["params"])
 
-
-Head = Literal["none", "mlm", "classifier"]

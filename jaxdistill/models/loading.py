@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 
 from jaxdistill import assets, checkpoint
-from jaxdistill.convert.hf_dir import init_head_params, read_hf_dir
+from jaxdistill.convert.hf_dir import TOKENIZER_FILES, init_head_params, read_hf_dir
 from jaxdistill.errors import UserError
 from jaxdistill.models.bert import BertConfig
 
@@ -29,7 +29,7 @@ def load_pretrained(ref: str, head: str = "auto", rng: jax.Array | None = None
                         f"directory, or package:minilm.")
     if (path / "config.json").is_file():
         cfg, params = read_hf_dir(path, head=head, rng=rng)
-        tokenizer = path if any((path / f).is_file() for f in checkpoint.TOKENIZER_FILES) else None
+        tokenizer = path if any((path / f).is_file() for f in TOKENIZER_FILES) else None
     else:
         cfg, params, tokenizer, _ = checkpoint.load_model(path)
     if head != "auto" and head != cfg.head:

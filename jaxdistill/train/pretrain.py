@@ -6,7 +6,6 @@ setup (mesh, teacher, student, method, data) -> restore-or-init -> jitted steps 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import signal
 import time
@@ -293,7 +292,7 @@ def run(cfg: PretrainConfig) -> dict:
     meta = checkpoint.model_meta(setup.student_cfg, run_config=config_lib.to_dict(cfg))
 
     step_fn = compile_step(setup.ctx, setup.state_sh, setup.teacher_sh, setup.batch_sh,
-                           sharding.replicated(setup.mesh), setup.mesh, sharding.RULES)
+                           sharding.replicated(setup.mesh), sharding.RULES)
     seq = cfg.seq_len
     masked = loader.max_predictions if setup.method.uses_masked_positions() else None
     step_flops = flops.step_flops(
@@ -396,6 +395,3 @@ def export_student(setup: Setup, state: state_lib.TrainState, out_dir: Path) -> 
         write_hf_dir(setup.student_cfg, params, out_dir, tokenizer_dir=tok if tok.is_dir() else None)
     return out_dir
 
-
-def describe(summary: dict) -> str:
-    return json.dumps(summary)

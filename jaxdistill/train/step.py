@@ -104,7 +104,7 @@ def train_step(state: TrainState, teacher_params: Any, batch: Batch, ctx: StepCo
 
 
 def compile_step(ctx: StepContext, state_sh: Any, teacher_sh: Any, batch_sh: Any,
-                 metrics_sh: Any, mesh: jax.sharding.Mesh, rules: Any):
+                 metrics_sh: Any, rules: Any):
     """`train_step` jitted with explicit shardings, donating the state."""
     def step(state, teacher_params, batch):
         with nn.logical_axis_rules(rules):

@@ -258,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import torch_side
 
             print(f"\ntorch: {', '.join(modes)} with {rep['threads']} threads ...", flush=True)
+            import jax
+
+            device = "cuda" if jax.default_backend() == "gpu" else "cpu"
             torch_res = torch_side.run(jr, bc, modes, rep["threads"], rep["model_flops_per_step"],
-                                       rep["peak_flops"], breakdown=args.breakdown)
+                                       rep["peak_flops"], breakdown=args.breakdown, device=device)
             bf16 = "bfloat16" in (bc.dtype, bc.teacher_dtype)
             rtol = args.loss_rtol if args.loss_rtol is not None else (3e-2 if bf16 else 1e-3)
             check = loss_check(rep["loss_jax"], torch_res, rtol)

@@ -85,14 +85,17 @@ def tinybert_loss(s_out, t_out, fit_dense, layers_per_block: int):
 class TorchTinyBert:
     """Teacher, student, fit_dense and AdamW, set up from the JAX side's initial weights."""
 
-    def __init__(self, teacher_dir: Path, student_dir: Path, fit_dense: dict, bc, lr: float):
+    def __init__(self, teacher_dir: Path, student_dir: Path, fit_dense: dict, bc, lr: float,
+                 device: str = "cpu"):
         import torch
 
+        self.device = device
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
         self.student_autocast = bc.dtype != "float32"
         self.student_dtype = dtypes[bc.dtype]
-        self.teacher = load_bert(teacher_dir, dtypes[bc.teacher_dtype]).eval().requires_grad_(False)
-        self.student = load_bert(student_dir, torch.float32).train()
+        self.teacher = load_bert(teacher_dir, dtypes[bc.teacher_dtype]).to(device).eval()
+        self.teacher.requires_grad_(False)
+        self.student = load_bert(student_dir, torch.float32).to(device).train()
         for name, p in self.student.config.to_dict().items():
             if name.endswith("dropout_prob") and p:
                 raise RuntimeError(f"student {name}={p}: the benchmark runs without dropout")
@@ -101,6 +104,7 @@ class TorchTinyBert:
         with torch.no_grad():
             self.fit_dense.weight.copy_(kernel.T)
             self.fit_dense.bias.copy_(torch.from_numpy(np.array(fit_dense["bias"], np.float32)))
+        self.fit_dense.to(device)
         self.k = self.teacher.config.num_hidden_layers // self.student.config.num_hidden_layers
         params = list(self.student.parameters()) + list(self.fit_dense.parameters())
         self.params = params
@@ -117,7 +121,7 @@ class TorchTinyBert:
             t_out = self.teacher(input_ids=input_ids, attention_mask=attention_mask,
                                  token_type_ids=token_type_ids, output_hidden_states=True,
                                  output_attentions=True)
-        with torch.autocast("cpu", dtype=self.student_dtype, enabled=self.student_autocast):
+        with torch.autocast(self.device, dtype=self.student_dtype, enabled=self.student_autocast):
             s_out = self.student(input_ids=input_ids, attention_mask=attention_mask,
                                  token_type_ids=token_type_ids, output_hidden_states=True,
                                  output_attentions=True)
@@ -137,16 +141,19 @@ class TorchTinyBert:
         return step
 
 
-def torch_batch(batch: dict[str, np.ndarray]) -> dict:
+def torch_batch(batch: dict[str, np.ndarray], device: str = "cpu") -> dict:
     import torch
 
-    return {k: torch.from_numpy(batch[k].astype(np.int64))
+    return {k: torch.from_numpy(batch[k].astype(np.int64)).to(device)
             for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
 def run(jr, bc, modes: list[str], threads: int, flops_per_step: float,
-        peak_flops: float | None, breakdown: bool = False) -> dict:
-    """Time each torch mode ('eager', 'compile'); each starts from the same initial weights."""
+        peak_flops: float | None, breakdown: bool = False, device: str = "cpu") -> dict:
+    """Time each torch mode ('eager', 'compile'); each starts from the same initial weights.
+
+    device 'cuda' when the JAX side ran on a GPU, so both race on the same chip.
+    """
     import torch
     import transformers
 
@@ -154,20 +161,21 @@ def run(jr, bc, modes: list[str], threads: int, flops_per_step: float,
     transformers.logging.set_verbosity_error()  # the expected "pooler UNEXPECTED" load report
     transformers.utils.logging.disable_progress_bar()
     _register_attention()
-    batch = torch_batch(jr.batch)
+    batch = torch_batch(jr.batch, device)
     tokens = bc.batch * bc.seq
     out: dict[str, Any] = {"torch_version": torch.__version__,
                            "transformers_version": transformers.__version__,
-                           "torch_threads": torch.get_num_threads()}
+                           "torch_threads": torch.get_num_threads(), "torch_device": device}
     for mode in modes:
-        model = TorchTinyBert(jr.teacher_dir, jr.student_dir, jr.fit_dense, bc, bc.learning_rate)
+        model = TorchTinyBert(jr.teacher_dir, jr.student_dir, jr.fit_dense, bc, bc.learning_rate,
+                              device)
         try:
             out[mode] = _run_mode(model, mode, batch, bc, tokens, flops_per_step, peak_flops)
         except Exception as e:  # report a broken torch.compile instead of failing the benchmark
             if mode != "compile":
                 raise
             out[mode] = {"error": f"{type(e).__name__}: {str(e)[:2000]}"}
-        if breakdown and mode == "eager":
+        if breakdown and mode == "eager" and device == "cpu":
             out["breakdown_eager"] = _breakdown(
                 TorchTinyBert(jr.teacher_dir, jr.student_dir, jr.fit_dense, bc, bc.learning_rate),
                 batch, bc.repeats)
@@ -188,7 +196,8 @@ def _run_mode(model: TorchTinyBert, mode: str, batch: dict, bc, tokens: int,
 
     def run_steps(n: int) -> None:
         for _ in range(n):
-            step(batch)
+            last = step(batch)
+        last.cpu()  # waits for the device, as the JAX side's block_until_ready
 
     times = time_steps(run_steps, bc.steps, bc.repeats)
     return {**summarize(times, tokens, flops_per_step, peak_flops), "loss": first,

@@ -138,6 +138,87 @@ class PretrainConfig:
     optimizer: OptimizerConfig = OptimizerConfig()
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """A labeled task (jaxdistill/data/tasks.py). `name` picks a preset of columns and metrics.
+
+    source: 'package:rotten_tomatoes', 'package:imdb', 'tfds:glue/sst2' (TFDS on disk), a GLUE
+    task directory (train.tsv + dev.tsv), or one CSV/TSV/JSONL file (split by dev_split).
+    Empty column/metric keys take the preset's values.
+    """
+
+    name: str = "rotten_tomatoes"
+    source: str = ""  # default: the preset's source
+    train_file: str = ""  # explicit files override source
+    dev_file: str = ""
+    text_a_column: str = ""
+    text_b_column: str = ""
+    label_column: str = ""
+    num_labels: int = 0  # 0 = from the preset / the data; 1 = regression
+    metric: str = ""  # the dev metric that selects the best checkpoint
+    dev_split: float = 0.1  # share of the labeled data held out when the source has no dev set
+    split_seed: int = 0
+    max_train_examples: int = 0  # 0 = all
+    max_dev_examples: int = 0
+    augmented: str = ""  # JSONL written by `jaxdistill augment`: replaces the train set
+    tfds_data_dir: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """`jaxdistill finetune`: plain fine-tuning or task distillation on one task.
+
+    The student's architecture is the one of `student.init` (a general-distillation run dir, an
+    Orbax step dir, a Hugging Face directory or package:minilm); the student.* width/depth keys
+    are not used here, only dropout, dtype, scan/remat, freeze.
+    """
+
+    run_dir: str = "runs/task_teacher"
+    checkpoint_dir: str = ""
+    seed: int = 0
+    steps: int = 0  # 0 = epochs * steps per epoch
+    epochs: float = 3.0
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    seq_len: int = 64
+    learning_rate: float = 5e-5
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    keep_every: int = 0
+    log_every: int = 10
+    eval_every: int = 100  # also at the end of every run
+    export: bool = True  # write run_dir/hf (the best dev checkpoint) at the end
+    tensorboard: bool = True
+    async_checkpoint: bool = True
+    mesh: MeshConfig = MeshConfig()
+    teacher: TeacherConfig = TeacherConfig(path="", dtype="float32")
+    student: StudentConfig = StudentConfig(init="package:minilm", hidden_dropout=0.1,
+                                           attention_dropout=0.1)
+    method: MethodConfig = MethodConfig(name="finetune")
+    task: TaskConfig = TaskConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """`jaxdistill augment`: TinyBERT's data augmentation of a task's training set.
+
+    mlm_model: a model with an MLM head (a run dir of configs/teacher_mlm.yaml, or a Hugging
+    Face BertForMaskedLM directory); its embedding table also gives the nearest neighbours that
+    stand in for GloVe.
+    """
+
+    out: str = "runs/augment/train_aug.jsonl"
+    mlm_model: str = "runs/teacher_mlm"
+    task: TaskConfig = TaskConfig()
+    n: int = 20  # augmented copies per example (N)
+    m: int = 15  # candidates per word (M)
+    p_t: float = 0.4  # probability of replacing a word
+    seed: int = 0
+    batch_size: int = 128  # MLM forward batch
+    seq_len: int = 128
+
+
 # --------------------------------------------------------------------------------------------
 # Loading and validation
 

@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scaling-meshes", default="1,1,1;8,1,1;4,2,1;2,2,2",
                    help="';'-separated data,fsdp,tensor meshes (devices = product)")
     p.add_argument("--json", help="write the report as JSON to this file")
+    p.add_argument("--profile", help="trace 3 extra steps with jax.profiler into this directory "
+                                     "and write the compiled step's HLO there (step.hlo.txt)")
     args = p.parse_args(argv)
     if args.teacher != "random":
         given = [f for f in TEACHER_SIZE_FLAGS if getattr(args, f) is not None]
@@ -241,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(--method tinybert).")
     print(f"config: {bc}", flush=True)
     with tempfile.TemporaryDirectory(prefix="jaxdistill-bench-") as tmp:
-        jr = jax_side.run(bc, Path(tmp), breakdown=args.breakdown, export=bool(modes))
+        jr = jax_side.run(bc, Path(tmp), breakdown=args.breakdown, export=bool(modes),
+                          profile_dir=Path(args.profile) if args.profile else None)
         rep = jr.report
         print(f"device: {rep['device']} x{rep['device_count']}, mesh {rep['mesh_shape']}, "
               f"threads {rep['threads']}; compile {rep['compile_s']:.1f} s")

@@ -202,9 +202,11 @@ def device_peak_memory() -> tuple[int | None, str]:
 # ---------------------------------------------------------------------------------- run
 
 
-def run(bc: BenchConfig, work_dir: Path, breakdown: bool = False, export: bool = True) -> JaxRun:
+def run(bc: BenchConfig, work_dir: Path, breakdown: bool = False, export: bool = True,
+        profile_dir: Path | None = None) -> JaxRun:
     """Build, compile, warm up and time the jaxdistill step; returns the report and the
-    artifacts the torch side needs."""
+    artifacts the torch side needs. profile_dir: also trace 3 steps there (jax.profiler) and
+    write the optimized HLO of the step as step.hlo.txt."""
     if bc.malloc_tuning:
         from jaxdistill.hostmem import tune_malloc
 
@@ -247,6 +249,12 @@ def run(bc: BenchConfig, work_dir: Path, breakdown: bool = False, export: bool =
         if bc.warmup > 1:
             run_steps(bc.warmup - 1)
         times = time_steps(run_steps, bc.steps, bc.repeats)
+        if profile_dir is not None:  # after the timing, so tracing never skews the figures
+            Path(profile_dir).mkdir(parents=True, exist_ok=True)
+            Path(profile_dir, "step.hlo.txt").write_text(compiled.as_text() or "")
+            jax.profiler.start_trace(str(profile_dir))
+            run_steps(3)
+            jax.profiler.stop_trace()
         holder["state"], metrics = compiled(holder["state"], teacher, batch)
         final_loss = float(jax.device_get(metrics["loss"]))
 

@@ -185,10 +185,13 @@ def _read_student_params(state_dir: Path) -> dict:
 
 
 def save_model(run_dir: str | Path, cfg: BertConfig, params: dict, tokenizer_dir: str | Path | None,
-               step: int = 0, **extra_meta: Any) -> Path:
-    """Write params as `run_dir/checkpoints/<step>/` plus `run_dir/tokenizer` (for `import`)."""
+               step: int = 0, keep: int = 0, **extra_meta: Any) -> Path:
+    """Write params as `run_dir/checkpoints/<step>/` plus `run_dir/tokenizer` (for `import`).
+
+    keep > 0 drops all but the newest `keep` steps (the task stage's single best checkpoint).
+    """
     run_dir = Path(run_dir).expanduser()
-    mngr = manager(run_dir / "checkpoints", keep=0, async_save=False)
+    mngr = manager(run_dir / "checkpoints", keep=keep, async_save=False)
     state = {"params": {"student": params}, "step": np.int64(step)}
     meta = model_meta(cfg, **extra_meta)
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),

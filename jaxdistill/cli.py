@@ -11,6 +11,7 @@ from jaxdistill.errors import UserError
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+FINETUNE_DEFAULT = "task/teacher.yaml"
 
 
 def _keys_epilog(cls: type) -> str:
@@ -34,6 +35,38 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = config.load(config.PretrainConfig, args.config, args.overrides)
     summary = pretrain.run(cfg)
     print(json.dumps(summary))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from jaxdistill import config, distributed
+    from jaxdistill.train import finetune
+
+    distributed.maybe_initialize()
+    cfg = config.load(config.FinetuneConfig, args.config, args.overrides,
+                      default=FINETUNE_DEFAULT)
+    print(json.dumps(finetune.run(cfg)))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from jaxdistill import config
+    from jaxdistill.train import finetune
+
+    cfg = config.load(config.FinetuneConfig, args.config, args.overrides,
+                      default=FINETUNE_DEFAULT)
+    print(json.dumps(finetune.evaluate_model(args.model, cfg.task, cfg.seq_len,
+                                             cfg.eval_batch_size, split=args.split)))
+    return 0
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    from jaxdistill import config
+    from jaxdistill.data import augment
+
+    cfg = config.load(config.AugmentConfig, args.config, args.overrides,
+                      default="task/augment.yaml")
+    print(json.dumps(augment.run(cfg)))
     return 0
 
 
@@ -73,7 +106,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxdistill.config import PretrainConfig
+    from jaxdistill.config import AugmentConfig, FinetuneConfig, PretrainConfig
 
     parser = argparse.ArgumentParser(
         prog="jaxdistill",
@@ -92,6 +125,29 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt, epilog=_keys_epilog(PretrainConfig))
     _add_config_args(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="task stage: fine-tune or distil on a labeled task",
+                       formatter_class=fmt, epilog=_keys_epilog(FinetuneConfig))
+    p.add_argument("--config", help=f"YAML recipe (default: configs/{FINETUNE_DEFAULT})")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. steps=100 task.name=sst2 method.name=kd")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="a classifier (checkpoint or HF dir) on a task's dev set",
+                       formatter_class=fmt, epilog=_keys_epilog(FinetuneConfig))
+    p.add_argument("--model", required=True,
+                   help="finetune run dir, its best/ dir, an Orbax step dir or a HF directory")
+    p.add_argument("--split", choices=("dev", "train"), default="dev")
+    p.add_argument("--config", help=f"recipe giving task.*, seq_len, eval_batch_size "
+                                    f"(default: configs/{FINETUNE_DEFAULT})")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. task.name=sst2")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("augment", help="TinyBERT data augmentation of a task's training set",
+                       formatter_class=fmt, epilog=_keys_epilog(AugmentConfig))
+    p.add_argument("--config", help="YAML recipe (default: configs/task/augment.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. n=4 p_t=0.4")
+    p.set_defaults(func=cmd_augment)
 
     p = sub.add_parser("prepare-data", help="tokenize a corpus into training shards",
                        formatter_class=fmt, epilog=_keys_epilog(PretrainConfig))

@@ -187,7 +187,10 @@ class FinetuneConfig:
     keep_every: int = 0
     log_every: int = 10
     eval_every: int = 100  # also at the end of every run
-    export: bool = True  # write run_dir/hf (the best dev checkpoint) at the end
+    # run_dir/best holds the checkpoint with the best dev `task.metric` ('best') or the final
+    # one ('last': TinyBERT's intermediate stage, whose classifier is not trained yet).
+    select: str = "best"
+    export: bool = True  # write run_dir/hf (the selected checkpoint) at the end
     tensorboard: bool = True
     async_checkpoint: bool = True
     mesh: MeshConfig = MeshConfig()
@@ -214,6 +217,9 @@ class AugmentConfig:
     n: int = 20  # augmented copies per example (N)
     m: int = 15  # candidates per word (M)
     p_t: float = 0.4  # probability of replacing a word
+    # Augment only this many training examples (a fixed-seed subset; 0 = all). Every original is
+    # kept. The MLM forwards (one per word) dominate: ~30/s for MiniLM on 2 CPU cores.
+    max_augmented: int = 0
     seed: int = 0
     batch_size: int = 128  # MLM forward batch
     seq_len: int = 128

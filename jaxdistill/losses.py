@@ -18,6 +18,8 @@ import jax.numpy as jnp
 _COSINE_EPS = 1e-12
 # Floor for probabilities inside a log: a softmax that underflowed to 0 must not give inf.
 _PROB_FLOOR = 1e-30
+# torch.nn.functional.normalize's default eps: the smallest norm a vector is divided by.
+_NORMALIZE_EPS = 1e-12
 
 
 def _f32(x: jax.Array) -> jax.Array:
@@ -143,3 +145,50 @@ def cosine_embedding_loss(student: jax.Array, teacher: jax.Array,
     dot = jnp.sum(s * t, axis=-1)
     norms = (jnp.sum(s * s, axis=-1) + _COSINE_EPS) * (jnp.sum(t * t, axis=-1) + _COSINE_EPS)
     return _weighted_mean(1.0 - dot / jnp.sqrt(norms), mask)
+
+
+def kd_kl_elementwise_mean(student_logits: jax.Array, teacher_logits: jax.Array,
+                           temperature: float) -> jax.Array:
+    """PKD's distillation term: `KLDivLoss()(log_softmax(s/T), softmax(t/T)) * T^2`.
+
+    KLDivLoss's default reduction 'mean' (src/KD_loss.py `distillation_loss` in
+    PKD-for-BERT-Model-Compression) averages over all B*C entries, so this is the per-example
+    KL of `kl_div_with_temperature` divided by the number of classes C. We keep the reference's
+    scale because it is summed with other terms whose published weights assume it.
+    Logits are [B, C].
+    """
+    s = _f32(student_logits)
+    return kl_div_with_temperature(s, teacher_logits, temperature) / s.shape[-1]
+
+
+def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
+    """`torch.nn.CrossEntropyLoss(label_smoothing=eps)`: targets (1 - eps) one-hot + eps / C.
+
+    Logits [..., C], integer labels [...]; mean over rows. smoothing=0 is `hard_cross_entropy`.
+    """
+    log_probs = jax.nn.log_softmax(_f32(logits), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    uniform = -jnp.mean(log_probs, axis=-1)
+    return jnp.mean((1.0 - smoothing) * nll + smoothing * uniform)
+
+
+def patience_loss(student: jax.Array, teacher: jax.Array, normalize: bool = True) -> jax.Array:
+    """PKD's patience loss (src/KD_loss.py `patience_loss`): MSE of L2-normalised vectors.
+
+    Inputs are the matched layers' [CLS] states, [..., H] with matching leading shapes (PKD
+    stacks them to [B, layers, H]). With `normalize` each vector is divided by
+    max(||v||_2, 1e-12) as `F.normalize(p=2, dim=-1)` does; then `F.mse_loss` takes the mean
+    over every element (batch, layers and hidden units alike): the paper's sum over layers of
+    squared distances, divided by B * layers * H. The reference returns it in fp16 (`.half()`);
+    we keep float32.
+    """
+    s, t = _f32(student), _f32(teacher)
+    if normalize:
+        s, t = _l2_normalize(s), _l2_normalize(t)
+    return jnp.mean(jnp.square(s - t))
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    """x / max(||x||, eps), written as sqrt(max(|x|^2, eps^2)) so a zero vector's gradient is 0."""
+    sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+    return x / jnp.sqrt(jnp.maximum(sq, _NORMALIZE_EPS ** 2))

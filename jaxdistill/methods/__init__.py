@@ -6,7 +6,7 @@ from typing import Any
 
 from jaxdistill.config import from_dict
 from jaxdistill.errors import UserError
-from jaxdistill.methods import distilbert, mlm, tinybert  # noqa: F401  (registers the methods)
+from jaxdistill.methods import distilbert, finetune, kd, mlm, pkd, tinybert  # noqa: F401
 from jaxdistill.methods.base import REGISTRY, Method
 from jaxdistill.models.bert import BertConfig
 

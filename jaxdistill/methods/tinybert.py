@@ -5,7 +5,9 @@ Stages (option `stage`):
       teacher's width) + attention-score MSE, on the layer matches; no MLM or prediction loss.
       This is TinyBERT's general_distill.py and task_distill.py without `--pred_distill`.
   task_prediction: soft cross entropy at `temperature` between the classifier logits
-      (task_distill.py with `--pred_distill`, classification tasks).
+      (task_distill.py with `--pred_distill`, classification tasks). For a regression student
+      (num_labels == 1, STS-B) task_distill.py instead takes `MSELoss()` between the student's
+      output and the gold score, `label_ids`, not the teacher's output; so does this.
 
 Layer matches are data (`matches`). Without them the uniform map of TinyBERT's code is used,
 with k = N_teacher / M_student (which must be an integer):
@@ -230,6 +232,9 @@ class TinyBert(Method):
     # --- the loss ---------------------------------------------------------------------------
     def loss(self, params: dict, student: EncoderOutputs, teacher: EncoderOutputs,
              batch: Batch) -> tuple[jax.Array, Metrics]:
+        if self.predicting and self.student.num_labels == 1:
+            term = losses.mse(student.logits[..., 0], batch["labels"])
+            return term, {"loss/mse": term}
         if self.predicting:
             term = losses.soft_cross_entropy(student.logits, teacher.logits,
                                              self.options.temperature)

@@ -166,12 +166,21 @@ class Embeddings(nn.Module):
     @nn.compact
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
         cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
         word = _embed(cfg.vocab_size, ("vocab", "embed"), cfg, "word")
-        x = word(input_ids)
-        positions = jnp.arange(input_ids.shape[-1])[None, :]
-        x = x + _embed(cfg.max_position_embeddings, (None, "embed"), cfg, "position")(positions)
+        # Gather rows of the parameter-dtype table, then cast: the backward pass becomes an fp32
+        # scatter-add (exact sums, native atomics) rather than a bf16 one, which took 46 ms of a
+        # 200 ms BERT-base -> TinyBERT6 step on an H100 (benchmarks/RESULTS.md).
+        x = jnp.take(word.embedding, input_ids, axis=0).astype(dtype)
+        # Positions are 0..T-1 for every row: a slice, whose gradient is a sum over the batch.
+        position = _embed(cfg.max_position_embeddings, (None, "embed"), cfg, "position")
+        x = x + position.embedding[:input_ids.shape[-1]].astype(dtype)[None]
         if cfg.type_vocab_size:
-            x = x + _embed(cfg.type_vocab_size, (None, "embed"), cfg, "token_type")(token_type_ids)
+            # A one-hot matmul: a scatter-add of B*T rows into 2 table rows serialises on
+            # atomics (104 ms of that 200 ms step).
+            token_type = _embed(cfg.type_vocab_size, (None, "embed"), cfg, "token_type")
+            one_hot = jax.nn.one_hot(token_type_ids, cfg.type_vocab_size, dtype=dtype)
+            x = x + jnp.einsum("btk,kh->bth", one_hot, token_type.embedding.astype(dtype))
         x = _layer_norm(cfg, "norm")(x)
         return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
 

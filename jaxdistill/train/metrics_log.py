@@ -48,7 +48,7 @@ class MetricsLog:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(k, v, step)
-        if self._bar is not None:
+        if self._bar is not None and "loss" in row:  # an evaluation-only row has no loss
             self._bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}",
                                   tok_s=f"{row.get('tokens_per_sec', 0):.0f}", refresh=False)
 

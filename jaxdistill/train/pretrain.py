@@ -33,7 +33,7 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class _Preemption:
+class Preemption:
     """SIGTERM sets a flag; the loop saves at the next step boundary and exits cleanly."""
 
     def __init__(self):
@@ -94,7 +94,7 @@ def student_config(cfg: PretrainConfig, teacher: bert.BertConfig, head: str) -> 
         dtype=s.dtype, param_dtype=s.param_dtype, scan_layers=s.scan_layers, remat=s.remat)
 
 
-def _teacher_for(cfg: PretrainConfig, tcfg: bert.BertConfig, params: dict, head: str
+def teacher_for(cfg: PretrainConfig, tcfg: bert.BertConfig, params: dict, head: str
                  ) -> tuple[bert.BertConfig, dict]:
     """The teacher as the method needs it: the right head, execution dtype, layer layout."""
     if head != "none" and tcfg.head != head:
@@ -160,21 +160,32 @@ def build(cfg: PretrainConfig) -> Setup:
     method, student_cfg = _method_for(cfg, raw_cfg)
     init_student = _initial_student(cfg, method, raw_cfg, raw_params, student_cfg)
     if method.needs_teacher:
-        teacher_cfg, teacher_params = _teacher_for(cfg, raw_cfg, raw_params, method.teacher_head)
+        teacher_cfg, teacher_params = teacher_for(cfg, raw_cfg, raw_params, method.teacher_head)
     else:
         teacher_cfg, teacher_params = raw_cfg.replace(head="none"), {}
     del raw_params
 
+    return assemble(cfg, mesh, method, student_cfg, teacher_cfg, teacher_params, tok,
+                    init_student, total_steps=cfg.steps, batch_ndims=dict.fromkeys(BATCH_KEYS, 2))
+
+
+def assemble(cfg: Any, mesh: jax.sharding.Mesh, method: Any, student_cfg: bert.BertConfig,
+             teacher_cfg: bert.BertConfig, teacher_params: Any, tok: Path | None,
+             init_student: Any, *, total_steps: int, batch_ndims: dict[str, int]) -> Setup:
+    """Optimizer, step context and shardings for models already chosen (pretrain and finetune).
+
+    `cfg` is any recipe with student.freeze, optimizer, learning_rate and seed.
+    """
     params_shapes = {"student": jax.eval_shape(lambda: bert.init_params(student_cfg, jax.random.key(0))),
                      "method": jax.eval_shape(lambda: method.init_params(jax.random.key(0)))}
     frozen = tuple(cfg.student.freeze)
     _check_freeze(frozen, params_shapes["student"])
-    tx = optim.optimizer(cfg.optimizer, cfg.learning_rate, cfg.steps,
+    tx = optim.optimizer(cfg.optimizer, cfg.learning_rate, total_steps,
                          frozen=(lambda path: path[0] == "student" and is_frozen(path[1:], frozen))
                          if frozen else None, params=params_shapes)
     ctx = StepContext(student=bert.BertModel(student_cfg), teacher=bert.BertModel(teacher_cfg),
                       method=method, tx=tx,
-                      lr_schedule=optim.schedule(cfg.optimizer, cfg.learning_rate, cfg.steps),
+                      lr_schedule=optim.schedule(cfg.optimizer, cfg.learning_rate, total_steps),
                       grad_accum=cfg.optimizer.grad_accum, frozen=frozen)
 
     logical = {"student": bert.logical_axes(student_cfg), "method": method.param_axes()}
@@ -183,7 +194,7 @@ def build(cfg: PretrainConfig) -> Setup:
     teacher_sh = sharding.shardings_for(bert.logical_axes(teacher_cfg), teacher_params, mesh) \
         if teacher_params else {}
     teacher_params = jax.device_put(teacher_params, teacher_sh)
-    batch_sh = {k: sharding.batch_sharding(mesh, 2) for k in BATCH_KEYS}
+    batch_sh = {k: sharding.batch_sharding(mesh, n) for k, n in batch_ndims.items()}
     return Setup(cfg, mesh, student_cfg, teacher_cfg, teacher_params, tok, method, ctx, state_sh,
                  teacher_sh, batch_sh, init_student)
 
@@ -220,7 +231,7 @@ def init_state(setup: Setup) -> state_lib.TrainState:
         return jax.jit(make, out_shardings=setup.state_sh)(host)
 
 
-def _check_batch(cfg: PretrainConfig, mesh) -> None:
+def check_batch(cfg: PretrainConfig, mesh) -> None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if cfg.batch_size % shards:
         raise UserError(f"batch_size={cfg.batch_size} must be divisible by mesh data*fsdp={shards}.")
@@ -277,7 +288,7 @@ def run(cfg: PretrainConfig) -> dict:
     """Train (or resume) to `cfg.steps`; returns a summary. Exact resume on the same mesh."""
     run_dir = Path(cfg.run_dir)
     setup = build(cfg)
-    _check_batch(cfg, setup.mesh)
+    check_batch(cfg, setup.mesh)
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         config_lib.dump(cfg, run_dir / "config.yaml")
@@ -306,7 +317,7 @@ def run(cfg: PretrainConfig) -> dict:
 
     log = MetricsLog(run_dir, cfg.steps, start, tensorboard=cfg.tensorboard)
     feed = Prefetcher(loader, setup.batch_sh, cfg.batch_size, depth=cfg.data.prefetch)
-    clock = _Clock(start, cfg.batch_size * seq, step_flops, peak_total)
+    clock = Clock(start, cfg.batch_size * seq, step_flops, peak_total)
     preempted = False
 
     def log_step(step: int, metrics: Any) -> None:
@@ -324,7 +335,7 @@ def run(cfg: PretrainConfig) -> dict:
                 f"learning_rate or check the data.")
 
     try:
-        with _Preemption() as preempt, setup.mesh:
+        with Preemption() as preempt, setup.mesh:
             for step in range(start + 1, cfg.steps + 1):
                 batch, data_state = next(feed)
                 state, metrics = step_fn(state, setup.teacher_params, batch)
@@ -360,7 +371,7 @@ def run(cfg: PretrainConfig) -> dict:
     return summary
 
 
-class _Clock:
+class Clock:
     """Throughput between logged steps, measured when each step's metrics are fetched."""
 
     def __init__(self, step: int, tokens_per_step: int, flops_per_step: float, peak: float):

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Profile the BERT-base -> TinyBERT6 step on a lent GPU: trace + optimized HLO for offline study.
+#   bash benchmarks/gpu_profile.sh OUT_DIR      (wheels in .whl/ as for gpu_run.sh)
+set -u
+out=${1:-${OUT:-/tmp/gpu_out}}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
+args="--teacher random --teacher-layers 12 --teacher-hidden 768 --teacher-heads 12 --teacher-ffn 3072
+ --student-layers 6 --student-hidden 768 --student-heads 12 --student-ffn 3072
+ --dtype bfloat16 --seq 128 --batch 256 --steps 10 --warmup 3 --repeats 3"
+timeout 200 python3 -m benchmarks.distill_step $args --profile /tmp/prof --json "$out/tb6_b256_profiled.json" \
+  2>&1 | grep -v "^\s*$" | tee "$out/profile.log" | tail -8
+find /tmp/prof -name '*.trace.json.gz' -exec cp {} "$out/trace.json.gz" \;
+gzip -c /tmp/prof/step.hlo.txt > "$out/step.hlo.txt.gz"
+ls -la "$out"

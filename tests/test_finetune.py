@@ -1,0 +1,169 @@
+"""End to end task stage: `jaxdistill finetune` / `evaluate` / `augment` on the embedded task.
+
+The real-teacher test runs the pipeline of docs/results.md with small step counts: a general
+distillation checkpoint -> the packaged MiniLM fine-tuned as task teacher -> KD into the
+student -> dev accuracy well above chance, and the exported classifier's logits in transformers.
+The tiny-model tests cover exact resume, TinyBERT's two task stages on augmented data, PKD,
+and the errors.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import REPO, cli_env, read_metrics, run_cli, write_tiny_teacher
+
+# Small slices of the packaged Rotten Tomatoes task, short sequences.
+TASK = ["seq_len=32", "tensorboard=false", "task.max_dev_examples=256", "eval_batch_size=64",
+        "learning_rate=2e-4"]
+
+
+def _summary(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_real_teacher_pipeline_student_well_above_chance(tmp_path):
+    general = tmp_path / "general"
+    run_cli("pretrain", f"run_dir={general}", "steps=2", "save_every=2", "seq_len=32",
+            "batch_size=8", "data.max_documents=40", "student.hidden_size=384",
+            "student.num_layers=3", "student.intermediate_size=1536",
+            "student.init=teacher_layers", "export=false", "tensorboard=false")
+    teacher = tmp_path / "teacher"
+    out = _summary(run_cli("finetune", f"run_dir={teacher}", "steps=40", "eval_every=20",
+                           "task.max_train_examples=1600", *TASK))
+    assert out["best_dev_accuracy"] > 0.68, out
+    rows = read_metrics(teacher)
+    assert [r["step"] for r in rows if "dev_accuracy" in r] == [20, 40]  # every eval_every + end
+
+    student = tmp_path / "kd"
+    out = _summary(run_cli("finetune", "--config", "configs/task/kd.yaml", f"run_dir={student}",
+                           f"student.init={general}", f"teacher.path={teacher}/best", "steps=30",
+                           "eval_every=30", "task.max_train_examples=1600", *TASK))
+    assert out["best_dev_accuracy"] > 0.62, out
+    assert {"loss/ce", "loss/kd"} <= set(read_metrics(student)[-1])
+
+    # The exported best checkpoint is a transformers classifier with the same logits.
+    import torch
+    import transformers
+
+    from jaxdistill.models import bert
+    from jaxdistill.models.loading import load_pretrained
+
+    cfg, params, _ = load_pretrained(str(student / "best"))
+    tok = transformers.AutoTokenizer.from_pretrained(student / "hf")
+    batch = tok(["a gripping, beautifully acted film", "dull and far too long"],
+                padding="max_length", max_length=16, return_tensors="np")
+    ours = bert.BertModel(cfg.replace(hidden_dropout=0.0, attention_dropout=0.0)).apply(
+        {"params": params}, batch["input_ids"], batch["attention_mask"],
+        batch["token_type_ids"]).logits
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(student / "hf").eval()
+    with torch.no_grad():
+        theirs = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
+
+    ev = _summary(run_cli("evaluate", "--model", str(student / "hf"), *TASK))
+    assert ev["dev_accuracy"] == pytest.approx(out["best_dev_accuracy"], abs=1e-9)
+    assert ev["parameters"] > 1e6 and ev["flops_per_example"] > 0 and ev["examples_per_sec"] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny models
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return write_tiny_teacher(tmp_path_factory.mktemp("tiny") / "bert", layers=2)
+
+
+TINY_TASK = [*TASK[1:4], "seq_len=32", "batch_size=8", "task.max_train_examples=96",
+             "learning_rate=1e-3", "log_every=1"]
+
+
+def _tiny_args(run_dir: Path, tiny: Path, *extra: str, config: str | None = None) -> list[str]:
+    head = ["finetune", "--config", config] if config else ["finetune"]
+    return [*head, f"run_dir={run_dir}", f"student.init={tiny}", *TINY_TASK, *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory, tiny) -> Path:
+    """A fine-tuned tiny classifier: the teacher of the tiny distillation tests."""
+    run_dir = tmp_path_factory.mktemp("tiny_teacher") / "run"
+    run_cli(*_tiny_args(run_dir, tiny, "steps=12", "eval_every=6"))
+    return run_dir
+
+
+def _losses_and_dev(rows: list[dict]) -> dict:
+    return {r["step"]: {k: v for k, v in r.items() if k == "loss" or k.startswith(("loss/", "dev_"))}
+            for r in rows}
+
+
+def test_finetune_resume_is_exact(tmp_path, tiny, tiny_classifier):
+    args = lambda run: _tiny_args(run, tiny, "steps=24", "save_every=4", "eval_every=6",  # noqa
+                                  "method.name=kd", f"teacher.path={tiny_classifier}/best",
+                                  "export=false")
+    straight = tmp_path / "straight"
+    run_cli(*args(straight))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "jaxdistill.cli", *args(run_dir)], cwd=REPO,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    ckpts = run_dir / "checkpoints"
+    import time
+
+    deadline = time.time() + 300
+    while not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["preempted"] is True
+    run_cli(*args(run_dir))
+    assert _losses_and_dev(read_metrics(run_dir)) == _losses_and_dev(read_metrics(straight))
+    best = [json.loads((d / "best" / "checkpoints").glob("*/meta/*").__next__().read_text())
+            for d in (run_dir, straight)]
+    assert best[0]["best"] == best[1]["best"]
+
+
+def test_tinybert_task_stages_on_augmented_data_and_pkd(tmp_path, tiny, tiny_classifier):
+    mlm = write_tiny_teacher(tmp_path / "mlm", arch="BertForMaskedLM", layers=2)
+    aug = tmp_path / "aug.jsonl"
+    out = _summary(run_cli("augment", f"out={aug}", f"mlm_model={mlm}",
+                           "task.max_train_examples=24", "n=3", "seq_len=32", "batch_size=32"))
+    lines = aug.read_text().splitlines()
+    assert len(lines) == out["output_examples"] and 24 < len(lines) <= 24 * 4
+
+    teacher = [f"teacher.path={tiny_classifier}/best"]
+    stage1 = tmp_path / "int"
+    run_cli(*_tiny_args(stage1, tiny, "steps=6", f"task.augmented={aug}", *teacher,
+                        config="configs/task/tinybert_intermediate.yaml"))
+    rows = read_metrics(stage1)
+    assert {"loss/attn_mse", "loss/hidden_mse", "loss/embedding_mse"} <= set(rows[0])
+    stage2 = tmp_path / "pred"
+    run_cli(*_tiny_args(stage2, tiny, "steps=6", f"student.init={stage1}/best", *teacher,
+                        config="configs/task/tinybert_prediction.yaml"))
+    assert "loss/soft_ce" in read_metrics(stage2)[0]
+
+    for strategy in ("last", "skip"):
+        run_dir = tmp_path / strategy
+        run_cli(*_tiny_args(run_dir, tiny, "steps=4", *teacher,
+                            config=f"configs/task/pkd_{strategy}.yaml"))
+        assert {"loss/ce", "loss/kd", "loss/pt"} <= set(read_metrics(run_dir)[0])
+
+
+@pytest.mark.parametrize("override, needle", [
+    (["task.name=rotten_tomatoe"], "rotten_tomatoes"),
+    (["method.name=kd", "teacher.path="], "teacher.path"),
+    (["method.name=mlm"], "not a task method"),
+    (["select=first"], "select"),
+])
+def test_bad_input_exits_2(tmp_path, tiny, override, needle):
+    proc = run_cli(*_tiny_args(tmp_path / "run", tiny, "steps=2", *override), check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr and "Traceback" not in proc.stderr

@@ -45,8 +45,8 @@ def _steps(n: int, scale: float) -> int:
 
 
 # Step budgets at --scale 1 (batch 32; the Rotten Tomatoes train split is 240 steps per epoch).
-BUDGET = {"general": 120, "mlm_head": 100, "teacher": 360, "student": 480, "kd": 360,
-          "tb_int": 360, "tb_pred": 360, "tb_aug_int": 480, "tb_aug_pred": 360}
+BUDGET = {"general": 120, "mlm_head": 100, "teacher": 300, "student": 360, "kd": 300,
+          "tb_int": 300, "tb_pred": 240, "tb_aug_int": 360, "tb_aug_pred": 240}
 
 
 def stages(root: Path, scale: float, augment_n: int, max_augmented: int) -> list[tuple]:

@@ -4,12 +4,7 @@
 set -u
 out=${1:-${OUT:-/tmp/gpu_out}}
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh"
 args="--teacher random --teacher-layers 12 --teacher-hidden 768 --teacher-heads 12 --teacher-ffn 3072
  --student-layers 6 --student-hidden 768 --student-heads 12 --student-ffn 3072
  --dtype bfloat16 --seq 128 --batch 256 --steps 10 --warmup 3 --repeats 3"

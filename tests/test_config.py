@@ -14,6 +14,28 @@ def test_every_shipped_recipe_validates():
         assert cfg.steps > 0 and cfg.batch_size > 0, path
 
 
+def test_every_task_recipe_validates_and_builds_its_method():
+    from jaxdistill.methods import build_method
+    from jaxdistill.models.bert import BertConfig
+
+    paths = sorted((config.CONFIG_DIR / "task").rglob("*.yaml"))
+    assert len(paths) > 30
+    # Shapes of the embedded pipeline: a 3x312 student under a 6x384 teacher.
+    student = BertConfig(vocab_size=100, hidden_size=312, num_layers=3, num_heads=12,
+                         intermediate_size=1200, head="classifier")
+    teacher = BertConfig(vocab_size=100, hidden_size=384, num_layers=6, num_heads=12,
+                         intermediate_size=1536, head="classifier")
+    for path in paths:
+        if path.stem.endswith("augment"):
+            cfg = config.load(config.AugmentConfig, path)
+            assert cfg.n >= 1 and cfg.task.name, path
+            continue
+        cfg = config.load(config.FinetuneConfig, path)
+        assert cfg.steps > 0 or cfg.epochs > 0, path
+        method = build_method(cfg.method.name, cfg.method.options, student, teacher)
+        assert method.student_head == "classifier", path
+
+
 def test_default_is_demo_and_overrides_apply():
     cfg = config.load(PretrainConfig, None, ["steps=7", "mesh.data=2", "student.num_layers=4",
                                              "method.options.temperature=3", "learning_rate=1e-3"])

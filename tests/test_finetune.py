@@ -67,10 +67,6 @@ def test_real_teacher_pipeline_student_well_above_chance(tmp_path):
         theirs = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
 
-    ev = _summary(run_cli("evaluate", "--model", str(student / "hf"), *TASK))
-    assert ev["dev_accuracy"] == pytest.approx(out["best_dev_accuracy"], abs=1e-9)
-    assert ev["parameters"] > 1e6 and ev["flops_per_example"] > 0 and ev["examples_per_sec"] > 0
-
 
 # --------------------------------------------------------------------------------------------
 # Tiny models
@@ -103,8 +99,16 @@ def _losses_and_dev(rows: list[dict]) -> dict:
             for r in rows}
 
 
+def test_evaluate_reports_the_best_dev_metric(tiny_classifier):
+    best = json.loads(next((tiny_classifier / "best" / "checkpoints").glob("*/meta/*")).read_text())
+    for model in (tiny_classifier / "best", tiny_classifier / "hf"):
+        ev = _summary(run_cli("evaluate", "--model", str(model), *TINY_TASK))
+        assert ev["dev_accuracy"] == pytest.approx(best["best"]["value"], abs=1e-9)
+        assert ev["parameters"] > 0 and ev["flops_per_example"] > 0 and ev["examples_per_sec"] > 0
+
+
 def test_finetune_resume_is_exact(tmp_path, tiny, tiny_classifier):
-    args = lambda run: _tiny_args(run, tiny, "steps=24", "save_every=4", "eval_every=6",  # noqa
+    args = lambda run: _tiny_args(run, tiny, "steps=12", "save_every=4", "eval_every=6",  # noqa
                                   "method.name=kd", f"teacher.path={tiny_classifier}/best",
                                   "export=false")
     straight = tmp_path / "straight"
@@ -167,3 +171,17 @@ def test_bad_input_exits_2(tmp_path, tiny, override, needle):
     proc = run_cli(*_tiny_args(tmp_path / "run", tiny, "steps=2", *override), check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eight_devices_match_one(tmp_path, tiny, tiny_classifier):
+    """The task loop (sharded step and sharded dev evaluation) on a 2x2x2 mesh equals 1 device."""
+    args = lambda run: _tiny_args(run, tiny, "steps=6", "eval_every=3", "method.name=kd",  # noqa
+                                  f"teacher.path={tiny_classifier}/best", "export=false",
+                                  "student.hidden_dropout=0.1")
+    run_cli(*args(tmp_path / "one"))
+    run_cli(*args(tmp_path / "eight"), "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", devices=8)
+    one, eight = (_losses_and_dev(read_metrics(tmp_path / r)) for r in ("one", "eight"))
+    assert one.keys() == eight.keys()
+    for step in one:
+        for k, v in one[step].items():
+            assert eight[step][k] == pytest.approx(v, rel=1e-4, abs=1e-6), (step, k)

@@ -40,14 +40,14 @@ SUPPORTED = TEXT_SUFFIXES + TABLE_SUFFIXES + JSONL_SUFFIXES
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(".gz"):
         name = name[:-3]
     return os.path.splitext(name)[1]
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def open_text(path: Path) -> io.TextIOBase:
     if path.name.lower().endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
     return open(path, "r", encoding="utf-8", errors="replace", newline="")
@@ -59,7 +59,7 @@ def resolve_files(spec: str) -> list[Path]:
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) in SUPPORTED)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and file_suffix(p) in SUPPORTED)
         if not files:
             raise UserError(f"Corpus directory {path} holds no files ending in "
                             f"{', '.join(SUPPORTED)} (optionally .gz).")
@@ -73,7 +73,7 @@ def resolve_files(spec: str) -> list[Path]:
             f"{', '.join(SUPPORTED)} files, 'package:imdb', 'package:rotten_tomatoes' or "
             f"'tfds:NAME[:SPLIT]'.")
     for f in files:
-        if _suffix(f) not in SUPPORTED:
+        if file_suffix(f) not in SUPPORTED:
             raise UserError(f"Corpus file {f} has an unsupported extension; supported: "
                             f"{', '.join(SUPPORTED)} (optionally .gz).")
     return [f.resolve() for f in files]
@@ -94,7 +94,7 @@ def normalize_spec(spec: str) -> str:
 def read_text_file(path: Path) -> Iterator[Document]:
     """Blank-line separated documents, one segment per line."""
     doc: Document = []
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for line in f:
             line = " ".join(line.split())
             if line:
@@ -106,7 +106,7 @@ def read_text_file(path: Path) -> Iterator[Document]:
         yield doc
 
 
-def _set_csv_limit() -> None:
+def set_csv_limit() -> None:
     # Long documents exceed csv's 128 KiB default field limit.
     csv.field_size_limit(2**31 - 1)
 
@@ -114,9 +114,9 @@ def _set_csv_limit() -> None:
 def read_table_file(path: Path, text_column: str,
                     where: tuple[str, str] | None = None) -> Iterator[Document]:
     """One document per row of a CSV/TSV with a header; `where` = (column, value) filters rows."""
-    _set_csv_limit()
-    delimiter = "\t" if _suffix(path) == ".tsv" else ","
-    with _open_text(path) as f:
+    set_csv_limit()
+    delimiter = "\t" if file_suffix(path) == ".tsv" else ","
+    with open_text(path) as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         columns = reader.fieldnames or []
         for needed in [text_column] + ([where[0]] if where else []):
@@ -133,7 +133,7 @@ def read_table_file(path: Path, text_column: str,
 
 def read_jsonl_file(path: Path, text_column: str) -> Iterator[Document]:
     """One JSON object per line; its `text_column` is a string or a list of segments."""
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -161,7 +161,7 @@ def _value_to_document(value) -> Document:
 
 
 def read_file(path: Path, text_column: str) -> Iterator[Document]:
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     if suffix in TEXT_SUFFIXES:
         return read_text_file(path)
     if suffix in TABLE_SUFFIXES:

@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxdistill import assets
 from jaxdistill.config import TaskConfig
-from jaxdistill.data.corpus import _open_text, _set_csv_limit, _suffix
+from jaxdistill.data.corpus import open_text, set_csv_limit, file_suffix
 from jaxdistill.data.text import clean_text
 from jaxdistill.errors import UserError
 
@@ -249,11 +249,11 @@ def _check_columns(path: Path, layout: _Layout, present: Sequence[str]) -> None:
 
 def read_table(path: Path, layout: _Layout) -> list[Example]:
     """A CSV/TSV with a header row; TSVs are read with quoting off (GLUE has stray quotes)."""
-    _set_csv_limit()
-    tsv = _suffix(path) == ".tsv"
+    set_csv_limit()
+    tsv = file_suffix(path) == ".tsv"
     kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
     out, skipped = [], 0
-    with _open_text(path) as f:
+    with open_text(path) as f:
         reader = csv.DictReader(f, **kwargs)
         reader.fieldnames = _fieldnames(reader)
         _check_columns(path, layout, reader.fieldnames)
@@ -275,10 +275,10 @@ def _fieldnames(reader: csv.DictReader) -> list[str]:
 
 def read_headless_tsv(path: Path, layout: _Layout) -> list[Example]:
     """A GLUE TSV without a header (CoLA): columns by 0-based index."""
-    _set_csv_limit()
+    set_csv_limit()
     needed = max(c for c in (layout.text_a, layout.text_b, layout.label) if c is not None)
     out, skipped = [], 0
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
             if row and lineno == 1:
                 row[0] = row[0].lstrip("\ufeff")
@@ -298,7 +298,7 @@ def read_headless_tsv(path: Path, layout: _Layout) -> list[Example]:
 def read_jsonl(path: Path, layout: _Layout) -> list[Example]:
     """One JSON object per line with the layout's fields."""
     out = []
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -320,7 +320,7 @@ def read_file(path: Path, layout: _Layout, preset: TaskPreset) -> list[Example]:
     if not path.is_file():
         raise UserError(f"Task file {path} does not exist; give an existing "
                         f"{', '.join(FILE_SUFFIXES)} file (optionally .gz).")
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     if suffix not in FILE_SUFFIXES:
         raise UserError(f"Task file {path} has an unsupported extension; supported: "
                         f"{', '.join(FILE_SUFFIXES)} (optionally .gz).")
@@ -345,7 +345,7 @@ def _base_layout(cfg: TaskConfig, preset: TaskPreset, text_a: str | int, text_b:
 
 def file_layout(cfg: TaskConfig, preset: TaskPreset, path: Path) -> _Layout:
     """Columns for `path`: a GLUE preset's TSV layout, else the config's (or preset's) names."""
-    if _suffix(path) == ".tsv" and preset.glue and preset.tsv_index is not None:
+    if file_suffix(path) == ".tsv" and preset.glue and preset.tsv_index is not None:
         # A header-less GLUE TSV: only column indices make sense.
         idx = list(preset.tsv_index)
         for i, (key, value) in enumerate((("text_a_column", cfg.text_a_column),
@@ -421,8 +421,8 @@ def _read_package(cfg: TaskConfig, preset: TaskPreset, name: str) -> list[Exampl
     layout = dataclasses.replace(_base_layout(cfg, preset, "text", None, "label"),
                                  clean_html=True)
     source = assets.PACKAGE_CORPORA[name]
-    _set_csv_limit()
-    with _open_text(path) as f:
+    set_csv_limit()
+    with open_text(path) as f:
         reader = csv.DictReader(f)
         _check_columns(path, layout, _fieldnames(reader))
         return [_make_example(row[layout.text_a], None, row[layout.label], layout,

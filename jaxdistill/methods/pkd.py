@@ -41,9 +41,9 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
 from jaxdistill import losses
+from jaxdistill.methods import projection
 from jaxdistill.methods.base import Batch, Method, Metrics, register
 from jaxdistill.methods.kd import check_kd_options, check_same_labels, kd_loss
 from jaxdistill.models.bert import NOTHING, BertConfig, Capture, EncoderOutputs
@@ -158,15 +158,12 @@ class Pkd(Method):
         """{'proj': {kernel [H_s, H_t], bias [H_t]}} when the widths differ, else {}."""
         if not self._needs_projection():
             return {}
-        h_s, h_t = self.student.hidden_size, self.teacher.hidden_size
-        dtype = jnp.dtype(self.student.param_dtype)
-        kernel = self.student.initializer_range * jax.random.normal(rng, (h_s, h_t), dtype)
-        return {"proj": {"kernel": kernel, "bias": jnp.zeros((h_t,), dtype)}}
+        return {"proj": projection.init(rng, self.student, self.teacher)}
 
     def param_axes(self) -> dict:
         if not self._needs_projection():
             return {}
-        return {"proj": {"kernel": P("proj_in", "proj_out"), "bias": P("proj_out")}}
+        return {"proj": projection.AXES}
 
     def forward_flops_per_token(self) -> float:
         # The projection runs on M-1 [CLS] vectors per sequence, not per token: about
@@ -184,9 +181,7 @@ class Pkd(Method):
             s_cls = jnp.stack([student.hidden_states[j, :, 0] for j in self.student_layers])
             t_cls = jnp.stack([teacher.hidden_states[t, :, 0] for t in self.teacher_layers])
             if self._needs_projection():
-                proj = params["proj"]
-                s_cls = (s_cls.astype(jnp.float32) @ proj["kernel"].astype(jnp.float32)
-                         + proj["bias"].astype(jnp.float32))
+                s_cls = projection.apply(params["proj"], s_cls)
             term = losses.patience_loss(s_cls, t_cls, opts.normalize)
             metrics["loss/pt"] = term
             total = total + opts.beta * term

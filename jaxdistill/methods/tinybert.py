@@ -30,11 +30,11 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
 from jaxdistill import losses
 from jaxdistill.config import from_dict
 from jaxdistill.errors import UserError
+from jaxdistill.methods import projection
 from jaxdistill.methods.base import Batch, Method, Metrics, register
 from jaxdistill.models.bert import NOTHING, BertConfig, Capture, EncoderOutputs
 
@@ -214,10 +214,7 @@ class TinyBert(Method):
         """{'fit_dense': {kernel [H_s, H_t], bias [H_t]}} (TinyBERT's init: N(0, 0.02), zeros)."""
         if not self._needs_projection():
             return {}
-        h_s, h_t = self.student.hidden_size, self.teacher.hidden_size
-        dtype = jnp.dtype(self.student.param_dtype)
-        kernel = self.student.initializer_range * jax.random.normal(rng, (h_s, h_t), dtype)
-        return {"fit_dense": {"kernel": kernel, "bias": jnp.zeros((h_t,), dtype)}}
+        return {"fit_dense": projection.init(rng, self.student, self.teacher)}
 
     def forward_flops_per_token(self) -> float:
         # fit_dense runs once per matched hidden state (embeddings included).
@@ -227,7 +224,7 @@ class TinyBert(Method):
     def param_axes(self) -> dict:
         if not self._needs_projection():
             return {}
-        return {"fit_dense": {"kernel": P("proj_in", "proj_out"), "bias": P("proj_out")}}
+        return {"fit_dense": projection.AXES}
 
     # --- the loss ---------------------------------------------------------------------------
     def loss(self, params: dict, student: EncoderOutputs, teacher: EncoderOutputs,
@@ -250,7 +247,8 @@ class TinyBert(Method):
                                                   teacher.attention_scores[match.teacher],
                                                   batch["attention_mask"])
             else:
-                projected = _project(params["fit_dense"], student.hidden_states[match.student])
+                projected = projection.apply(params["fit_dense"],
+                                             student.hidden_states[match.student])
                 term = losses.mse(projected, teacher.hidden_states[match.teacher])
             totals[match.feature] += match.weight * term
             if match.feature != "embeddings":
@@ -267,8 +265,3 @@ class TinyBert(Method):
 
 _KEYS = {"embeddings": "embedding_mse", "hidden": "hidden_mse", "attention": "attn_mse"}
 
-
-def _project(fit_dense: dict, hidden: jax.Array) -> jax.Array:
-    """The shared student->teacher width projection, in float32 like the loss it feeds."""
-    kernel = fit_dense["kernel"].astype(jnp.float32)
-    return hidden.astype(jnp.float32) @ kernel + fit_dense["bias"].astype(jnp.float32)

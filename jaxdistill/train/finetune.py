@@ -13,7 +13,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -91,9 +91,11 @@ def load_teacher(cfg: FinetuneConfig, num_labels: int, head: str
     return pretrain.teacher_for(cfg, tcfg, params, head)
 
 
-def build(cfg: FinetuneConfig, task: tasks.TaskData, total_steps: int) -> pretrain.Setup:
+def build(cfg: FinetuneConfig, task: tasks.TaskData, total_steps: int,
+          student: tuple[bert.BertConfig, dict, Path | None] | None = None) -> pretrain.Setup:
+    """student: what `load_student` returned, if the caller already loaded it."""
     mesh = sharding.make_mesh(cfg.mesh)
-    student_cfg, init_student, tok = load_student(cfg, task.num_labels)
+    student_cfg, init_student, tok = student or load_student(cfg, task.num_labels)
     cls = REGISTRY.get(cfg.method.name)
     if cls is not None and cls.needs_teacher:
         # Heads are per instance (TinyBERT's stages), so load a classifier teacher and check it.
@@ -225,17 +227,17 @@ def run(cfg: FinetuneConfig) -> dict:
     if cfg.eval_every < 1 or cfg.log_every < 1 or cfg.save_every < 1:
         raise UserError("eval_every, log_every and save_every must be >= 1.")
     task = tasks.load_task(cfg.task)
-    tok_ref = cfg.student.init
-    _, _, tok = load_pretrained(tok_ref)
+    student = load_student(cfg, task.num_labels)
+    tok = student[2]
     if tok is None:
-        raise UserError(f"student.init={tok_ref} has no tokenizer files (vocab.txt or "
+        raise UserError(f"student.init={cfg.student.init} has no tokenizer files (vocab.txt or "
                         f"tokenizer.json) to encode the task with.")
     regression = task.num_labels == 1
     train = tasks.encode(task.train, tok, cfg.seq_len, regression)
     dev = tasks.encode(task.dev, tok, cfg.seq_len, regression)
     batches = tasks.TaskBatches(train, cfg.batch_size, cfg.seed)
     steps = total_steps(cfg, batches)
-    setup = build(cfg, task, steps)
+    setup = build(cfg, task, steps, student)
     pretrain.check_batch(cfg, setup.mesh)
     _check_eval_batch(cfg, setup.mesh)
     if jax.process_index() == 0:
@@ -308,19 +310,14 @@ def run(cfg: FinetuneConfig) -> dict:
                     clock.restart(step)  # evaluation time is not training throughput
                 if row:
                     log.log(step, row)
-                check = jax.process_count() == 1 or step % cfg.log_every == 0
-                preempted = (preempt.any_host() if check else False) or (
-                    jax.process_count() > 1 and mngr.reached_preemption(step))
+                preempted = pretrain.preemption_agreed(preempt, mngr, step, cfg.log_every)
                 if preempted or step % cfg.save_every == 0 or step == steps:
                     checkpoint.save(mngr, step, state, None, meta, force=preempted)
                 if preempted:
                     log.write(f"SIGTERM: saved step {step}; exiting.")
                     break
     finally:
-        feed.close()
-        mngr.wait_until_finished()
-        mngr.close()
-        log.close()
+        pretrain.close_all(feed, mngr, log)
 
     summary = {"step": int(jax.device_get(state.step)), "run_dir": str(run_dir),
                "preempted": preempted, "task": task.name, "metric": metric,

@@ -346,11 +346,7 @@ def run(cfg: PretrainConfig) -> dict:
                 logged = step % cfg.log_every == 0 or step == cfg.steps
                 if logged:
                     log_step(step, metrics)
-                # Hosts agree on SIGTERM at log boundaries (a collective), or at once alone; on TPU
-                # pods JAX's preemption service also names a step that every host stops at.
-                check = jax.process_count() == 1 or step % cfg.log_every == 0
-                preempted = (preempt.any_host() if check else False) or (
-                    jax.process_count() > 1 and mngr.reached_preemption(step))
+                preempted = preemption_agreed(preempt, mngr, step, cfg.log_every)
                 if preempted or step % cfg.save_every == 0 or step == cfg.steps:
                     if not logged:  # never save a diverged state as the last good one
                         check_finite(step, metrics["loss"])
@@ -359,16 +355,29 @@ def run(cfg: PretrainConfig) -> dict:
                     log.write(f"SIGTERM: saved step {step}; exiting.")
                     break
     finally:
-        feed.close()
-        mngr.wait_until_finished()
-        mngr.close()
-        log.close()
+        close_all(feed, mngr, log)
 
     summary = {"step": int(jax.device_get(state.step)), "run_dir": str(run_dir),
                "preempted": preempted}
     if cfg.export and not preempted and cfg.steps > 0:
         summary["hf_dir"] = str(export_student(setup, state, run_dir / "hf"))
     return summary
+
+
+def preemption_agreed(preempt: Preemption, mngr, step: int, log_every: int) -> bool:
+    """Hosts agree on SIGTERM at log boundaries (a collective), or at once alone; on TPU pods
+    JAX's preemption service also names a step that every host stops at."""
+    check = jax.process_count() == 1 or step % log_every == 0
+    return (preempt.any_host() if check else False) or (
+        jax.process_count() > 1 and mngr.reached_preemption(step))
+
+
+def close_all(feed: Prefetcher, mngr, log: MetricsLog) -> None:
+    """Stop prefetching, let async checkpoint writes finish, flush the logs."""
+    feed.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    log.close()
 
 
 class Clock:

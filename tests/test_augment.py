@@ -114,13 +114,18 @@ def test_single_piece_words_get_mlm_candidates_multi_piece_get_neighbours(tok, t
     # Neighbours: the mean piece embedding vs every whole-word entry, brute force in NumPy.
     table = params["embeddings"]["word"]["embedding"]
     vocab = augment._vocab_list(tokenizer, cfg.vocab_size)
-    valid = augment.whole_word_mask(vocab)
+    valid = augment.candidate_mask(vocab)
     query = table[tokenizer.encode(MULTI, add_special_tokens=False).ids].mean(axis=0)
     cos = (table @ query) / (np.linalg.norm(table, axis=1) * np.linalg.norm(query))
     cos[~valid] = -np.inf
     expected = tuple(vocab[i] for i in np.argsort(-cos, kind="stable")[:5])
     assert got.options[1] == expected and expected[0] == TWIN
-    assert all(not w.startswith("##") and not w.startswith("[") for w in got.options[1])
+    assert all(augment.is_replaceable(w) for w in got.options[1])
+
+
+def test_candidates_are_replaceable_words_only():
+    vocab = ["[PAD]", "[unused3]", "##ing", "the", ",", "42", "film", "zebra", "don't"]
+    assert augment.candidate_mask(vocab).tolist() == [False] * 6 + [True, True, False]
 
 
 def test_no_candidates_past_the_window(tok, tiny):

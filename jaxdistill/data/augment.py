@@ -11,12 +11,13 @@ TinyBERT/data_augmentation.py). The code here is our own.
   the reference's context), truncated to seq_len. A mask at or past seq_len gets no candidates.
   Candidates are the top-M ids without '##' pieces, so there are at most M (the reference filters
   after top-M too). We also drop special and [unused] tokens, which the reference would insert
-  as literal text.
+  as literal text, and (our addition) every candidate that is not itself a replaceable word
+  (punctuation, numbers, stop words): a briefly trained MLM head ranks those high.
 - A word of several pieces gets its M nearest neighbours. The reference looks them up in GloVe.
   SUBSTITUTE: GloVe is not available offline, so we use the MLM model's own input word-embedding
   table instead. The word is the mean of its pieces' embeddings, and its neighbours are the M
-  whole-word entries (no '##' pieces, no special/[unused] tokens, not the word itself) with the
-  highest cosine similarity. As in the reference, title-case words get title-cased candidates.
+  whole-word entries (no '##' pieces, no special/[unused] tokens, replaceable words only, not the
+  word itself) with the highest cosine similarity. As in the reference, title-case words get title-cased candidates.
 - N tries per sentence. In each try, every word that has candidates is replaced, with
   probability p_t, by a uniformly random one of its candidates. Defaults: N=20 (the reference's
   value for SST-2; it uses 30 for CoLA/MRPC/STS-B/RTE and 10 for MNLI/QQP), M=15, p_t=0.4.
@@ -109,6 +110,14 @@ def whole_word_mask(vocab: Sequence[str]) -> np.ndarray:
     """bool[V]: entries that may stand as a word (no '##' pieces, no [special]/[unused] tokens)."""
     return np.array([bool(t) and not t.startswith("##")
                      and not (t.startswith("[") and t.endswith("]")) for t in vocab])
+
+
+def candidate_mask(vocab: Sequence[str]) -> np.ndarray:
+    """bool[V]: entries a replaceable word may become: whole words that are themselves
+    replaceable (alphabetic, not stop words). A weak MLM (e.g. a head trained briefly on a frozen
+    sentence encoder) ranks punctuation and function words high; BERT-base rarely does, so the
+    reference needs no such filter."""
+    return whole_word_mask(vocab) & np.array([is_replaceable(t) for t in vocab])
 
 
 def _vocab_list(tok: Tokenizer, size: int) -> list[str]:
@@ -227,7 +236,7 @@ def find_candidates(sentences: Iterable[str], model_cfg: BertConfig, params: dic
     """Replacement candidates for every word of every distinct sentence (TinyBERT's recipe)."""
     distinct = list(dict.fromkeys(sentences))
     vocab = _vocab_list(tok, model_cfg.vocab_size)
-    valid = whole_word_mask(vocab)
+    valid = candidate_mask(vocab)
     max_len = min(seq_len, model_cfg.max_position_embeddings)
     encodings = tok.encode_batch(distinct, add_special_tokens=False) if distinct else []
 

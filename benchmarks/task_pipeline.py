@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="augmented copies per example (TinyBERT's N; 20 for SST-2)")
     p.add_argument("--max-augmented", type=int, default=2000,
                    help="training examples that get variants (a fixed-seed subset; the MLM "
-                        "forwards cost ~30/s on 2 cores); every original is kept")
+                        "forwards cost ~60/s on 2 cores); every original is kept")
     args = p.parse_args(argv)
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)

@@ -218,7 +218,7 @@ class AugmentConfig:
     m: int = 15  # candidates per word (M)
     p_t: float = 0.4  # probability of replacing a word
     # Augment only this many training examples (a fixed-seed subset; 0 = all). Every original is
-    # kept. The MLM forwards (one per word) dominate: ~30/s for MiniLM on 2 CPU cores.
+    # kept. The MLM forwards (one per word) dominate: ~60/s for MiniLM on 2 CPU cores.
     max_augmented: int = 0
     seed: int = 0
     batch_size: int = 128  # MLM forward batch

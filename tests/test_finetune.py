@@ -154,11 +154,9 @@ def test_tinybert_task_stages_on_augmented_data_and_pkd(tmp_path, tiny, tiny_cla
                         config="configs/task/tinybert_prediction.yaml"))
     assert "loss/soft_ce" in read_metrics(stage2)[0]
 
-    for strategy in ("last", "skip"):
-        run_dir = tmp_path / strategy
-        run_cli(*_tiny_args(run_dir, tiny, "steps=4", *teacher,
-                            config=f"configs/task/pkd_{strategy}.yaml"))
-        assert {"loss/ce", "loss/kd", "loss/pt"} <= set(read_metrics(run_dir)[0])
+    run_dir = tmp_path / "pkd"  # pkd_last's layer map is unit-tested in test_task_methods.py
+    run_cli(*_tiny_args(run_dir, tiny, "steps=4", *teacher, config="configs/task/pkd_skip.yaml"))
+    assert {"loss/ce", "loss/kd", "loss/pt"} <= set(read_metrics(run_dir)[0])
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -175,7 +173,7 @@ def test_bad_input_exits_2(tmp_path, tiny, override, needle):
 
 def test_eight_devices_match_one(tmp_path, tiny, tiny_classifier):
     """The task loop (sharded step and sharded dev evaluation) on a 2x2x2 mesh equals 1 device."""
-    args = lambda run: _tiny_args(run, tiny, "steps=6", "eval_every=3", "method.name=kd",  # noqa
+    args = lambda run: _tiny_args(run, tiny, "steps=4", "eval_every=2", "method.name=kd",  # noqa
                                   f"teacher.path={tiny_classifier}/best", "export=false",
                                   "student.hidden_dropout=0.1")
     run_cli(*args(tmp_path / "one"))
@@ -184,4 +182,6 @@ def test_eight_devices_match_one(tmp_path, tiny, tiny_classifier):
     assert one.keys() == eight.keys()
     for step in one:
         for k, v in one[step].items():
-            assert eight[step][k] == pytest.approx(v, rel=1e-4, abs=1e-6), (step, k)
+            # abs: loss/kd at T=20 is ~1e-4, a KL of nearly equal distributions, where fp32
+            # reduction order alone moves it by ~1e-6.
+            assert eight[step][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (step, k)

@@ -120,7 +120,7 @@ def test_meshes_match_one_device(tmp_path, tiny_teacher, prepared):
     args = [f"teacher.path={tiny_teacher}", f"data.prepared_dir={prepared}", *TINY, "steps=3",
             "teacher.dtype=float32", "export=false", "save_every=100"]
     one = _mesh_losses(tmp_path, 1, [[1, 1, 1]], args)["1,1,1"]
-    many = _mesh_losses(tmp_path, 8, [[8, 1, 1], [2, 2, 2], [1, 4, 2]], args)
+    many = _mesh_losses(tmp_path, 8, [[8, 1, 1], [2, 2, 2]], args)
     for mesh, rows in many.items():
         assert len(rows) == len(one) == 3
         for r1, r8 in zip(one, rows):
@@ -176,9 +176,10 @@ def test_corrupted_teacher_weights_exit_2(tmp_path):
 
 
 def test_demo_recipe_with_real_teacher_losses_fall(tmp_path):
-    """The embedded default (packaged MiniLM teacher, IMDB text), shortened to 30 steps."""
+    """The embedded default (packaged MiniLM teacher, IMDB text), shortened to 30 steps of 64."""
     run_dir = tmp_path / "demo"
-    run_cli("pretrain", f"run_dir={run_dir}", "steps=30", "log_every=5", "save_every=100",
+    run_cli("pretrain", f"run_dir={run_dir}", "steps=30", "seq_len=64", "log_every=5",
+            "save_every=100",
             "data.max_documents=300", "tensorboard=false", timeout=900)
     rows = read_metrics(run_dir)
     first, last = rows[0], rows[-1]

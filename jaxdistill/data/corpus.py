@@ -25,7 +25,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from jaxdistill import assets
 from jaxdistill.data.text import text_to_document
@@ -38,6 +38,22 @@ TABLE_SUFFIXES = (".csv", ".tsv")
 JSONL_SUFFIXES = (".jsonl",)
 SUPPORTED = TEXT_SUFFIXES + TABLE_SUFFIXES + JSONL_SUFFIXES
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def open_tfds_source(name: str, split: str, data_dir: str | None, where: str,
+                     hint: str = "") -> Any:
+    """`tfds.data_source` of a prepared dataset (ArrayRecord, no TensorFlow, no download)."""
+    import tensorflow_datasets as tfds  # heavy-ish import: only when asked for
+
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # DatasetNotFoundError, unknown split, not prepared, wrong format
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"{where}: TFDS could not open dataset '{name}' split '{split}' "
+            f"(data_dir={data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')}): "
+            f"{first}. The dataset must already be prepared there in the array_record format "
+            f"(no download happens here){hint}.") from None
 
 
 def file_suffix(path: Path) -> str:
@@ -198,17 +214,7 @@ def parse_tfds_spec(spec: str) -> tuple[str, str, str | None]:
 def read_tfds(spec: str, text_column: str) -> Iterator[Document]:
     """A prepared TFDS dataset through `tfds.data_source` (ArrayRecord, no TensorFlow)."""
     name, split, data_dir = parse_tfds_spec(spec)
-    import tensorflow_datasets as tfds  # heavy-ish import: only when asked for
-
-    try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:  # DatasetNotFoundError, unknown split, not prepared, wrong format
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"Corpus '{spec}': TFDS could not open dataset '{name}' split '{split}' "
-            f"(data_dir={data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')}): "
-            f"{first}. The dataset must already be prepared there in the array_record file "
-            f"format (no download happens here).") from None
+    source = open_tfds_source(name, split, data_dir, f"Corpus '{spec}'")
     for i in range(len(source)):
         record = source[i]
         if not isinstance(record, dict) or text_column not in record:

@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxdistill import assets
 from jaxdistill.config import TaskConfig
-from jaxdistill.data.corpus import open_text, set_csv_limit, file_suffix
+from jaxdistill.data.corpus import open_tfds_source, open_text, set_csv_limit, file_suffix
 from jaxdistill.data.text import clean_text
 from jaxdistill.errors import UserError
 
@@ -445,17 +445,8 @@ def parse_tfds_source(spec: str) -> tuple[str, str | None]:
 
 
 def _tfds_source(name: str, split: str, data_dir: str | None, spec: str):
-    import tensorflow_datasets as tfds  # heavy-ish import: only when asked for
-
-    try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:  # DatasetNotFoundError, unknown split, not prepared, wrong format
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"task.source='{spec}': TFDS could not open dataset '{name}' split '{split}' "
-            f"(data_dir={data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')}): "
-            f"{first}. The dataset must already be prepared there in the array_record format "
-            f"(no download happens here); set task.tfds_data_dir to its data_dir.") from None
+    return open_tfds_source(name, split, data_dir, f"task.source='{spec}'",
+                            "; set task.tfds_data_dir to its data_dir")
 
 
 def _tfds_label_map(source, layout: _Layout) -> dict[int, int] | None:

@@ -108,7 +108,9 @@ def test_explicit_matches_from_config_data():
     assert method.matches == (LayerMatch("embeddings", 0, 0, "mse", 0.5),
                               LayerMatch("hidden", 2, 5), LayerMatch("attention", 0, 2, "mse", 2.0))
     assert method.options.attention_weight == 0.1
-    assert method.student_capture() == Capture(hidden_states=True, attention_scores=True)
+    assert method.student_capture() == Capture(hidden_states=True, attention_scores=True,
+                                               attention_layers=(0,))
+    assert method.teacher_capture().attention_layers == (2,)
     hidden_only = build_method("tinybert", {"matches": [{"feature": "hidden", "student": 1,
                                                          "teacher": 2}]}, STUDENT, TEACHER)
     assert hidden_only.teacher_capture() == Capture(hidden_states=True)
@@ -184,7 +186,10 @@ def _general_distill_reference(s_out, t_out, fit_dense, attention_mask):
     linear.bias.data = torch.tensor(np.asarray(fit_dense["bias"]))
     additive = (1.0 - torch.tensor(attention_mask, dtype=torch.float32))[:, None, None, :] * -10000.0
     student_atts = [torch.tensor(np.asarray(a)) + additive for a in s_out.attention_scores]
-    teacher_atts = [torch.tensor(np.asarray(a)) + additive for a in t_out.attention_scores]
+    # The teacher formed only the matched layers' scores (None elsewhere): picking any other
+    # layer below fails.
+    teacher_atts = [None if a is None else torch.tensor(np.asarray(a)) + additive
+                    for a in t_out.attention_scores]
     student_reps = [linear(torch.tensor(np.asarray(h))) for h in s_out.hidden_states]
     teacher_reps = [torch.tensor(np.asarray(h)) for h in t_out.hidden_states]
     k = len(teacher_atts) // len(student_atts)

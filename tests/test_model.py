@@ -21,8 +21,8 @@ def _batch():
 
 def _loss(cfg, params, capture=Capture(hidden_states=True, attention_scores=True)):
     out = BertModel(cfg).apply({"params": params}, *_batch(), capture=capture)
-    return (out.logits.astype(jnp.float32) ** 2).mean() + (out.hidden_states ** 2).mean() + \
-        (out.attention_scores.astype(jnp.float32) ** 2).mean()
+    return (out.logits.astype(jnp.float32) ** 2).mean() + (jnp.stack(out.hidden_states) ** 2).mean() + \
+        (jnp.stack(out.attention_scores).astype(jnp.float32) ** 2).mean()
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +33,27 @@ def params():
 def test_output_shapes_and_capture_on_request(params):
     ids, mask = _batch()
     full = BertModel(CFG).apply({"params": params}, ids, mask, capture=EVERYTHING)
-    assert full.hidden_states.shape == (4, 2, 10, 32)
-    assert full.attention_scores.shape == full.attention_probs.shape == (3, 2, 4, 10, 10)
-    np.testing.assert_allclose(full.attention_probs.sum(-1), 1.0, rtol=1e-5)
-    assert float(full.attention_probs[:, 1, :, :, 7:].max()) == 0.0  # padded keys get no weight
+    assert jnp.stack(full.hidden_states).shape == (4, 2, 10, 32)
+    probs = jnp.stack(full.attention_probs)
+    assert jnp.stack(full.attention_scores).shape == probs.shape == (3, 2, 4, 10, 10)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    assert float(probs[:, 1, :, :, 7:].max()) == 0.0  # padded keys get no weight
     bare = BertModel(CFG).apply({"params": params}, ids, mask)
     assert bare.hidden_states is None and bare.attention_scores is None
+    # Scores of chosen layers only; the others take the fused path and give the same outputs.
+    some = BertModel(CFG).apply({"params": params}, ids, mask, capture=Capture(
+        hidden_states=True, attention_scores=True, attention_layers=(2, 0)))
+    assert some.attention_scores[1] is None and some.attention_probs is None
+    for i in (0, 2):
+        np.testing.assert_allclose(some.attention_scores[i], full.attention_scores[i], atol=1e-6)
+    for a, b in zip(some.hidden_states, full.hidden_states):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert (Capture(attention_scores=True, attention_layers=(1,))
+            | Capture(attention_probs=True, attention_layers=(0,))).attention_layers == (0, 1)
+    assert (Capture(attention_scores=True, attention_layers=(1,))
+            | Capture(attention_probs=True)).attention_layers is None
+    assert (Capture(attention_scores=True, attention_layers=(1,))
+            | Capture(hidden_states=True)).attention_layers == (1,)
     # The fused attention path (nothing captured) computes the same function.
     np.testing.assert_allclose(bare.logits, full.logits, atol=1e-5)
     pos = jnp.array([[1, 3], [0, 2]])

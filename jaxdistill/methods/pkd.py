@@ -178,8 +178,8 @@ class Pkd(Method):
                                  opts.temperature, opts.alpha, self.regression)
         if self.teacher_layers:
             # [layers, B, H]: the [CLS] output of each matched layer (static indices).
-            s_cls = jnp.stack([student.hidden_states[j, :, 0] for j in self.student_layers])
-            t_cls = jnp.stack([teacher.hidden_states[t, :, 0] for t in self.teacher_layers])
+            s_cls = jnp.stack([student.hidden_states[j][:, 0] for j in self.student_layers])
+            t_cls = jnp.stack([teacher.hidden_states[t][:, 0] for t in self.teacher_layers])
             if self._needs_projection():
                 s_cls = projection.apply(params["proj"], s_cls)
             term = losses.patience_loss(s_cls, t_cls, opts.normalize)

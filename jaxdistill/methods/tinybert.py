@@ -195,16 +195,22 @@ class TinyBert(Method):
         self.metric_names = _metric_names(self.matches)
 
     # --- captures ---------------------------------------------------------------------------
-    def _capture(self) -> Capture:
+    def _capture(self, side: str) -> Capture:
+        if not self.matches:
+            return NOTHING
         features = {m.feature for m in self.matches}
+        # Only the matched layers form their scores; on GPU the others (half of a 12 -> 6
+        # teacher) keep the fused attention kernel.
+        layers = tuple(getattr(m, side) for m in self.matches if m.feature == "attention")
         return Capture(hidden_states=bool(features & {"embeddings", "hidden"}),
-                       attention_scores="attention" in features)
+                       attention_scores="attention" in features,
+                       attention_layers=layers if layers else None)
 
     def student_capture(self) -> Capture:
-        return self._capture() if self.matches else NOTHING
+        return self._capture("student")
 
     def teacher_capture(self) -> Capture:
-        return self._capture() if self.matches else NOTHING
+        return self._capture("teacher")
 
     # --- the projection ---------------------------------------------------------------------
     def _needs_projection(self) -> bool:

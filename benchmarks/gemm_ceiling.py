@@ -95,7 +95,7 @@ def time_torch(g: Gemm, repeats: int) -> float:
     return _median(lambda: torch.bmm(x, y), repeats)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gemm_ceiling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher-layers", type=int, default=6)
@@ -111,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-step-s", type=float,
                    help="a measured torch eager step time: print what 1.5x its speed needs")
     p.add_argument("--json", help="write the table as JSON to this file")
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
 
     import jax
     import torch

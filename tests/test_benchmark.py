@@ -54,3 +54,25 @@ def test_count_collectives():
     counts = count_collectives(hlo)
     assert counts == {"all-reduce": 1, "all-gather": 1, "reduce-scatter": 1,
                       "collective-permute": 1, "all-to-all": 0, "total": 4}
+
+
+def test_gemm_ceiling_lists_every_model_flop(tmp_path):
+    """The products the ceiling times are exactly the step's model FLOPs (flops.py)."""
+    pytest.importorskip("torch")
+    from benchmarks import gemm_ceiling
+    from jaxdistill.models.bert import BertConfig
+    from jaxdistill.train import flops
+
+    a = gemm_ceiling.parse_args(["--batch", "2", "--seq", "8"])
+    total = sum(g.flops for g in gemm_ceiling.step_gemms(a))
+    teacher = BertConfig(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536)
+    student = BertConfig(hidden_size=312, num_layers=3, num_heads=12, intermediate_size=1200)
+    fit_dense = 2 * (student.num_layers + 1) * 312 * 384  # per token, every hidden state
+    assert total == pytest.approx(flops.step_flops(student, teacher, 2, 8,
+                                                   method_flops_per_token=fit_dense), rel=1e-12)
+    out = tmp_path / "gemm.json"
+    assert gemm_ceiling.main(["--batch", "2", "--seq", "8", "--repeats", "1",
+                              "--torch-step-s", "1.0", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["total_flops"] == pytest.approx(total) and rep["step_s_for_1_5x"] == pytest.approx(1 / 1.5)
+    assert all(r["xla_s"] > 0 and r["torch_s"] > 0 for r in rep["gemms"])

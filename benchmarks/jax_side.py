@@ -20,7 +20,7 @@ from jaxdistill import config as config_lib, sharding
 from jaxdistill.config import PretrainConfig
 from jaxdistill.data import masking
 from jaxdistill.models import bert
-from jaxdistill.train import flops, pretrain, step as step_lib
+from jaxdistill.train import flops, loop, pretrain, step as step_lib
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 # An HLO instruction: `%name = type[...] all-reduce(...)` or its async `-start` half (the
@@ -106,16 +106,17 @@ def count_collectives(hlo_text: str) -> dict[str, int]:
 def model_flops(setup, bc: BenchConfig) -> tuple[float, str]:
     """Model FLOPs per step from jaxdistill/train/flops.py (as the pretrain loop counts them),
     with the formula spelled out."""
-    masked = masking.max_predictions(bc.seq, 0.15) if setup.method.uses_masked_positions() else None
-    teacher = setup.teacher_cfg if setup.method.needs_teacher else None
+    masked = masking.max_predictions(bc.seq, 0.15) \
+        if setup.method.wants()["student"].logits_at_masked else None
+    teacher_model = setup.roles.models.get("teacher")
     extra = setup.method.forward_flops_per_token()
-    total = flops.step_flops(setup.student_cfg, teacher, bc.batch, bc.seq, masked,
-                             method_flops_per_token=extra, student_backward=True)
-    s, t = setup.student_cfg, setup.teacher_cfg
-    n_s, n_t = flops.matmul_params(s, masked, bc.seq), flops.matmul_params(t, masked, bc.seq)
+    total = loop.step_flops(setup, bc.seq, masked)
+    s, t = setup.student.config, setup.roles.models.get("teacher", setup.student).config
+    n_s, n_t = bert.matmul_params(s, masked, bc.seq), bert.matmul_params(t, masked, bc.seq)
     tokens = bc.batch * bc.seq
-    teacher_part = flops.forward_flops_per_token(t, bc.seq, masked) * tokens if teacher else 0.0
-    student_part = (flops.forward_flops_per_token(s, bc.seq, masked) + extra) * tokens
+    teacher_part = teacher_model.forward_flops_per_token(bc.seq, masked) * tokens \
+        if teacher_model else 0.0
+    student_part = (setup.student.forward_flops_per_token(bc.seq, masked) + extra) * tokens
     formula = (
         "teacher fwd (2*N_t + 4*L_t*T*H_t)*tok + 3 * student fwd (2*N_s + 4*L_s*T*H_s + "
         "method)*tok\n"
@@ -218,7 +219,7 @@ def run(bc: BenchConfig, work_dir: Path, breakdown: bool = False, export: bool =
     t0 = time.perf_counter()
     setup = pretrain.build(cfg)
     _check_batch(bc, setup.mesh)
-    state = pretrain.init_state(setup)
+    state = loop.init_state(setup)
     build_s = time.perf_counter() - t0
 
     student_host = jax.device_get(state.params["student"])
@@ -278,8 +279,8 @@ def run(bc: BenchConfig, work_dir: Path, breakdown: bool = False, export: bool =
         "compile_s": compile_s, "build_s": build_s,
         "device": _device_name(), "device_count": jax.device_count(),
         "mesh_shape": dict(setup.mesh.shape), "threads": cpu_threads(),
-        "jax_version": jax.__version__, "student_cfg": dataclasses.asdict(setup.student_cfg),
-        "teacher_cfg": dataclasses.asdict(setup.teacher_cfg),
+        "jax_version": jax.__version__, "student_cfg": dataclasses.asdict(setup.student.config),
+        "teacher_cfg": dataclasses.asdict(setup.roles.models["teacher"].config),
     }
     if breakdown:
         report["breakdown"] = _breakdown(setup, holder["state"], teacher, batch, bc)
@@ -287,7 +288,7 @@ def run(bc: BenchConfig, work_dir: Path, breakdown: bool = False, export: bool =
     if export:
         from jaxdistill.convert import write_hf_dir
 
-        write_hf_dir(setup.student_cfg, student_host, student_dir)
+        write_hf_dir(setup.student.config, student_host, student_dir)
     return JaxRun(report=report, teacher_dir=_teacher_dir(teacher_path), student_dir=student_dir,
                   fit_dense=method_host.get("fit_dense"), batch=batch_np, setup=setup)
 
@@ -295,8 +296,9 @@ def run(bc: BenchConfig, work_dir: Path, breakdown: bool = False, export: bool =
 def _batch_for(bc: BenchConfig, setup) -> dict[str, np.ndarray]:
     from benchmarks.common import synthetic_batch
 
-    batch = synthetic_batch(bc.batch, bc.seq, setup.teacher_cfg.vocab_size, bc.seed)
-    if setup.student_cfg.type_vocab_size == 0 or setup.teacher_cfg.type_vocab_size == 0:
+    teacher_cfg = setup.roles.models["teacher"].config
+    batch = synthetic_batch(bc.batch, bc.seq, teacher_cfg.vocab_size, bc.seed)
+    if setup.student.config.type_vocab_size == 0 or teacher_cfg.type_vocab_size == 0:
         batch["token_type_ids"][:] = 0  # DistilBERT-style models have no token types
     return batch
 

@@ -14,7 +14,6 @@ the caller initialises (warm start from a path, or random).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from etils import epath
 
 from jaxdistill.convert.hf_dir import copy_tokenizer as copy_files
 from jaxdistill.errors import UserError
-from jaxdistill.models.bert import BertConfig
 
 ITEMS = ("state", "data", "meta")
 
@@ -137,8 +135,9 @@ def read_meta(step_dir: Path) -> dict:
     raise UserError(f"{meta_dir} has no readable metadata JSON.")
 
 
-def model_meta(cfg: BertConfig, **extra: Any) -> dict:
-    return {"model": dataclasses.asdict(cfg), **extra}
+def model_meta(model: Any, **extra: Any) -> dict:
+    """What a checkpoint stores to rebuild its model: `model.meta()` (kind and config)."""
+    return {"model": model.meta(), **extra}
 
 
 def copy_tokenizer(src: str | Path | None, run_dir: str | Path) -> Path | None:
@@ -156,23 +155,20 @@ def run_dir_of(step_dir: Path) -> Path:
     return step_dir.parent.parent
 
 
-def load_model(path: str | Path) -> tuple[BertConfig, dict, Path | None, dict]:
-    """(architecture, student params as host NumPy, tokenizer dir or None, meta) of a checkpoint."""
-    step_dir = find_step_dir(path)
-    meta = read_meta(step_dir)
-    if "model" not in meta:
-        raise UserError(f"{step_dir} was not written by jaxdistill (its metadata has no 'model').")
-    cfg = BertConfig(**meta["model"])
+def tokenizer_dir_of(step_dir: Path) -> Path | None:
+    tok = run_dir_of(step_dir) / "tokenizer"
+    return tok if tok.is_dir() else None
+
+
+def read_student_params(step_dir: Path) -> dict:
+    """Only params/student, as host NumPy: works on any machine, whatever mesh wrote it."""
     try:
-        params = _read_student_params(step_dir / "state")
+        return _read_student_params(step_dir / "state")
     except Exception as e:  # orbax raises many types for unreadable data
         raise UserError(f"Could not read checkpoint {step_dir / 'state'}: {e}") from None
-    tok = run_dir_of(step_dir) / "tokenizer"
-    return cfg, params, (tok if tok.is_dir() else None), meta
 
 
 def _read_student_params(state_dir: Path) -> dict:
-    """Only params/student, as host NumPy: works on any machine, whatever mesh wrote it."""
     ckptr = ocp.PyTreeCheckpointer()
     tree = ckptr.metadata(state_dir).item_metadata
     is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
@@ -184,16 +180,16 @@ def _read_student_params(state_dir: Path) -> dict:
     return out["params"]["student"]
 
 
-def save_model(run_dir: str | Path, cfg: BertConfig, params: dict, tokenizer_dir: str | Path | None,
+def save_model(run_dir: str | Path, model: Any, params: dict, tokenizer_dir: str | Path | None,
                step: int = 0, keep: int = 0, **extra_meta: Any) -> Path:
-    """Write params as `run_dir/checkpoints/<step>/` plus `run_dir/tokenizer` (for `import`).
+    """Write a model's params as `run_dir/checkpoints/<step>/` plus `run_dir/tokenizer`.
 
     keep > 0 drops all but the newest `keep` steps (the task stage's single best checkpoint).
     """
     run_dir = Path(run_dir).expanduser()
     mngr = manager(run_dir / "checkpoints", keep=keep, async_save=False)
     state = {"params": {"student": params}, "step": np.int64(step)}
-    meta = model_meta(cfg, **extra_meta)
+    meta = model_meta(model, **extra_meta)
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             meta=ocp.args.JsonSave(meta)), force=True)
     mngr.wait_until_finished()

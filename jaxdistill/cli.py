@@ -62,7 +62,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_augment(args: argparse.Namespace) -> int:
     from jaxdistill import config
-    from jaxdistill.data import augment
+    from jaxdistill.teacher_data import tinybert_augment as augment
 
     cfg = config.load(config.AugmentConfig, args.config, args.overrides,
                       default="task/augment.yaml")
@@ -72,23 +72,24 @@ def cmd_augment(args: argparse.Namespace) -> int:
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from jaxdistill import config
-    from jaxdistill.models.loading import load_pretrained
+    from jaxdistill.loading import tokenizer_of
     from jaxdistill.train import pretrain
 
     cfg = config.load(config.PretrainConfig, args.config, args.overrides)
-    _, _, tok = load_pretrained(cfg.teacher.path)
-    out = pretrain.prepare_data(cfg, tok)
+    out = pretrain.prepare_data(cfg, tokenizer_of(cfg.teacher.path))
     print(json.dumps({"prepared_dir": str(out)}))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from jaxdistill import checkpoint
-    from jaxdistill.convert import write_hf_dir
+    from jaxdistill import checkpoint, loading
+    from jaxdistill.convert import write_model_dir
 
-    cfg, params, tok, _ = checkpoint.load_model(args.checkpoint)
-    out = write_hf_dir(cfg, params, args.out, tokenizer_dir=tok)
-    print(json.dumps({"hf_dir": str(out), "architecture": cfg.flavor, "head": cfg.head}))
+    model, params, tok = loading.load_pretrained(str(checkpoint.find_step_dir(args.checkpoint)))
+    out = write_model_dir(model, params, args.out, tokenizer_dir=tok)
+    print(json.dumps({"hf_dir": str(out), "kind": model.kind,
+                      "architecture": getattr(model.config, "flavor", model.kind),
+                      "head": model.config.head}))
     return 0
 
 
@@ -96,12 +97,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from jaxdistill import checkpoint
-    from jaxdistill.convert import read_hf_dir
+    from jaxdistill.convert import read_model_dir
 
     src = Path(args.hf)
-    cfg, params = read_hf_dir(src)
-    step_dir = checkpoint.save_model(args.out, cfg, params, tokenizer_dir=src, source=str(src))
-    print(json.dumps({"checkpoint": str(step_dir), "architecture": cfg.flavor, "head": cfg.head}))
+    model, params = read_model_dir(src)
+    step_dir = checkpoint.save_model(args.out, model, params, tokenizer_dir=src, source=str(src))
+    print(json.dumps({"checkpoint": str(step_dir), "kind": model.kind,
+                      "architecture": getattr(model.config, "flavor", model.kind),
+                      "head": model.config.head}))
     return 0
 
 
@@ -186,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(str(e), EXIT_USAGE)
     except Exception as e:
-        from jaxdistill.train.pretrain import TrainingDiverged
+        from jaxdistill.train.loop import TrainingDiverged
 
         if isinstance(e, TrainingDiverged) and not args.debug:
             return _fail(str(e), EXIT_DIVERGED)

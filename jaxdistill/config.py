@@ -11,7 +11,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -38,39 +38,37 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
-    """Frozen teacher: a Hugging Face directory, an Orbax checkpoint, or `package:minilm`."""
+    """A frozen teacher: a Hugging Face directory, a jaxdistill checkpoint, or `package:minilm`.
+
+    Its architecture and head come from the checkpoint; dtype and scan_layers are how it runs.
+    """
 
     path: str = "package:minilm"
     dtype: str = "bfloat16"
-    head: str = "auto"  # 'auto' keeps what the checkpoint has; 'none', 'mlm', 'classifier'
     scan_layers: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
-    """Student architecture and initialisation.
+    """The student: its model kind, architecture, initialisation and frozen parts.
 
-    init: 'default' (the method's choice), 'random', 'teacher_layers' (DistilBERT: copy every
-    other teacher layer), or a model reference (Hugging Face dir, jaxdistill run dir, package:minilm).
+    Every other key of this section is a field of the kind's architecture config (for kind
+    'bert': hidden_size, num_layers, num_heads, intermediate_size, flavor, hidden_act, dropouts,
+    dtype, param_dtype, scan_layers, remat, ...), validated by that kind when the run starts.
+    The head and label count are not keys: the method and the task decide them.
+    init: 'default' (the method's choice), 'random', 'teacher_layers' (DistilBERT: copy evenly
+    spaced teacher layers), or a model reference (Hugging Face dir, jaxdistill run dir,
+    package:minilm). From a reference the architecture is the reference's: only runtime keys
+    (dtype, dropout, scan_layers, remat) may be given beside it.
     freeze: parameter path prefixes (e.g. 'encoder', 'embeddings') that are not trained.
     """
 
-    flavor: str = "bert"
-    hidden_size: int = 312
-    num_layers: int = 4
-    num_heads: int = 12
-    intermediate_size: int = 1200
-    hidden_act: str = "gelu"
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
-    head: str = "none"
-    num_labels: int = 2
+    _REST: ClassVar[str] = "architecture"
+
+    kind: str = "bert"
     init: str = "default"
     freeze: list = dataclasses.field(default_factory=list)
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    scan_layers: bool = False
-    remat: str = "none"
+    architecture: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +110,13 @@ class MethodConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PretrainConfig:
+class RunConfig:
+    """Keys every training recipe has (`jaxdistill pretrain` and `finetune` alike).
+
+    teachers: extra named teachers, {role: {path, dtype, scan_layers}}, for methods that learn
+    from several (the role 'teacher' is `teacher`).
+    """
+
     run_dir: str = "runs/demo"
     # Where Orbax writes checkpoints; default run_dir/checkpoints. May be a gs:// bucket path
     # (Orbax/tensorstore); the run dir itself (metrics, config, export) must be a local/mounted path.
@@ -126,16 +130,22 @@ class PretrainConfig:
     keep_checkpoints: int = 3
     keep_every: int = 0  # also keep every Nth step forever; 0 = off
     log_every: int = 10
-    eval_every: int = 0
     export: bool = True  # write run_dir/hf at the end
     tensorboard: bool = True
     async_checkpoint: bool = True
     mesh: MeshConfig = MeshConfig()
     teacher: TeacherConfig = TeacherConfig()
+    teachers: dict = dataclasses.field(default_factory=dict)
     student: StudentConfig = StudentConfig()
     method: MethodConfig = MethodConfig()
-    data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig(RunConfig):
+    """`jaxdistill pretrain`: general distillation on a text corpus."""
+
+    data: DataConfig = DataConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,41 +175,29 @@ class TaskConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     """`jaxdistill finetune`: plain fine-tuning or task distillation on one task.
 
-    The student's architecture is the one of `student.init` (a general-distillation run dir, an
-    Orbax step dir, a Hugging Face directory or package:minilm); the student.* width/depth keys
-    are not used here, only dropout, dtype, scan/remat, freeze.
+    The student usually starts from `student.init` (a general-distillation run dir, an Orbax step
+    dir, a Hugging Face directory or package:minilm), whose architecture it keeps; with
+    `student.init: random` the student.* keys give the architecture.
     """
 
     run_dir: str = "runs/task_teacher"
-    checkpoint_dir: str = ""
-    seed: int = 0
     steps: int = 0  # 0 = epochs * steps per epoch
     epochs: float = 3.0
-    batch_size: int = 32
     eval_batch_size: int = 128
     seq_len: int = 64
     learning_rate: float = 5e-5
-    save_every: int = 500
     keep_checkpoints: int = 2
-    keep_every: int = 0
-    log_every: int = 10
     eval_every: int = 100  # also at the end of every run
     # run_dir/best holds the checkpoint with the best dev `task.metric` ('best') or the final
     # one ('last': TinyBERT's intermediate stage, whose classifier is not trained yet).
     select: str = "best"
-    export: bool = True  # write run_dir/hf (the selected checkpoint) at the end
-    tensorboard: bool = True
-    async_checkpoint: bool = True
-    mesh: MeshConfig = MeshConfig()
     teacher: TeacherConfig = TeacherConfig(path="", dtype="float32")
-    student: StudentConfig = StudentConfig(init="package:minilm", hidden_dropout=0.1,
-                                           attention_dropout=0.1)
+    student: StudentConfig = StudentConfig(init="package:minilm")
     method: MethodConfig = MethodConfig(name="finetune")
     task: TaskConfig = TaskConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +221,7 @@ class AugmentConfig:
     seed: int = 0
     batch_size: int = 128  # MLM forward batch
     seq_len: int = 128
+    chunk_size: int = 500  # examples per resumable part of the output
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,6 +285,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def check_keys(data: dict, valid: typing.Sequence[str], where: str) -> None:
+    """An unknown key is an error that names the closest valid one."""
+    for key in data:
+        if key not in valid:
+            raise UserError(f"{where}: unknown key '{key}'.{_closest(key, valid)} "
+                            f"Valid keys here: {', '.join(valid)}.")
+
+
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     """Build dataclass `cls` from a mapping, rejecting unknown keys with a suggestion."""
     if data is None:
@@ -299,12 +306,17 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
             raise UserError(f"{where}: expected a mapping of keys, got {data!r}.")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+    rest = getattr(cls, "_REST", None)
+    kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in names:
-            raise UserError(
-                f"{where}: unknown key '{key}'.{_closest(key, names)} "
-                f"Valid keys here: {', '.join(names)}.")
+        if rest and key not in names:
+            # An open section: the rest is validated by whoever knows its schema (a model kind).
+            kwargs.setdefault(rest, {})[key] = value
+            continue
+        if key == rest and isinstance(value, dict):
+            kwargs.setdefault(rest, {}).update(value)
+            continue
+        check_keys({key: value}, names, where)
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     try:
         return cls(**kwargs)
@@ -313,7 +325,23 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain data; open sections written flat, as recipes write them."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == getattr(cfg, "_REST", None):
+            out.update(value)
+        else:
+            out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: to_dict(v) if dataclasses.is_dataclass(v) else _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_dict(v) if dataclasses.is_dataclass(v) else _plain(v) for v in value]
+    return value
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -368,6 +396,8 @@ def apply_overrides(data: dict, overrides: typing.Sequence[str], cls: type) -> d
         for i, key in enumerate(keys):
             # Validate the path against the schema as we walk, so a typo is named at once.
             fields = {f.name: f for f in dataclasses.fields(node_cls)} if node_cls else None
+            if fields is not None and getattr(node_cls, "_REST", None) and key not in fields:
+                fields = None  # an open section: the model kind validates the rest
             if fields is not None and key not in fields:
                 raise UserError(
                     f"Override '{item}': unknown key '{'.'.join(keys[:i + 1])}'."
@@ -403,7 +433,10 @@ def keys(cls: type, prefix: str = "") -> list[tuple[str, str]]:
     out = []
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
+        if f.name == getattr(cls, "_REST", None):
+            out.append((prefix + "*", "the architecture fields of the model kind (bert: "
+                        "hidden_size, num_layers, num_heads, intermediate_size, flavor, ...)"))
+        elif dataclasses.is_dataclass(tp):
             out += keys(tp, f"{prefix}{f.name}.")
         else:
             default = f.default if f.default is not dataclasses.MISSING else (

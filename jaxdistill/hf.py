@@ -22,7 +22,8 @@ import numpy as np
 
 from jaxdistill.assets import resolve_model_path
 from jaxdistill.convert.hf_dir import detect_architecture, read_hf_config, read_hf_dir, write_hf_dir
-from jaxdistill.models.bert import BertConfig, BertModel, Capture
+from jaxdistill.models.bert import Bert, BertConfig
+from jaxdistill.models.base import Wants
 
 
 @flax.struct.dataclass
@@ -36,10 +37,11 @@ class ModelOutputs:
     pooler_output: jax.Array | None = None
 
 
-def _forward(module: BertModel, params: dict, input_ids, attention_mask, token_type_ids,
-             capture: Capture) -> ModelOutputs:
-    out = module.apply({"params": params}, input_ids, attention_mask, token_type_ids,
-                       capture=capture, deterministic=True)
+def _forward(model: Bert, params: dict, input_ids, attention_mask, token_type_ids,
+             wants: Wants) -> ModelOutputs:
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+             "token_type_ids": token_type_ids}
+    out = model.apply(params, batch, wants=wants, train=False)
     # Our model stacks per-layer arrays on axis 0; transformers returns tuples.
     hidden = tuple(out.hidden_states) if out.hidden_states is not None else None
     attn = tuple(out.attention_probs) if out.attention_probs is not None else None
@@ -49,7 +51,7 @@ def _forward(module: BertModel, params: dict, input_ids, attention_mask, token_t
 @functools.lru_cache(maxsize=32)
 def _jitted_forward(config: BertConfig):
     """One jitted forward per config, so models of the same architecture share compilations."""
-    return jax.jit(functools.partial(_forward, BertModel(config)), static_argnames=("capture",))
+    return jax.jit(functools.partial(_forward, Bert(config)), static_argnames=("wants",))
 
 
 class HFModel:
@@ -67,15 +69,15 @@ class HFModel:
         self.architecture = architecture
         self.source_dir = Path(source_dir) if source_dir is not None else None
         self.id2label = id2label
-        self.module = BertModel(config)
+        self.model = Bert(config)
         self._jitted = _jitted_forward(config)
 
     def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, *,
                  output_hidden_states: bool = True, output_attentions: bool = True) -> ModelOutputs:
         """Forward pass on [B, T] token ids (numpy, lists, jax or CPU torch tensors)."""
-        capture = Capture(hidden_states=output_hidden_states, attention_probs=output_attentions)
+        wants = Wants(hidden_states=output_hidden_states, attention_probs=output_attentions)
         return self._jitted(self.params, _ids(input_ids), _ids(attention_mask),
-                            _ids(token_type_ids), capture=capture)
+                            _ids(token_type_ids), wants=wants)
 
     def __repr__(self) -> str:
         c = self.config

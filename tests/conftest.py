@@ -9,7 +9,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from helpers import TINY, run_cli, write_tiny_teacher  # noqa: E402
+from helpers import TINY, run_cli, tiny_task_args, write_tiny_teacher  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,3 +23,17 @@ def prepared(tmp_path_factory, tiny_teacher) -> Path:
     out = tmp_path_factory.mktemp("prepared")
     run_cli("prepare-data", f"teacher.path={tiny_teacher}", f"data.prepared_dir={out}", *TINY)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """A tiny random 2-layer BERT with the packaged tokenizer: the tiny task tests' encoder."""
+    return write_tiny_teacher(tmp_path_factory.mktemp("tiny") / "bert", layers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, tiny) -> Path:
+    """A fine-tuned tiny classifier: the teacher of the tiny distillation tests."""
+    run_dir = tmp_path_factory.mktemp("tiny_teacher") / "run"
+    run_cli(*tiny_task_args(run_dir, tiny, "steps=12", "eval_every=6"))
+    return run_dir

@@ -15,6 +15,16 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TINY = ["seq_len=32", "batch_size=8", "student.hidden_size=24", "student.num_layers=2",
         "student.num_heads=4", "student.intermediate_size=48", "data.max_documents=200",
         "tensorboard=false", "log_every=1", "learning_rate=1e-3"]
+# Small slices of the packaged Rotten Tomatoes task, short sequences.
+TASK = ["seq_len=32", "tensorboard=false", "task.max_dev_examples=256", "eval_batch_size=64",
+        "learning_rate=2e-4"]
+TINY_TASK = [*TASK[1:4], "seq_len=32", "batch_size=8", "task.max_train_examples=96",
+             "learning_rate=1e-3", "log_every=1"]
+
+
+def tiny_task_args(run_dir: Path, tiny: Path, *extra: str, config: str | None = None) -> list[str]:
+    head = ["finetune", "--config", config] if config else ["finetune"]
+    return [*head, f"run_dir={run_dir}", f"student.init={tiny}", *TINY_TASK, *extra]
 
 
 def write_tiny_teacher(path: Path, arch: str = "BertModel", layers: int = 4, hidden: int = 32,
@@ -77,7 +87,30 @@ def loss_columns(rows: list[dict]) -> dict[int, dict[str, float]]:
 def final_params(run_dir: Path) -> dict:
     from flax.traverse_util import flatten_dict
 
-    from jaxdistill import checkpoint
+    from jaxdistill.loading import load_pretrained
 
-    _, params, _, _ = checkpoint.load_model(run_dir)
+    _, params, _ = load_pretrained(str(run_dir))
     return {k: np.asarray(v) for k, v in flatten_dict(params, sep="/").items()}
+
+
+def make_method(name: str, options: dict, student, teacher):
+    """The method `name` on BERT models of the given configs (every teacher role gets `teacher`)."""
+    from jaxdistill.methods import build_method, method_class, parse_options
+    from jaxdistill.models.bert import Bert
+
+    cls = method_class(name)
+    opts = parse_options(cls, options)
+    models = {"student": Bert(student), **{role: Bert(teacher) for role in cls.teacher_roles(opts)}}
+    return build_method(cls, opts, models)
+
+
+def loss_of(method, params, student_out, teacher_out, batch):
+    """method.loss with the outputs keyed by role (no teacher output: a teacher-less method)."""
+    outputs = {"student": student_out}
+    if teacher_out is not None:
+        outputs["teacher"] = teacher_out
+    return method.loss(params, outputs, batch)
+
+
+def heads(method) -> dict:
+    return type(method).roles(method.options)

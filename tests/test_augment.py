@@ -1,4 +1,5 @@
-"""TinyBERT data augmentation (jaxdistill/data/augment.py) on a tiny model whose answers we set."""
+"""TinyBERT data augmentation (jaxdistill/teacher_data/tinybert_augment.py) on a tiny model whose
+answers we set, and the resumable writer of teacher-written datasets."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,12 +12,13 @@ import pytest
 from jaxdistill import assets
 from jaxdistill.config import AugmentConfig, TaskConfig
 from jaxdistill.convert.hf_dir import write_hf_dir
-from jaxdistill.data import augment, tasks
-from jaxdistill.data.augment import SentenceCandidates
+from jaxdistill.data import tasks
 from jaxdistill.data.tasks import Example
 from jaxdistill.data.tokenizer import load_tokenizer
 from jaxdistill.errors import UserError
-from jaxdistill.models.bert import BertConfig, init_params
+from jaxdistill.models.bert import Bert, BertConfig, init_params
+from jaxdistill.teacher_data import tinybert_augment as augment
+from jaxdistill.teacher_data.tinybert_augment import SentenceCandidates
 
 # The MLM head's bias makes these the top-5 predictions everywhere, in this order. '##ing' and
 # '[unused5]' must be filtered out.
@@ -51,7 +53,7 @@ def tiny(tok):
 def _find(tok, tiny, sentences, m=5, seq_len=32, batch_size=4):
     tokenizer, special = tok
     cfg, params = tiny
-    return augment.find_candidates(sentences, cfg, params, tokenizer, special, m=m,
+    return augment.find_candidates(sentences, Bert(cfg), params, tokenizer, special, m=m,
                                    batch_size=batch_size, seq_len=seq_len, progress=False)
 
 
@@ -206,6 +208,32 @@ def test_run_is_deterministic(tmp_path, tok, tiny, fake_task):
     assert (tmp_path / "aug.jsonl").read_bytes() == first
     augment.run(dataclasses.replace(cfg, seed=2), progress=False)
     assert (tmp_path / "aug.jsonl").read_bytes() != first
+
+
+def test_run_resumes_after_a_crash_chunk_by_chunk(tmp_path, tok, tiny, fake_task, monkeypatch):
+    model_dir = write_hf_dir(*tiny, tmp_path / "mlm", assets.teacher_dir())
+    clean = _run_cfg(tmp_path, model_dir, seed=1)
+    augment.run(clean, progress=False)
+    expected = (tmp_path / "aug.jsonl").read_bytes()
+    crashing = dataclasses.replace(clean, out=str(tmp_path / "again.jsonl"), chunk_size=1)
+    real = augment.TinyBertAugmentation.process
+
+    def crash_at_third(self, start, chunk):
+        if start == 2:
+            raise KeyboardInterrupt("killed")
+        return real(self, start, chunk)
+
+    monkeypatch.setattr(augment.TinyBertAugmentation, "process", crash_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        augment.run(crashing, progress=False)
+    assert not (tmp_path / "again.jsonl").exists()  # never a partial file under the final name
+    assert sorted(p.name for p in (tmp_path / "again.jsonl.parts").glob("*.jsonl")) == \
+        ["000000.jsonl", "000001.jsonl"]
+    monkeypatch.setattr(augment.TinyBertAugmentation, "process", real)
+    summary = augment.run(crashing, progress=False)
+    assert summary["resumed_chunks"] == 2
+    assert (tmp_path / "again.jsonl").read_bytes() == expected  # chunking changes nothing
+    assert not (tmp_path / "again.jsonl.parts").exists()
 
 
 def test_model_without_mlm_head_is_a_user_error(tmp_path, fake_task):

@@ -60,7 +60,7 @@ def test_gemm_ceiling_lists_every_model_flop(tmp_path):
     """The products the ceiling times are exactly the step's model FLOPs (flops.py)."""
     pytest.importorskip("torch")
     from benchmarks import gemm_ceiling
-    from jaxdistill.models.bert import BertConfig
+    from jaxdistill.models.bert import Bert, BertConfig
     from jaxdistill.train import flops
 
     a = gemm_ceiling.parse_args(["--batch", "2", "--seq", "8"])
@@ -68,7 +68,7 @@ def test_gemm_ceiling_lists_every_model_flop(tmp_path):
     teacher = BertConfig(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536)
     student = BertConfig(hidden_size=312, num_layers=3, num_heads=12, intermediate_size=1200)
     fit_dense = 2 * (student.num_layers + 1) * 312 * 384  # per token, every hidden state
-    assert total == pytest.approx(flops.step_flops(student, teacher, 2, 8,
+    assert total == pytest.approx(flops.step_flops(Bert(student), [Bert(teacher)], 2, 8,
                                                    method_flops_per_token=fit_dense), rel=1e-12)
     out = tmp_path / "gemm.json"
     assert gemm_ceiling.main(["--batch", "2", "--seq", "8", "--repeats", "1",

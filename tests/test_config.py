@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import heads, loss_of, make_method
 from jaxdistill import config
 from jaxdistill.config import PretrainConfig
 from jaxdistill.errors import UserError
@@ -32,8 +33,8 @@ def test_every_task_recipe_validates_and_builds_its_method():
             continue
         cfg = config.load(config.FinetuneConfig, path)
         assert cfg.steps > 0 or cfg.epochs > 0, path
-        method = build_method(cfg.method.name, cfg.method.options, student, teacher)
-        assert method.student_head == "classifier", path
+        method = make_method(cfg.method.name, cfg.method.options, student, teacher)
+        assert heads(method)["student"] == "classifier", path
 
 
 def test_default_is_demo_and_overrides_apply():

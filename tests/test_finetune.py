@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import REPO, cli_env, read_metrics, run_cli, write_tiny_teacher
+from helpers import REPO, TASK, TINY_TASK, cli_env, read_metrics, run_cli, write_tiny_teacher
+from helpers import tiny_task_args as _tiny_args
 
-# Small slices of the packaged Rotten Tomatoes task, short sequences.
-TASK = ["seq_len=32", "tensorboard=false", "task.max_dev_examples=256", "eval_batch_size=64",
-        "learning_rate=2e-4"]
 
 
 def _summary(proc: subprocess.CompletedProcess) -> dict:
@@ -72,26 +70,6 @@ def test_real_teacher_pipeline_student_well_above_chance(tmp_path):
 # Tiny models
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return write_tiny_teacher(tmp_path_factory.mktemp("tiny") / "bert", layers=2)
-
-
-TINY_TASK = [*TASK[1:4], "seq_len=32", "batch_size=8", "task.max_train_examples=96",
-             "learning_rate=1e-3", "log_every=1"]
-
-
-def _tiny_args(run_dir: Path, tiny: Path, *extra: str, config: str | None = None) -> list[str]:
-    head = ["finetune", "--config", config] if config else ["finetune"]
-    return [*head, f"run_dir={run_dir}", f"student.init={tiny}", *TINY_TASK, *extra]
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory, tiny) -> Path:
-    """A fine-tuned tiny classifier: the teacher of the tiny distillation tests."""
-    run_dir = tmp_path_factory.mktemp("tiny_teacher") / "run"
-    run_cli(*_tiny_args(run_dir, tiny, "steps=12", "eval_every=6"))
-    return run_dir
 
 
 def _losses_and_dev(rows: list[dict]) -> dict:

@@ -11,20 +11,37 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from helpers import heads, loss_of, make_method
 from jaxdistill.errors import UserError
 from jaxdistill.methods import build_method
 from jaxdistill.methods.base import REGISTRY
-from jaxdistill.methods.distilbert import (DistilBert, DistilBertOptions, student_from_teacher_layers,
-                                           teacher_layer_indices)
-from jaxdistill.methods.tinybert import LayerMatch, TinyBert, TinyBertOptions, uniform_layer_map
+from jaxdistill.methods.distilbert import DistilBert, DistilBertOptions
+from jaxdistill.methods.layer_match import LayerMatch, evenly_spaced_layers
+from jaxdistill.methods.tinybert import TinyBert, TinyBertOptions, uniform_layer_map
 from jaxdistill.models import bert
-from jaxdistill.models.bert import BertConfig, BertModel, Capture
+from jaxdistill.models import Outputs, Wants
+from jaxdistill.models.bert import BertConfig, BertModel
 
 TINY = dict(vocab_size=40, num_heads=2, max_position_embeddings=16, hidden_dropout=0.0,
             attention_dropout=0.0)
 TEACHER = BertConfig(hidden_size=16, num_layers=6, intermediate_size=32, **TINY)
 STUDENT = BertConfig(hidden_size=8, num_layers=3, intermediate_size=16, **TINY)
 B, T = 3, 8
+
+
+def _roles(student, teacher):
+    return {"student": bert.Bert(student), "teacher": bert.Bert(teacher)}
+
+
+def teacher_layer_indices(n, m):
+    return list(evenly_spaced_layers(n, m))
+
+
+def student_from_teacher_layers(t_params, teacher_cfg, student_cfg, fallback=None):
+    """DistilBERT's initialisation as the pretrain loop calls it (`student.init: teacher_layers`)."""
+    layers = evenly_spaced_layers(teacher_cfg.num_layers, student_cfg.num_layers)
+    return bert.Bert(student_cfg).copy_layers_from(bert.Bert(teacher_cfg), t_params, layers,
+                                                   fallback)
 
 
 def _pairs(matches, feature):
@@ -89,11 +106,11 @@ def test_uniform_map_12_to_4():
 def test_non_divisible_depths_need_explicit_matches():
     student = STUDENT.replace(num_layers=4)
     with pytest.raises(ValueError, match="depth 6 .* depth 4.*matches"):
-        TinyBert(TinyBertOptions(), student, TEACHER)
+        TinyBert(TinyBertOptions(), _roles(student, TEACHER))
     with pytest.raises(UserError, match="method.options.*6.*4"):
-        build_method("tinybert", {}, student, TEACHER)
+        make_method("tinybert", {}, student, TEACHER)
     # The prediction stage matches no layers, so any depths work there.
-    build_method("tinybert", {"stage": "task_prediction"}, student, TEACHER)
+    make_method("tinybert", {"stage": "task_prediction"}, student, TEACHER)
 
 
 def test_explicit_matches_from_config_data():
@@ -104,16 +121,16 @@ def test_explicit_matches_from_config_data():
       - {feature: attention, student: 0, teacher: 2, loss: mse, weight: 2}
     attention_weight: 0.1
     """)
-    method = build_method("tinybert", options, STUDENT, TEACHER)
+    method = make_method("tinybert", options, STUDENT, TEACHER)
     assert method.matches == (LayerMatch("embeddings", 0, 0, "mse", 0.5),
                               LayerMatch("hidden", 2, 5), LayerMatch("attention", 0, 2, "mse", 2.0))
     assert method.options.attention_weight == 0.1
-    assert method.student_capture() == Capture(hidden_states=True, attention_scores=True,
+    assert method.wants()["student"] == Wants(hidden_states=True, attention_scores=True,
                                                attention_layers=(0,))
-    assert method.teacher_capture().attention_layers == (2,)
-    hidden_only = build_method("tinybert", {"matches": [{"feature": "hidden", "student": 1,
+    assert method.wants()["teacher"].attention_layers == (2,)
+    hidden_only = make_method("tinybert", {"matches": [{"feature": "hidden", "student": 1,
                                                          "teacher": 2}]}, STUDENT, TEACHER)
-    assert hidden_only.teacher_capture() == Capture(hidden_states=True)
+    assert hidden_only.wants()["teacher"] == Wants(hidden_states=True)
 
 
 @pytest.mark.parametrize("match, message", [
@@ -127,29 +144,29 @@ def test_explicit_matches_from_config_data():
 ])
 def test_bad_matches_are_user_errors(match, message):
     with pytest.raises(UserError, match=message):
-        build_method("tinybert", {"matches": [match]}, STUDENT, TEACHER)
+        make_method("tinybert", {"matches": [match]}, STUDENT, TEACHER)
 
 
 def test_one_student_layer_may_learn_from_several_teacher_layers():
     matches = [{"feature": "hidden", "student": 1, "teacher": t} for t in (2, 3)]
-    method = build_method("tinybert", {"matches": matches}, STUDENT, TEACHER)
+    method = make_method("tinybert", {"matches": matches}, STUDENT, TEACHER)
     assert method.metric_names == ["L1_T2", "L1_T3"]
     with pytest.raises(UserError, match="listed twice"):
-        build_method("tinybert", {"matches": matches + matches[:1]}, STUDENT, TEACHER)
+        make_method("tinybert", {"matches": matches + matches[:1]}, STUDENT, TEACHER)
 
 
 def test_attention_matches_need_equal_head_counts():
     with pytest.raises(UserError, match="4 heads and the teacher 2"):
-        build_method("tinybert", {}, STUDENT.replace(num_heads=4), TEACHER)
+        make_method("tinybert", {}, STUDENT.replace(num_heads=4), TEACHER)
 
 
 def test_unknown_method_and_option_names():
     with pytest.raises(UserError, match="Did you mean 'tinybert'"):
-        build_method("tinybret", {}, STUDENT, TEACHER)
+        make_method("tinybret", {}, STUDENT, TEACHER)
     with pytest.raises(UserError, match="Did you mean 'temperature'"):
-        build_method("distilbert", {"temprature": 2}, STUDENT, TEACHER)
+        make_method("distilbert", {"temprature": 2}, STUDENT, TEACHER)
     with pytest.raises(UserError, match="stage="):
-        build_method("tinybert", {"stage": "pretrain"}, STUDENT, TEACHER)
+        make_method("tinybert", {"stage": "pretrain"}, STUDENT, TEACHER)
     assert {"tinybert", "distilbert"} <= set(REGISTRY)
 
 
@@ -161,16 +178,16 @@ def tinybert_run():
     """One jitted loss-and-gradient evaluation on tiny random models, shared by the tests."""
     # 4 -> 2 layers (k = 2) keeps the compiled programs small; the maps have their own tests.
     student, teacher = STUDENT.replace(num_layers=2), TEACHER.replace(num_layers=4)
-    method = build_method("tinybert", {}, student, teacher)
+    method = make_method("tinybert", {}, student, teacher)
     s_params, t_params = _init(student, 1), _init(teacher, 2)
     m_params = method.init_params(jax.random.key(3))
     batch = _batch()
-    t_out = _forward(teacher, t_params, batch, method.teacher_capture())
+    t_out = _forward(teacher, t_params, batch, method.wants()["teacher"])
 
     def loss_fn(s_params, m_params):
         s_out = BertModel(student).apply({"params": s_params}, batch["input_ids"],
-                                         batch["attention_mask"], capture=method.student_capture())
-        loss, metrics = method.loss(m_params, s_out, t_out, batch)
+                                         batch["attention_mask"], capture=method.wants()["student"])
+        loss, metrics = loss_of(method, m_params, s_out, t_out, batch)
         return loss, (metrics, s_out)
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))
@@ -229,7 +246,7 @@ def test_tinybert_gradient_reaches_student_and_projection(tinybert_run):
 
 
 def test_tinybert_projection_params_and_axes():
-    method = TinyBert(TinyBertOptions(), STUDENT, TEACHER)
+    method = TinyBert(TinyBertOptions(), _roles(STUDENT, TEACHER))
     params = method.init_params(jax.random.key(0))
     assert params["fit_dense"]["kernel"].shape == (8, 16)
     assert params["fit_dense"]["bias"].shape == (16,)
@@ -239,29 +256,29 @@ def test_tinybert_projection_params_and_axes():
     assert jax.tree.structure(params) == jax.tree.structure(
         axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
     # Equal widths keep the projection, as TinyBERT's code always has fit_dense.
-    same = TinyBert(TinyBertOptions(), STUDENT.replace(hidden_size=16), TEACHER)
+    same = TinyBert(TinyBertOptions(), _roles(STUDENT.replace(hidden_size=16), TEACHER))
     assert same.init_params(jax.random.key(0))["fit_dense"]["kernel"].shape == (16, 16)
     # Attention-only matches train no projection.
     attn = TinyBert(TinyBertOptions(matches=({"feature": "attention", "student": 0, "teacher": 0},)),
-                    STUDENT, TEACHER)
+                    _roles(STUDENT, TEACHER))
     assert attn.init_params(jax.random.key(0)) == {} and attn.param_axes() == {}
 
 
 def test_tinybert_prediction_stage():
-    method = build_method("tinybert", {"stage": "task_prediction", "temperature": 2.0},
+    method = make_method("tinybert", {"stage": "task_prediction", "temperature": 2.0},
                           STUDENT, TEACHER)
-    assert (method.student_head, method.teacher_head) == ("classifier", "classifier")
-    assert method.student_capture() == Capture() and method.init_params(jax.random.key(0)) == {}
+    assert (heads(method)["student"], heads(method)["teacher"]) == ("classifier", "classifier")
+    assert method.wants()["student"] == Wants() and method.init_params(jax.random.key(0)) == {}
     rng = np.random.default_rng(0)
     s, t = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
-    out = lambda logits: bert.EncoderOutputs(last_hidden_state=jnp.zeros((4, 2, 8)), logits=logits)
-    loss, metrics = method.loss({}, out(s), out(t), {})
+    out = lambda logits: Outputs(last_hidden_state=jnp.zeros((4, 2, 8)), logits=logits)
+    loss, metrics = loss_of(method, {}, out(s), out(t), {})
     ref = (-F.softmax(torch.tensor(t) / 2, -1) * F.log_softmax(torch.tensor(s) / 2, -1)).mean()
     np.testing.assert_allclose(float(loss), float(ref) * 3, rtol=1e-5)  # reference / num_labels
     assert set(metrics) == {"loss/soft_ce"}
-    assert build_method("tinybert", {"stage": "task_intermediate"}, STUDENT, TEACHER).student_head \
-        == "classifier"
-    assert build_method("tinybert", {}, STUDENT, TEACHER).student_head == "none"
+    assert heads(make_method("tinybert", {"stage": "task_intermediate"}, STUDENT,
+                             TEACHER))["student"] == "classifier"
+    assert heads(make_method("tinybert", {}, STUDENT, TEACHER))["student"] == "none"
 
 
 # --- DistilBERT -------------------------------------------------------------------------------
@@ -301,8 +318,8 @@ def distil_run():
     t_params = _init(D_TEACHER, 4)
     s_params = student_from_teacher_layers(t_params, D_TEACHER, D_STUDENT)
     batch = _batch(seed=1)
-    s_full = _forward(D_STUDENT, s_params, batch, Capture())
-    t_full = _forward(D_TEACHER, t_params, batch, Capture())
+    s_full = _forward(D_STUDENT, s_params, batch, Wants())
+    t_full = _forward(D_TEACHER, t_params, batch, Wants())
     return dict(t_params=t_params, s_params=s_params, batch=batch, s_full=s_full, t_full=t_full)
 
 
@@ -315,9 +332,9 @@ def _at_masked_positions(out, batch):
 @pytest.mark.parametrize("options", [{}, {"alpha_mse": 0.5, "temperature": 3.0}])
 def test_distilbert_loss_matches_distiller(distil_run, options):
     batch, s_full, t_full = distil_run["batch"], distil_run["s_full"], distil_run["t_full"]
-    method = build_method("distilbert", options, D_STUDENT, D_TEACHER)
-    assert method.uses_masked_positions() and method.student_head == method.teacher_head == "mlm"
-    loss, metrics = method.loss({}, _at_masked_positions(s_full, batch),
+    method = make_method("distilbert", options, D_STUDENT, D_TEACHER)
+    assert method.wants()["student"].logits_at_masked and heads(method)["student"] == heads(method)["teacher"] == "mlm"
+    loss, metrics = loss_of(method, {}, _at_masked_positions(s_full, batch),
                                 _at_masked_positions(t_full, batch), batch)
 
     lm_labels = torch.full((B, T), -100, dtype=torch.long)
@@ -342,21 +359,21 @@ def test_student_from_teacher_layers_outputs_equal_a_manual_copy(distil_run):
         "mlm_head": t["mlm_head"],
     }
     ours = distil_run["s_full"]
-    ref = _forward(D_STUDENT, manual, distil_run["batch"], Capture())  # same compiled program
+    ref = _forward(D_STUDENT, manual, distil_run["batch"], Wants())  # same compiled program
     np.testing.assert_array_equal(ours.logits, ref.logits)
     np.testing.assert_array_equal(ours.last_hidden_state, ref.last_hidden_state)
 
 
 def test_distilbert_gradient_through_masked_positions(distil_run):
     batch = distil_run["batch"]
-    method = DistilBert(DistilBertOptions(), D_STUDENT, D_TEACHER)
+    method = DistilBert(DistilBertOptions(), _roles(D_STUDENT, D_TEACHER))
     t_out = _at_masked_positions(distil_run["t_full"], batch)
 
     def loss_fn(params):
         s_out = BertModel(D_STUDENT).apply(
             {"params": params}, batch["input_ids"], batch["attention_mask"],
             masked_positions=batch["masked_positions"])
-        return method.loss({}, s_out, t_out, batch)[0], s_out.logits
+        return loss_of(method, {}, s_out, t_out, batch)[0], s_out.logits
 
     (loss, s_logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
         distil_run["s_params"])
@@ -371,11 +388,11 @@ def test_distilbert_gradient_through_masked_positions(distil_run):
 
 def test_distilbert_options_validation():
     with pytest.raises(UserError, match="alpha_ce=-1"):
-        build_method("distilbert", {"alpha_ce": -1}, D_STUDENT, D_TEACHER)
+        make_method("distilbert", {"alpha_ce": -1}, D_STUDENT, D_TEACHER)
     with pytest.raises(UserError, match="hidden_size 8 differs"):
-        build_method("distilbert", {}, D_STUDENT.replace(hidden_size=8, intermediate_size=16),
+        make_method("distilbert", {}, D_STUDENT.replace(hidden_size=8, intermediate_size=16),
                      D_TEACHER)
-    narrow = build_method("distilbert", {"alpha_cos": 0}, D_STUDENT.replace(hidden_size=8),
+    narrow = make_method("distilbert", {"alpha_cos": 0}, D_STUDENT.replace(hidden_size=8),
                           D_TEACHER)
     assert narrow.options.alpha_cos == 0.0
 
@@ -426,11 +443,11 @@ def test_student_from_teacher_layers_errors_and_fallback():
     teacher_cfg = D_TEACHER.replace(head="none", num_layers=2)
     student_cfg = D_STUDENT.replace(num_layers=1)
     t = _init(teacher_cfg, 7)
-    with pytest.raises(ValueError, match="mlm_head"):
+    with pytest.raises(UserError, match="mlm_head"):
         student_from_teacher_layers(t, teacher_cfg, student_cfg)
     random_student = _init(student_cfg, 8)
     filled = student_from_teacher_layers(t, teacher_cfg, student_cfg, fallback=random_student)
     jax.tree.map(np.testing.assert_array_equal, filled["mlm_head"], random_student["mlm_head"])
     jax.tree.map(np.testing.assert_array_equal, filled["encoder"]["layer_0"], t["encoder"]["layer_0"])
-    with pytest.raises(ValueError, match="hidden_size"):
+    with pytest.raises(UserError, match="hidden_size"):
         student_from_teacher_layers(t, teacher_cfg, student_cfg.replace(hidden_size=8))

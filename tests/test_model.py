@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from jaxdistill.models import bert
-from jaxdistill.models.bert import EVERYTHING, BertConfig, BertModel, Capture
+from jaxdistill.models import EVERYTHING, Wants
+from jaxdistill.models.bert import BertConfig, BertModel
 
 CFG = BertConfig(vocab_size=50, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=48,
                  max_position_embeddings=16, head="mlm", hidden_dropout=0.0, attention_dropout=0.0)
@@ -19,7 +20,7 @@ def _batch():
     return ids, mask
 
 
-def _loss(cfg, params, capture=Capture(hidden_states=True, attention_scores=True)):
+def _loss(cfg, params, capture=Wants(hidden_states=True, attention_scores=True)):
     out = BertModel(cfg).apply({"params": params}, *_batch(), capture=capture)
     return (out.logits.astype(jnp.float32) ** 2).mean() + (jnp.stack(out.hidden_states) ** 2).mean() + \
         (jnp.stack(out.attention_scores).astype(jnp.float32) ** 2).mean()
@@ -41,19 +42,19 @@ def test_output_shapes_and_capture_on_request(params):
     bare = BertModel(CFG).apply({"params": params}, ids, mask)
     assert bare.hidden_states is None and bare.attention_scores is None
     # Scores of chosen layers only; the others take the fused path and give the same outputs.
-    some = BertModel(CFG).apply({"params": params}, ids, mask, capture=Capture(
+    some = BertModel(CFG).apply({"params": params}, ids, mask, capture=Wants(
         hidden_states=True, attention_scores=True, attention_layers=(2, 0)))
     assert some.attention_scores[1] is None and some.attention_probs is None
     for i in (0, 2):
         np.testing.assert_allclose(some.attention_scores[i], full.attention_scores[i], atol=1e-6)
     for a, b in zip(some.hidden_states, full.hidden_states):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    assert (Capture(attention_scores=True, attention_layers=(1,))
-            | Capture(attention_probs=True, attention_layers=(0,))).attention_layers == (0, 1)
-    assert (Capture(attention_scores=True, attention_layers=(1,))
-            | Capture(attention_probs=True)).attention_layers is None
-    assert (Capture(attention_scores=True, attention_layers=(1,))
-            | Capture(hidden_states=True)).attention_layers == (1,)
+    assert (Wants(attention_scores=True, attention_layers=(1,))
+            | Wants(attention_probs=True, attention_layers=(0,))).attention_layers == (0, 1)
+    assert (Wants(attention_scores=True, attention_layers=(1,))
+            | Wants(attention_probs=True)).attention_layers is None
+    assert (Wants(attention_scores=True, attention_layers=(1,))
+            | Wants(hidden_states=True)).attention_layers == (1,)
     # The fused attention path (nothing captured) computes the same function.
     np.testing.assert_allclose(bare.logits, full.logits, atol=1e-5)
     pos = jnp.array([[1, 3], [0, 2]])

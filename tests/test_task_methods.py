@@ -12,13 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import heads, loss_of, make_method
 from jaxdistill import losses
 from jaxdistill.errors import UserError
 from jaxdistill.methods import build_method
 from jaxdistill.methods.base import REGISTRY
 from jaxdistill.methods.pkd import pkd_layer_map
 from jaxdistill.models import bert
-from jaxdistill.models.bert import BertConfig, BertModel, Capture, EncoderOutputs
+from jaxdistill.models import Outputs, Wants
+from jaxdistill.models.bert import BertConfig, BertModel
 
 TINY = dict(vocab_size=40, num_heads=2, max_position_embeddings=16, hidden_dropout=0.0,
             attention_dropout=0.0, head="classifier", num_labels=3)
@@ -39,9 +41,13 @@ def _labels(regression=False):
 
 
 def _out(logits, hidden=None):
-    """EncoderOutputs as the model returns them for a classifier head."""
+    """Outputs as the model returns them for a classifier head."""
     last = jnp.zeros((B, T, 4)) if hidden is None else hidden[-1]
-    return EncoderOutputs(last_hidden_state=last, hidden_states=hidden, logits=jnp.asarray(logits))
+    return Outputs(last_hidden_state=last, hidden_states=hidden, logits=jnp.asarray(logits))
+
+
+def _teacher_layers(method):
+    return tuple(m.teacher for m in method.matches)
 
 
 def _close(ours, ref, rtol=1e-5, atol=1e-6):
@@ -134,11 +140,11 @@ def test_smoothed_cross_entropy_matches_torch(smoothing):
 
 @pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.1}])
 def test_finetune_cross_entropy(options):
-    method = build_method("finetune", options, STUDENT, STUDENT)
-    assert not method.needs_teacher and method.student_head == "classifier"
-    assert method.student_capture() == Capture() and method.init_params(jax.random.key(0)) == {}
+    method = make_method("finetune", options, STUDENT, STUDENT)
+    assert heads(method) == {"student": "classifier"}
+    assert method.wants()["student"] == Wants() and method.init_params(jax.random.key(0)) == {}
     logits, labels = _randn(B, C, scale=2), _labels()
-    loss, metrics = method.loss({}, _out(logits), None, {"labels": labels})
+    loss, metrics = loss_of(method, {}, _out(logits), None, {"labels": labels})
     ref = torch.nn.CrossEntropyLoss(label_smoothing=options.get("label_smoothing", 0.0))(
         torch.tensor(logits).view(-1, C), torch.tensor(labels).long().view(-1))
     _close(loss, ref)
@@ -147,9 +153,9 @@ def test_finetune_cross_entropy(options):
 
 def test_finetune_regression_is_bert_for_sequence_classification_mse():
     student = STUDENT.replace(num_labels=1)
-    method = build_method("finetune", {}, student, student)
+    method = make_method("finetune", {}, student, student)
     logits, labels = _randn(B, 1), _labels(regression=True)
-    loss, metrics = method.loss({}, _out(logits), None, {"labels": labels})
+    loss, metrics = loss_of(method, {}, _out(logits), None, {"labels": labels})
     ref = torch.nn.MSELoss()(torch.tensor(logits).squeeze(), torch.tensor(labels).squeeze())
     _close(loss, ref)
     assert set(metrics) == {"loss/mse"}
@@ -160,11 +166,11 @@ def test_finetune_regression_is_bert_for_sequence_classification_mse():
 
 @pytest.mark.parametrize("options", [{}, {"temperature": 5.0, "alpha": 0.2}])
 def test_kd_matches_pkd_distillation_loss(options):
-    method = build_method("kd", options, STUDENT, TEACHER)
-    assert (method.student_head, method.teacher_head) == ("classifier", "classifier")
-    assert method.teacher_capture() == Capture()
+    method = make_method("kd", options, STUDENT, TEACHER)
+    assert (heads(method)["student"], heads(method)["teacher"]) == ("classifier", "classifier")
+    assert method.wants()["teacher"] == Wants()
     s, t, labels = _randn(B, C, scale=3), _randn(B, C, scale=3), _labels()
-    loss, metrics = method.loss({}, _out(s), _out(t), {"labels": labels})
+    loss, metrics = loss_of(method, {}, _out(s), _out(t), {"labels": labels})
     opts = method.options
     ref, kd_ref, ce_ref = _pkd_distillation_loss(torch.tensor(s), torch.tensor(labels).long(),
                                                  torch.tensor(t), opts.temperature, opts.alpha)
@@ -176,19 +182,19 @@ def test_kd_matches_pkd_distillation_loss(options):
 
 def test_kd_switched_off_terms_are_not_logged():
     s, t, labels = _randn(B, C), _randn(B, C), _labels()
-    only_ce = build_method("kd", {"alpha": 0.0}, STUDENT, TEACHER)
-    loss, metrics = only_ce.loss({}, _out(s), _out(t), {"labels": labels})
+    only_ce = make_method("kd", {"alpha": 0.0}, STUDENT, TEACHER)
+    loss, metrics = loss_of(only_ce, {}, _out(s), _out(t), {"labels": labels})
     assert set(metrics) == {"loss/ce"}
     _close(loss, F.cross_entropy(torch.tensor(s), torch.tensor(labels).long()))
-    only_kd = build_method("kd", {"alpha": 1.0}, STUDENT, TEACHER)
-    assert set(only_kd.loss({}, _out(s), _out(t), {"labels": labels})[1]) == {"loss/kd"}
+    only_kd = make_method("kd", {"alpha": 1.0}, STUDENT, TEACHER)
+    assert set(loss_of(only_kd, {}, _out(s), _out(t), {"labels": labels})[1]) == {"loss/kd"}
 
 
 def test_kd_regression_uses_mse_for_both_terms():
     student, teacher = STUDENT.replace(num_labels=1), TEACHER.replace(num_labels=1)
-    method = build_method("kd", {"alpha": 0.3}, student, teacher)
+    method = make_method("kd", {"alpha": 0.3}, student, teacher)
     s, t, labels = _randn(B, 1), _randn(B, 1), _labels(regression=True)
-    loss, metrics = method.loss({}, _out(s), _out(t), {"labels": labels})
+    loss, metrics = loss_of(method, {}, _out(s), _out(t), {"labels": labels})
     mse = torch.nn.MSELoss()
     ref = (0.7 * mse(torch.tensor(s).squeeze(), torch.tensor(labels))
            + 0.3 * mse(torch.tensor(s), torch.tensor(t)))
@@ -225,15 +231,15 @@ def test_pkd_layer_maps():
 def test_pkd_loss_matches_nli_kd_training(options, widths, teacher_layers):
     student = STUDENT.replace(hidden_size=widths[0])
     teacher = TEACHER.replace(hidden_size=widths[1])
-    method = build_method("pkd", options, student, teacher)
-    assert method.teacher_layers == teacher_layers
-    assert method.student_capture() == method.teacher_capture() == Capture(hidden_states=True)
+    method = make_method("pkd", options, student, teacher)
+    assert _teacher_layers(method) == teacher_layers
+    assert method.wants()["student"] == method.wants()["teacher"] == Wants(hidden_states=True)
     m_params = method.init_params(jax.random.key(1))
     assert ("proj" in m_params) == (widths[0] != widths[1])
     s_hidden = _randn(student.num_layers + 1, B, T, widths[0], scale=2)
     t_hidden = _randn(teacher.num_layers + 1, B, T, widths[1], scale=2)
     s_logits, t_logits, labels = _randn(B, C, scale=3), _randn(B, C, scale=3), _labels()
-    loss, metrics = method.loss(m_params, _out(s_logits, s_hidden), _out(t_logits, t_hidden),
+    loss, metrics = loss_of(method, m_params, _out(s_logits, s_hidden), _out(t_logits, t_hidden),
                                 {"labels": labels})
     ref, ref_terms = _pkd_reference(s_hidden, t_hidden, s_logits, t_logits, labels,
                                     teacher_layers, method.options, m_params.get("proj"))
@@ -244,39 +250,39 @@ def test_pkd_loss_matches_nli_kd_training(options, widths, teacher_layers):
 
 
 def test_pkd_with_beta_zero_is_kd():
-    method = build_method("pkd", {"beta": 0.0}, STUDENT, TEACHER)
-    assert method.student_capture() == Capture() and method.teacher_layers == ()
+    method = make_method("pkd", {"beta": 0.0}, STUDENT, TEACHER)
+    assert method.wants()["student"] == Wants() and _teacher_layers(method) == ()
     assert method.init_params(jax.random.key(0)) == {} and method.param_axes() == {}
-    kd = build_method("kd", {"temperature": 10.0, "alpha": 0.5}, STUDENT, TEACHER)
+    kd = make_method("kd", {"temperature": 10.0, "alpha": 0.5}, STUDENT, TEACHER)
     s, t, labels = _randn(B, C), _randn(B, C), _labels()
-    ours = method.loss({}, _out(s), _out(t), {"labels": labels})
-    theirs = kd.loss({}, _out(s), _out(t), {"labels": labels})
+    ours = loss_of(method, {}, _out(s), _out(t), {"labels": labels})
+    theirs = loss_of(kd, {}, _out(s), _out(t), {"labels": labels})
     _close(ours[0], theirs[0])
     assert set(ours[1]) == set(theirs[1]) == {"loss/ce", "loss/kd"}
     # A 1-layer student is fine without the patience loss.
-    build_method("pkd", {"beta": 0.0}, STUDENT.replace(num_layers=1), TEACHER)
+    make_method("pkd", {"beta": 0.0}, STUDENT.replace(num_layers=1), TEACHER)
 
 
 def test_pkd_regression():
     student, teacher = STUDENT.replace(num_labels=1), TEACHER.replace(num_labels=1)
-    method = build_method("pkd", {}, student, teacher)
+    method = make_method("pkd", {}, student, teacher)
     s_hidden, t_hidden = _randn(4, B, T, 8), _randn(7, B, T, 16)
     s, t, labels = _randn(B, 1), _randn(B, 1), _labels(regression=True)
-    _, metrics = method.loss(method.init_params(jax.random.key(0)), _out(s, s_hidden),
+    _, metrics = loss_of(method, method.init_params(jax.random.key(0)), _out(s, s_hidden),
                              _out(t, t_hidden), {"labels": labels})
     assert set(metrics) == {"loss/mse", "loss/kd", "loss/pt"}
     _close(metrics["loss/kd"], torch.nn.MSELoss()(torch.tensor(s), torch.tensor(t)))
 
 
 def test_pkd_projection_only_when_widths_differ():
-    method = build_method("pkd", {}, STUDENT, TEACHER)
+    method = make_method("pkd", {}, STUDENT, TEACHER)
     params = method.init_params(jax.random.key(0))
     assert params["proj"]["kernel"].shape == (8, 16) and params["proj"]["bias"].shape == (16,)
     axes = method.param_axes()
     assert tuple(axes["proj"]["kernel"]) == ("proj_in", "proj_out")
     assert jax.tree.structure(params) == jax.tree.structure(
         axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    same = build_method("pkd", {}, STUDENT.replace(hidden_size=16), TEACHER)
+    same = make_method("pkd", {}, STUDENT.replace(hidden_size=16), TEACHER)
     assert same.init_params(jax.random.key(0)) == {} and same.param_axes() == {}
 
 
@@ -285,8 +291,8 @@ def test_pkd_gradient_reaches_student_and_projection():
     projection get a finite, non-zero gradient."""
     student = STUDENT.replace(num_layers=2)
     teacher = TEACHER.replace(num_layers=4)
-    method = build_method("pkd", {}, student, teacher)
-    assert method.teacher_layers == (2,)
+    method = make_method("pkd", {}, student, teacher)
+    assert _teacher_layers(method) == (2,)
     shapes = jax.eval_shape(lambda: bert.init_params(student, jax.random.key(0)))
     rng = np.random.default_rng(1)
     s_params = jax.tree.map(
@@ -299,8 +305,8 @@ def test_pkd_gradient_reaches_student_and_projection():
 
     def loss_fn(s_params, m_params):
         s_out = BertModel(student).apply({"params": s_params}, ids, mask,
-                                         capture=method.student_capture())
-        return method.loss(m_params, s_out, t_out, batch)
+                                         capture=method.wants()["student"])
+        return loss_of(method, m_params, s_out, t_out, batch)
 
     (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))(
         s_params, m_params)
@@ -334,12 +340,12 @@ def test_pkd_gradient_reaches_student_and_projection():
 ])
 def test_bad_options_are_user_errors(name, options, student, message):
     with pytest.raises(UserError, match=message):
-        build_method(name, options, student, TEACHER)
+        make_method(name, options, student, TEACHER)
 
 
 def test_registered():
     assert {"finetune", "kd", "pkd"} <= set(REGISTRY)
-    assert build_method("pkd", {"teacher_layers": [1, 3]}, STUDENT, TEACHER).teacher_layers \
+    assert _teacher_layers(make_method("pkd", {"teacher_layers": [1, 3]}, STUDENT, TEACHER)) \
         == (1, 3)
 
 
@@ -348,15 +354,15 @@ def test_registered():
 
 def test_tinybert_prediction_regression_is_task_distill_mse():
     student, teacher = STUDENT.replace(num_labels=1), TEACHER.replace(num_labels=1)
-    method = build_method("tinybert", {"stage": "task_prediction"}, student, teacher)
+    method = make_method("tinybert", {"stage": "task_prediction"}, student, teacher)
     s, t, labels = _randn(B, 1), _randn(B, 1), _labels(regression=True)
-    loss, metrics = method.loss({}, _out(s), _out(t), {"labels": labels})
+    loss, metrics = loss_of(method, {}, _out(s), _out(t), {"labels": labels})
     # task_distill.py, output_mode 'regression': MSELoss()(student_logits.view(-1),
     # label_ids.view(-1)); the teacher's logits are not used.
     ref = torch.nn.MSELoss()(torch.tensor(s).view(-1), torch.tensor(labels).view(-1))
     _close(loss, ref)
     assert set(metrics) == {"loss/mse"}
     # Classification keeps the soft cross entropy.
-    cls = build_method("tinybert", {"stage": "task_prediction"}, STUDENT, TEACHER)
-    assert set(cls.loss({}, _out(_randn(B, C)), _out(_randn(B, C)), {"labels": _labels()})[1]) \
+    cls = make_method("tinybert", {"stage": "task_prediction"}, STUDENT, TEACHER)
+    assert set(loss_of(cls, {}, _out(_randn(B, C)), _out(_randn(B, C)), {"labels": _labels()})[1]) \
         == {"loss/soft_ce"}

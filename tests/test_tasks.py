@@ -1,4 +1,4 @@
-"""Labeled tasks (data/tasks.py) and their metrics (train/task_metrics.py)."""
+"""Labeled tasks (data/tasks/) and their metrics (train/task_metrics.py)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ from jaxdistill import assets
 from jaxdistill.config import TaskConfig
 from jaxdistill.data import tasks
 from jaxdistill.data.tasks import Example, TaskBatches, eval_batches, load_task
+from jaxdistill.data.tasks.encoding import _pair_lengths
 from jaxdistill.errors import UserError
 from jaxdistill.train import task_metrics
 
@@ -331,8 +332,8 @@ def test_pair_lengths_grid_matches_tokenizers():
             for seq_len in range(4, 12):
                 ids = ref_tok(" ".join(["cat"] * la), " ".join(["dog"] * lb),
                               truncation="longest_first", max_length=seq_len)["input_ids"]
-                assert tasks._pair_lengths(la, lb, seq_len - 3) == (ids.count(cat),
-                                                                    ids.count(dog))
+                assert _pair_lengths(la, lb, seq_len - 3) == (ids.count(cat),
+                                                              ids.count(dog))
 
 
 def _arrays(n):

@@ -1,13 +1,55 @@
-"""Hugging Face import/export: one mapping table per architecture family, plus directory I/O."""
+"""Model directories in and out: Hugging Face per family, jaxdistill-native for the rest.
+
+`HF_KINDS` names the model kinds with a Hugging Face counterpart (a mapping table per family in
+this package: bert.py, distilbert.py); every other kind exports to the documented native
+directory of native.py. `read_model_dir` / `write_model_dir` pick the right one.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jaxdistill import models
 from jaxdistill.convert.hf_dir import (
     FAMILIES,
     SUPPORTED,
+    TOKENIZER_FILES,
+    copy_tokenizer,
     detect_architecture,
     read_hf_config,
     read_hf_dir,
     read_tensors,
     write_hf_dir,
 )
+from jaxdistill.convert.native import is_native_dir, read_native_dir, write_native_dir
 
-__all__ = ["FAMILIES", "SUPPORTED", "detect_architecture", "read_hf_config", "read_hf_dir",
-           "read_tensors", "write_hf_dir"]
+# Kinds whose config is what hf_dir's families read and write.
+HF_KINDS = ("bert",)
+
+
+def read_model_dir(path: str | os.PathLike, head: str = "auto", rng=None
+                   ) -> tuple[models.Model, dict]:
+    """(model, host params) of a Hugging Face or jaxdistill-native directory."""
+    if is_native_dir(path):
+        model, params = read_native_dir(path)
+        return model, params
+    cfg, params = read_hf_dir(path, head=head, rng=rng)
+    return models.model_class(cfg.kind)(cfg), params
+
+
+def write_model_dir(model: models.Model, params: dict, out_dir: str | os.PathLike,
+                    tokenizer_dir: str | os.PathLike | None = None, *,
+                    id2label: dict[int, str] | None = None) -> Path:
+    """The model as a Hugging Face directory when its kind has one, else jaxdistill-native."""
+    if model.kind in HF_KINDS:
+        return write_hf_dir(model.config, params, out_dir,
+                            tokenizer_dir=tokenizer_dir, id2label=id2label)
+    out = write_native_dir(model, params, out_dir)
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, out)
+    return out
+
+
+__all__ = ["FAMILIES", "HF_KINDS", "SUPPORTED", "TOKENIZER_FILES", "copy_tokenizer",
+           "detect_architecture", "is_native_dir", "read_hf_config", "read_hf_dir",
+           "read_model_dir", "read_tensors", "write_hf_dir", "write_model_dir"]

@@ -18,14 +18,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from flax.traverse_util import unflatten_dict
 
 from jaxdistill.assets import resolve_model_path
-from jaxdistill.convert import _table
 from jaxdistill.convert import bert as bert_family
 from jaxdistill.convert import distilbert as distilbert_family
 from jaxdistill.errors import UserError
-from jaxdistill.models.bert import HEADS, BertConfig
+from jaxdistill.models.bert import HEADS, BertConfig, host_init
 
 log = logging.getLogger(__name__)
 
@@ -162,27 +160,6 @@ def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
                     f"{SAFETENSORS_INDEX}, {TORCH_BIN} or {TORCH_BIN_INDEX}.")
 
 
-def init_head_params(cfg: BertConfig, rng: jax.Array) -> dict:
-    """Fresh params in the model's init scheme; only head and pooler entries are ever used.
-
-    Weights ~ normal(initializer_range), biases 0, LayerNorm scales 1: what both our modules
-    and transformers' `_init_weights` do. Drawn with numpy from a seed taken from `rng`, because
-    compiling the model's `init` costs seconds (op-by-op eager init even more).
-    """
-    if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        rng = jax.random.key_data(rng)  # typed key (jax.random.key) -> its uint32 words
-    gen = np.random.default_rng(np.asarray(rng).astype(np.uint32).ravel().tolist())
-    dtype = jax.numpy.dtype(cfg.param_dtype)
-    flat = {}
-    for path, shape in sorted(_table.expected_shapes(cfg).items()):
-        if path[-1] in ("kernel", "embedding"):
-            value = gen.normal(0.0, cfg.initializer_range, shape)
-        else:
-            value = np.ones(shape) if path[-1] == "scale" else np.zeros(shape)
-        flat[path] = value.astype(dtype)
-    return unflatten_dict(flat)
-
-
 def read_hf_dir(
     path: str | os.PathLike,
     head: str = "auto",
@@ -221,7 +198,7 @@ def read_hf_dir(
         cfg = cfg.replace(**overrides)
     except ValueError as e:
         raise UserError(f"Invalid load option: {e}.") from e
-    init = None if rng is None else functools.partial(init_head_params, cfg.replace(num_layers=0), rng)
+    init = None if rng is None else functools.partial(host_init, cfg.replace(num_layers=0), rng)
     tensors = read_tensors(path)
     try:
         params = family.params_from_hf(tensors, cfg, init)
@@ -233,7 +210,7 @@ def read_hf_dir(
 # ---------------------------------------------------------------------------------------- write
 
 
-def _replace_file(target: Path, write) -> None:
+def replace_file(target: Path, write) -> None:
     """Writes through a temporary file then renames, so an interrupted save keeps the old file."""
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
@@ -275,8 +252,8 @@ def write_hf_dir(
     tensors = family.params_to_hf(nn.unbox(params), cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _replace_file(out / SAFETENSORS, lambda f: save_file(tensors, str(f), metadata={"format": "pt"}))
-    _replace_file(out / "config.json",
+    replace_file(out / SAFETENSORS, lambda f: save_file(tensors, str(f), metadata={"format": "pt"}))
+    replace_file(out / "config.json",
                   lambda f: f.write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n"))
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, out)

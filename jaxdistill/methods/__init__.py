@@ -8,20 +8,27 @@ from jaxdistill.config import from_dict
 from jaxdistill.errors import UserError
 from jaxdistill.methods import distilbert, finetune, kd, mlm, pkd, tinybert  # noqa: F401
 from jaxdistill.methods.base import REGISTRY, Method
-from jaxdistill.models.bert import BertConfig
+from jaxdistill.models.base import Model
 
 
-def build_method(name: str, options: dict[str, Any] | None, student: BertConfig,
-                 teacher: BertConfig) -> Method:
-    """The method `name` with validated `options`; bad names or values raise UserError."""
+def method_class(name: str) -> type[Method]:
     cls = REGISTRY.get(name)
     if cls is None:
         match = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.5)
         hint = f" Did you mean '{match[0]}'?" if match else ""
         raise UserError(f"method.name: unknown method '{name}'.{hint} "
                         f"Valid methods: {', '.join(sorted(REGISTRY))}.")
-    opts = from_dict(cls.Options, options or {}, where="method.options")
+    return cls
+
+
+def parse_options(cls: type[Method], options: dict[str, Any] | None) -> Any:
+    """The method's Options dataclass from `method.options`; bad keys or values: UserError."""
+    return from_dict(cls.Options, options or {}, where="method.options")
+
+
+def build_method(cls: type[Method], options: Any, models: dict[str, Model]) -> Method:
+    """`cls(options, models)`; options that do not fit these models raise UserError."""
     try:
-        return cls(opts, student, teacher)
-    except ValueError as e:  # options that do not fit these two models (depths, widths)
+        return cls(options, models)
+    except ValueError as e:  # depths, widths, label sets that do not fit
         raise UserError(f"method.options: {e}.") from None

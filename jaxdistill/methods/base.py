@@ -1,56 +1,70 @@
 """The interface every distillation method implements; the train loop knows nothing else.
 
-A method says which intermediates each forward pass must capture, which heads the models need,
-owns any trainable parameters of its own (e.g. TinyBERT's projections from student width to
-teacher width), and turns (student outputs, teacher outputs, batch) into a scalar loss plus a
-dict of named terms. `loss` runs inside jit: it must be a pure function.
+A method receives its models by role (`models["student"]`, and zero or more teachers such as
+`models["teacher"]`), says which head each role must carry (`roles`) and which intermediates
+each forward pass must materialise (`wants`), owns any trainable parameters of its own (e.g.
+TinyBERT's projection from student width to teacher width; never exported), and turns the
+outputs of every role plus the batch into a scalar loss and a dict of named terms. `loss` runs inside jit: it must be a pure function.
 """
 from __future__ import annotations
 
 import abc
-import dataclasses
 from typing import Any, ClassVar
 
 import jax
 
-from jaxdistill.models.bert import BertConfig, Capture, EncoderOutputs
+from jaxdistill.methods.layer_match import LayerMatch, weight_matches
+from jaxdistill.models.base import NOTHING, Model, Outputs, Wants
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+STUDENT = "student"
+TEACHER = "teacher"
 
 
 class Method(abc.ABC):
-    """Strategy for one distillation recipe. Construct with `Method(options, student, teacher)`."""
+    """Strategy for one distillation recipe. Construct with `Method(options, models)`."""
 
     name: ClassVar[str]
     Options: ClassVar[type]  # frozen dataclass of the method's config keys (method.options.*)
-
-    def __init__(self, options: Any, student: BertConfig, teacher: BertConfig):
-        self.options = options
-        self.student = student
-        self.teacher = teacher
-
-    # --- what the models must provide -------------------------------------------------------
-    student_head: ClassVar[str] = "none"
-    teacher_head: ClassVar[str] = "none"
-    # 'random' or 'teacher_layers': the student's default initialisation for this method.
+    # 'random' or 'teacher_layers': the student's initialisation when student.init is 'default'.
     default_student_init: ClassVar[str] = "random"
-    # False for methods that train without a teacher (plain MLM): the step skips its forward.
-    needs_teacher: ClassVar[bool] = True
 
+    def __init__(self, options: Any, models: dict[str, Model]):
+        self.options = options
+        self.models = models
+
+    # --- the models it needs --------------------------------------------------------------------
+    @classmethod
     @abc.abstractmethod
-    def student_capture(self) -> Capture: ...
+    def roles(cls, options: Any) -> dict[str, str]:
+        """Role -> the head its model must carry ('none', 'mlm', 'classifier'); always has
+        'student'. Every other role is a frozen teacher ('teacher', or named ones)."""
 
-    @abc.abstractmethod
-    def teacher_capture(self) -> Capture: ...
+    @classmethod
+    def teacher_roles(cls, options: Any) -> tuple[str, ...]:
+        return tuple(r for r in cls.roles(options) if r != STUDENT)
 
-    def uses_masked_positions(self) -> bool:
-        """True when MLM logits are only needed at the batch's `masked_positions`."""
-        return False
+    @property
+    def student(self) -> Model:
+        return self.models[STUDENT]
 
-    # --- the method's own trainable parameters ----------------------------------------------
+    @property
+    def teacher(self) -> Model | None:
+        return self.models.get(TEACHER)
+
+    def wants(self) -> dict[str, Wants]:
+        """What each role's forward pass materialises beyond its logits (default: nothing)."""
+        return {role: NOTHING for role in self.models}
+
+    def student_init_matches(self) -> tuple[LayerMatch, ...]:
+        """'weights' matches a 'teacher_layers' student copies: evenly spaced teacher layers
+        from the first to the last (DistilBERT's 12 -> 6: 0, 2, 4, 7, 9, 11)."""
+        return weight_matches(self.teacher.config.num_layers, self.student.config.num_layers)
+
+    # --- the method's own trainable parameters ------------------------------------------------
     def init_params(self, rng: jax.Array) -> dict:
-        """Extra trainable parameters (trained with the student, never exported with it)."""
+        """Extra trainable parameters, trained with the student."""
         del rng
         return {}
 
@@ -62,11 +76,11 @@ class Method(abc.ABC):
         """Model FLOPs per token of the method's own layers (forward), for MFU accounting."""
         return 0.0
 
-    # --- the loss ---------------------------------------------------------------------------
+    # --- the loss -------------------------------------------------------------------------------
     @abc.abstractmethod
-    def loss(self, params: dict, student: EncoderOutputs, teacher: EncoderOutputs | None,
-             batch: Batch) -> tuple[jax.Array, Metrics]:
-        """(scalar loss, {'loss/<term>': value, ...}); pure, runs inside jit."""
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
+             ) -> tuple[jax.Array, Metrics]:
+        """(scalar loss, {'loss/<term>': value, ...}) from every role's outputs; pure."""
 
 
 REGISTRY: dict[str, type[Method]] = {}
@@ -75,7 +89,3 @@ REGISTRY: dict[str, type[Method]] = {}
 def register(cls: type[Method]) -> type[Method]:
     REGISTRY[cls.name] = cls
     return cls
-
-
-def options_keys(cls: type[Method]) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls.Options)]

@@ -12,23 +12,21 @@ both models then produce vocabulary logits at the [B, P] masked positions instea
 [B, T], which is most of the memory of a step. (The published run distilled on every
 non-padded token; set `restrict_ce_to_mask` there to get what this computes.)
 
-`student_from_teacher_layers` implements extract_distilbert.py: embeddings, every other teacher
-layer and the MLM head are copied; token-type embeddings and the pooler are dropped.
+The student's default initialisation, `student.init: teacher_layers`, is extract_distilbert.py:
+embeddings, evenly spaced teacher layers (`Method.student_init_matches`) and the MLM head are
+copied by the student model (`Model.copy_layers_from`); token types and the pooler are dropped.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Mapping
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from jaxdistill import losses
-from jaxdistill.methods.base import Batch, Method, Metrics, register
-from jaxdistill.models import bert
-from jaxdistill.models.bert import NOTHING, BertConfig, Capture, EncoderOutputs
+from jaxdistill.methods.base import STUDENT, TEACHER, Batch, Method, Metrics, register
+from jaxdistill.models.base import Model, Outputs, Wants
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +56,15 @@ class DistilBert(Method):
 
     name: ClassVar[str] = "distilbert"
     Options: ClassVar[type] = DistilBertOptions
-    student_head: ClassVar[str] = "mlm"
-    teacher_head: ClassVar[str] = "mlm"
     default_student_init: ClassVar[str] = "teacher_layers"
 
-    def __init__(self, options: DistilBertOptions, student: BertConfig, teacher: BertConfig):
-        super().__init__(options, student, teacher)
+    @classmethod
+    def roles(cls, options: DistilBertOptions) -> dict[str, str]:
+        return {STUDENT: "mlm", TEACHER: "mlm"}
+
+    def __init__(self, options: DistilBertOptions, models: dict[str, Model]):
+        super().__init__(options, models)
+        student, teacher = self.student.config, self.teacher.config
         if student.vocab_size != teacher.vocab_size:
             raise ValueError(f"the student's vocab_size {student.vocab_size} differs from the "
                              f"teacher's {teacher.vocab_size}: soft targets need one vocabulary")
@@ -73,18 +74,15 @@ class DistilBert(Method):
                 f"{student.hidden_size} differs from the teacher's {teacher.hidden_size}; "
                 f"use the teacher's width (DistilBERT halves depth only) or set alpha_cos=0")
 
-    def student_capture(self) -> Capture:
-        return NOTHING  # the last hidden state and the logits are always returned
+    def wants(self) -> dict[str, Wants]:
+        # Vocabulary logits only at the masked positions; the last hidden state always comes.
+        at_masked = Wants(logits_at_masked=True)
+        return {STUDENT: at_masked, TEACHER: at_masked}
 
-    def teacher_capture(self) -> Capture:
-        return NOTHING
-
-    def uses_masked_positions(self) -> bool:
-        return True
-
-    def loss(self, params: dict, student: EncoderOutputs, teacher: EncoderOutputs,
-             batch: Batch) -> tuple[jax.Array, Metrics]:
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
+             ) -> tuple[jax.Array, Metrics]:
         del params  # DistilBERT trains no parameters besides the student's
+        student, teacher = outputs[STUDENT], outputs[TEACHER]
         opts = self.options
         weights = batch["masked_weights"]
         terms = {
@@ -105,85 +103,3 @@ class DistilBert(Method):
                 metrics[f"loss/{key}"] = term
                 total = total + alpha * term
         return total, metrics
-
-
-# --------------------------------------------------------------------------------------------
-# Initialisation from the teacher
-
-
-def teacher_layer_indices(teacher_layers: int, student_layers: int) -> list[int]:
-    """Which teacher layers an M-layer student copies: round(i * (N-1) / (M-1)), halves up.
-
-    Evenly spaced from the first to the last layer; for 12 -> 6 this is extract_distilbert.py's
-    [0, 2, 4, 7, 9, 11]. A 1-layer student takes layer 0.
-    """
-    n, m = teacher_layers, student_layers
-    if not 1 <= m <= n:
-        raise ValueError(f"a {m}-layer student cannot be initialised from the layers of a "
-                         f"{n}-layer teacher (need 1 <= student layers <= teacher layers)")
-    if m == 1:
-        return [0]
-    return [math.floor(i * (n - 1) / (m - 1) + 0.5) for i in range(m)]
-
-
-_SAME = ("hidden_size", "num_heads", "intermediate_size", "vocab_size", "max_position_embeddings")
-
-
-def student_from_teacher_layers(teacher_params: dict, teacher_cfg: BertConfig,
-                                student_cfg: BertConfig, fallback: dict | None = None) -> dict:
-    """Student parameters copied from the teacher as DistilBERT's extract_distilbert.py does.
-
-    Copies the word and position embeddings with their LayerNorm, the layers chosen by
-    `teacher_layer_indices`, and the MLM head (transform, LayerNorm, bias). Token-type
-    embeddings are copied only if the student has them (a 'distilbert' student drops them, as
-    the reference does, so its embeddings differ from the teacher's by token_type[0]); so is
-    the pooler. Parameters the teacher lacks (e.g. a classifier, or the MLM head of a teacher
-    loaded without one) come from `fallback`, student parameters in the student's own layout
-    (e.g. its random init), and are an error without it. Values are cast to the student's
-    param_dtype: pass full-precision teacher parameters, not the bf16 copy.
-    Works with scanned (stacked) layers on either side.
-    """
-    for key in _SAME:
-        if getattr(student_cfg, key) != getattr(teacher_cfg, key):
-            raise ValueError(
-                f"student.{key}={getattr(student_cfg, key)} differs from the teacher's "
-                f"{getattr(teacher_cfg, key)}: copying teacher layers needs the same width")
-    chosen = teacher_layer_indices(teacher_cfg.num_layers, student_cfg.num_layers)
-    teacher = teacher_params
-    if teacher_cfg.scan_layers:
-        teacher = bert.unstack_layers(teacher, teacher_cfg.num_layers)
-    flat_cfg = student_cfg.replace(scan_layers=False)
-    template = jax.eval_shape(lambda: bert.init_params(flat_cfg, jax.random.key(0)))
-    source = _teacher_view(teacher, chosen)
-    if fallback is not None and student_cfg.scan_layers:
-        fallback = bert.unstack_layers(fallback, student_cfg.num_layers)
-    dtype = jnp.dtype(student_cfg.param_dtype)
-    student = _fill(template, source, fallback, dtype, path=())
-    if student_cfg.scan_layers:
-        student = bert.stack_layers(student, student_cfg.num_layers)
-    return student
-
-
-def _teacher_view(teacher: dict, chosen: list[int]) -> dict:
-    """The teacher's tree re-keyed so that each student path finds its source at the same path."""
-    encoder = {f"layer_{i}": teacher["encoder"][f"layer_{j}"] for i, j in enumerate(chosen)}
-    return {**{k: v for k, v in teacher.items() if k != "encoder"}, "encoder": encoder}
-
-
-def _fill(template, source, fallback, dtype, path: tuple[str, ...]):
-    """Walk the student's tree: take the teacher's array where it exists, else the fallback."""
-    if isinstance(template, Mapping):
-        return {k: _fill(v, _get(source, k), _get(fallback, k), dtype, path + (k,))
-                for k, v in template.items()}
-    value, origin = (source, "teacher") if source is not None else (fallback, "fallback")
-    if value is None:
-        raise ValueError(f"the teacher has no parameter {'/'.join(path)} to copy into the "
-                         f"student; pass `fallback` student parameters for what the teacher lacks")
-    if tuple(value.shape) != tuple(template.shape):
-        raise ValueError(f"{origin} parameter {'/'.join(path)} has shape {tuple(value.shape)}, "
-                         f"the student needs {tuple(template.shape)}")
-    return jnp.asarray(value, dtype)
-
-
-def _get(tree, key):
-    return tree.get(key) if isinstance(tree, Mapping) else None

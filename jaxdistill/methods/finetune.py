@@ -13,8 +13,8 @@ from typing import ClassVar
 import jax
 
 from jaxdistill import losses
-from jaxdistill.methods.base import Batch, Method, Metrics, register
-from jaxdistill.models.bert import NOTHING, BertConfig, Capture, EncoderOutputs
+from jaxdistill.methods.base import STUDENT, Batch, Method, Metrics, register
+from jaxdistill.models.base import Model, Outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,26 +52,21 @@ class Finetune(Method):
 
     name: ClassVar[str] = "finetune"
     Options: ClassVar[type] = FinetuneOptions
-    student_head: ClassVar[str] = "classifier"
-    teacher_head: ClassVar[str] = "none"
-    needs_teacher: ClassVar[bool] = False
 
-    def __init__(self, options: FinetuneOptions, student: BertConfig, teacher: BertConfig):
-        super().__init__(options, student, teacher)
-        self.regression = student.num_labels == 1
+    @classmethod
+    def roles(cls, options: FinetuneOptions) -> dict[str, str]:
+        return {STUDENT: "classifier"}
+
+    def __init__(self, options: FinetuneOptions, models: dict[str, Model]):
+        super().__init__(options, models)
+        self.regression = self.student.config.num_labels == 1
         if self.regression and options.label_smoothing > 0:
             raise ValueError(f"label_smoothing={options.label_smoothing} needs classes, but the "
                              f"student has num_labels=1 (a regression task, trained with MSE)")
 
-    def student_capture(self) -> Capture:
-        return NOTHING  # the logits are always returned
-
-    def teacher_capture(self) -> Capture:
-        return NOTHING
-
-    def loss(self, params: dict, student: EncoderOutputs, teacher: EncoderOutputs | None,
-             batch: Batch) -> tuple[jax.Array, Metrics]:
-        del params, teacher
-        key, term = supervised_loss(student.logits, batch["labels"], self.regression,
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
+             ) -> tuple[jax.Array, Metrics]:
+        del params
+        key, term = supervised_loss(outputs[STUDENT].logits, batch["labels"], self.regression,
                                     self.options.label_smoothing)
         return term, {f"loss/{key}": term}

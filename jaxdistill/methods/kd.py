@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill import losses
-from jaxdistill.methods.base import Batch, Method, Metrics, register
+from jaxdistill.methods.base import STUDENT, TEACHER, Batch, Method, Metrics, register
 from jaxdistill.methods.finetune import supervised_loss
-from jaxdistill.models.bert import NOTHING, BertConfig, Capture, EncoderOutputs
+from jaxdistill.models.base import Model, Outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +52,11 @@ def check_kd_options(temperature: float, alpha: float) -> None:
         raise ValueError(f"alpha={alpha}: must be in [0, 1] (the label term gets 1 - alpha)")
 
 
-def check_same_labels(student: BertConfig, teacher: BertConfig) -> None:
-    if student.num_labels != teacher.num_labels:
-        raise ValueError(f"the student has num_labels={student.num_labels} but the teacher "
-                         f"{teacher.num_labels}: soft targets need the same label set")
+def check_same_labels(student: Model, teacher: Model) -> None:
+    s, t = student.config.num_labels, teacher.config.num_labels
+    if s != t:
+        raise ValueError(f"the student has num_labels={s} but the teacher {t}: soft targets "
+                         f"need the same label set")
 
 
 def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
@@ -86,22 +87,18 @@ class Kd(Method):
 
     name: ClassVar[str] = "kd"
     Options: ClassVar[type] = KdOptions
-    student_head: ClassVar[str] = "classifier"
-    teacher_head: ClassVar[str] = "classifier"
 
-    def __init__(self, options: KdOptions, student: BertConfig, teacher: BertConfig):
-        super().__init__(options, student, teacher)
-        check_same_labels(student, teacher)
-        self.regression = student.num_labels == 1
+    @classmethod
+    def roles(cls, options: KdOptions) -> dict[str, str]:
+        return {STUDENT: "classifier", TEACHER: "classifier"}
 
-    def student_capture(self) -> Capture:
-        return NOTHING  # the logits are always returned
+    def __init__(self, options: KdOptions, models: dict[str, Model]):
+        super().__init__(options, models)
+        check_same_labels(self.student, self.teacher)
+        self.regression = self.student.config.num_labels == 1
 
-    def teacher_capture(self) -> Capture:
-        return NOTHING
-
-    def loss(self, params: dict, student: EncoderOutputs, teacher: EncoderOutputs,
-             batch: Batch) -> tuple[jax.Array, Metrics]:
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
+             ) -> tuple[jax.Array, Metrics]:
         del params  # KD trains no parameters besides the student's
-        return kd_loss(student.logits, teacher.logits, batch["labels"], self.options.temperature,
-                       self.options.alpha, self.regression)
+        return kd_loss(outputs[STUDENT].logits, outputs[TEACHER].logits, batch["labels"],
+                       self.options.temperature, self.options.alpha, self.regression)

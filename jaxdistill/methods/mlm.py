@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill import losses
-from jaxdistill.methods.base import Batch, Method, Metrics, register
-from jaxdistill.models.bert import NOTHING, Capture, EncoderOutputs
+from jaxdistill.methods.base import STUDENT, Batch, Method, Metrics, register
+from jaxdistill.models.base import Outputs, Wants
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,24 +24,20 @@ class MlmOptions:
 
 @register
 class Mlm(Method):
-    name = "mlm"
-    Options = MlmOptions
-    student_head: ClassVar[str] = "mlm"
-    teacher_head: ClassVar[str] = "none"
-    needs_teacher: ClassVar[bool] = False
+    name: ClassVar[str] = "mlm"
+    Options: ClassVar[type] = MlmOptions
 
-    def student_capture(self) -> Capture:
-        return NOTHING
+    @classmethod
+    def roles(cls, options: MlmOptions) -> dict[str, str]:
+        return {STUDENT: "mlm"}
 
-    def teacher_capture(self) -> Capture:
-        return NOTHING
+    def wants(self) -> dict[str, Wants]:
+        return {STUDENT: Wants(logits_at_masked=True)}
 
-    def uses_masked_positions(self) -> bool:
-        return True
-
-    def loss(self, params: dict, student: EncoderOutputs, teacher: EncoderOutputs | None,
-             batch: Batch) -> tuple[jax.Array, Metrics]:
-        del params, teacher
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
+             ) -> tuple[jax.Array, Metrics]:
+        del params
+        student = outputs[STUDENT]
         weights = batch["masked_weights"]
         ce = losses.hard_cross_entropy(student.logits, batch["masked_ids"], weights)
         hits = (jnp.argmax(student.logits, -1) == batch["masked_ids"]) * weights

@@ -37,16 +37,17 @@ Regression (num_labels == 1): the CE and KD terms become MSE as in `kd`.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from jaxdistill import losses
 from jaxdistill.methods import projection
-from jaxdistill.methods.base import Batch, Method, Metrics, register
+from jaxdistill.methods.base import STUDENT, TEACHER, Batch, Method, Metrics, register
 from jaxdistill.methods.kd import check_kd_options, check_same_labels, kd_loss
-from jaxdistill.models.bert import NOTHING, BertConfig, Capture, EncoderOutputs
+from jaxdistill.methods.layer_match import LayerMatch
+from jaxdistill.models.base import NOTHING, Model, Outputs, Wants
 
 STRATEGIES = ("skip", "last")
 
@@ -104,7 +105,7 @@ def pkd_layer_map(strategy: str, teacher_layers: int, student_layers: int) -> tu
     return tuple(k * j for j in range(1, m))
 
 
-def _check_teacher_layers(layers: tuple[int, ...], student: BertConfig, teacher: BertConfig):
+def _check_teacher_layers(layers: tuple[int, ...], student: Any, teacher: Any):
     m, n = student.num_layers, teacher.num_layers
     if len(layers) != m - 1:
         raise ValueError(f"teacher_layers has {len(layers)} entries, but the {m}-layer student "
@@ -122,43 +123,42 @@ class Pkd(Method):
 
     name: ClassVar[str] = "pkd"
     Options: ClassVar[type] = PkdOptions
-    student_head: ClassVar[str] = "classifier"
-    teacher_head: ClassVar[str] = "classifier"
 
-    def __init__(self, options: PkdOptions, student: BertConfig, teacher: BertConfig):
-        super().__init__(options, student, teacher)
-        check_same_labels(student, teacher)
+    @classmethod
+    def roles(cls, options: PkdOptions) -> dict[str, str]:
+        return {STUDENT: "classifier", TEACHER: "classifier"}
+
+    def __init__(self, options: PkdOptions, models: dict[str, Model]):
+        super().__init__(options, models)
+        check_same_labels(self.student, self.teacher)
+        student, teacher = self.student.config, self.teacher.config
         self.regression = student.num_labels == 1
-        self.teacher_layers: tuple[int, ...] = ()
+        layers: tuple[int, ...] = ()
         if options.beta > 0:
             if student.num_layers < 2:
                 raise ValueError("a 1-layer student has no intermediate layer for the patience "
                                  "loss; set beta=0 (or use method kd)")
-            if options.teacher_layers is not None:
-                self.teacher_layers = options.teacher_layers
-            else:
-                self.teacher_layers = pkd_layer_map(options.strategy, teacher.num_layers,
-                                                    student.num_layers)
-            _check_teacher_layers(self.teacher_layers, student, teacher)
+            layers = (options.teacher_layers if options.teacher_layers is not None
+                      else pkd_layer_map(options.strategy, teacher.num_layers, student.num_layers))
+            _check_teacher_layers(layers, student, teacher)
         # Student layer j (1-based) is hidden state j: index 0 is the embedding output.
-        self.student_layers = tuple(range(1, len(self.teacher_layers) + 1))
+        self.matches = tuple(LayerMatch("cls", j, t) for j, t in enumerate(layers, 1))
 
-    # --- captures ---------------------------------------------------------------------------
-    def student_capture(self) -> Capture:
-        return Capture(hidden_states=True) if self.teacher_layers else NOTHING
-
-    def teacher_capture(self) -> Capture:
-        return self.student_capture()
+    # --- what each forward pass keeps ---------------------------------------------------------
+    def wants(self) -> dict[str, Wants]:
+        side = Wants(hidden_states=True) if self.matches else NOTHING
+        return {STUDENT: side, TEACHER: side}
 
     # --- the projection ---------------------------------------------------------------------
     def _needs_projection(self) -> bool:
-        return bool(self.teacher_layers) and self.student.hidden_size != self.teacher.hidden_size
+        return bool(self.matches) and (self.student.config.hidden_size
+                                       != self.teacher.config.hidden_size)
 
     def init_params(self, rng: jax.Array) -> dict:
         """{'proj': {kernel [H_s, H_t], bias [H_t]}} when the widths differ, else {}."""
         if not self._needs_projection():
             return {}
-        return {"proj": projection.init(rng, self.student, self.teacher)}
+        return {"proj": projection.init(rng, self.student.config, self.teacher.config)}
 
     def param_axes(self) -> dict:
         if not self._needs_projection():
@@ -171,15 +171,16 @@ class Pkd(Method):
         return 0.0
 
     # --- the loss ---------------------------------------------------------------------------
-    def loss(self, params: dict, student: EncoderOutputs, teacher: EncoderOutputs,
-             batch: Batch) -> tuple[jax.Array, Metrics]:
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
+             ) -> tuple[jax.Array, Metrics]:
         opts = self.options
+        student, teacher = outputs[STUDENT], outputs[TEACHER]
         total, metrics = kd_loss(student.logits, teacher.logits, batch["labels"],
                                  opts.temperature, opts.alpha, self.regression)
-        if self.teacher_layers:
+        if self.matches:
             # [layers, B, H]: the [CLS] output of each matched layer (static indices).
-            s_cls = jnp.stack([student.hidden_states[j][:, 0] for j in self.student_layers])
-            t_cls = jnp.stack([teacher.hidden_states[t][:, 0] for t in self.teacher_layers])
+            s_cls = jnp.stack([student.hidden_states[m.student][:, 0] for m in self.matches])
+            t_cls = jnp.stack([teacher.hidden_states[m.teacher][:, 0] for m in self.matches])
             if self._needs_projection():
                 s_cls = projection.apply(params["proj"], s_cls)
             term = losses.patience_loss(s_cls, t_cls, opts.normalize)

@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxdistill.models.bert import BertConfig
+from typing import Any
 
 AXES = {"kernel": P("proj_in", "proj_out"), "bias": P("proj_out")}
 
 
-def init(rng: jax.Array, student: BertConfig, teacher: BertConfig) -> dict:
-    """{kernel [H_s, H_t], bias [H_t]} in the student's parameter dtype."""
+def init(rng: jax.Array, student: Any, teacher: Any) -> dict:
+    """{kernel [H_s, H_t], bias [H_t]} in the student's parameter dtype (configs of both)."""
     h_s, h_t = student.hidden_size, teacher.hidden_size
     dtype = jnp.dtype(student.param_dtype)
     kernel = student.initializer_range * jax.random.normal(rng, (h_s, h_t), dtype)

@@ -24,71 +24,21 @@ reference always has it (and training it from random is what the recipe's number
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from jaxdistill import losses
-from jaxdistill.config import from_dict
-from jaxdistill.errors import UserError
 from jaxdistill.methods import projection
-from jaxdistill.methods.base import Batch, Method, Metrics, register
-from jaxdistill.models.bert import NOTHING, BertConfig, Capture, EncoderOutputs
+from jaxdistill.methods.base import STUDENT, TEACHER, Batch, Method, Metrics, register
+from jaxdistill.methods.layer_match import (LayerMatch, check_no_duplicates, metric_names,
+                                            parse_matches)
+from jaxdistill.models.base import NOTHING, Model, Outputs, Wants
 
-FEATURES = ("embeddings", "hidden", "attention")
-LOSSES = ("mse",)
+FEATURES = ("embeddings", "hidden", "attention")  # the LayerMatch features TinyBERT reads
 STAGES = ("general", "task_intermediate", "task_prediction")
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerMatch:
-    """One matched pair of features (TextBrewer's IntermediateMatch, typed).
-
-    feature: 'embeddings' (hidden state 0 of both models; indices may be left out),
-      'hidden' (index j: 0 = embedding output, j = output of layer j), or
-      'attention' (0-based layer index; the layer's pre-softmax scores).
-    """
-
-    feature: str
-    student: int | None = None
-    teacher: int | None = None
-    loss: str = "mse"
-    weight: float = 1.0
-
-    def __post_init__(self):
-        if self.feature not in FEATURES:
-            raise ValueError(f"feature={self.feature!r}: expected one of {', '.join(FEATURES)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss={self.loss!r}: expected one of {', '.join(LOSSES)}")
-        if self.weight < 0:
-            raise ValueError(f"weight={self.weight}: must be >= 0")
-        if self.feature == "embeddings":
-            if (self.student or 0) != 0 or (self.teacher or 0) != 0:
-                raise ValueError("an 'embeddings' match is hidden state 0 of both models: "
-                                 "leave out student/teacher or set them to 0 (use feature "
-                                 "'hidden' to match other layers)")
-            object.__setattr__(self, "student", 0)  # normalise the omitted indices
-            object.__setattr__(self, "teacher", 0)
-        elif self.student is None or self.teacher is None:
-            raise ValueError(f"a '{self.feature}' match needs both 'student' and 'teacher' "
-                             "layer indices")
-
-    @property
-    def name(self) -> str:
-        """Metric suffix: 1-based layer number of the student (attention of layer i is L{i+1})."""
-        return f"L{self.student + 1}" if self.feature == "attention" else f"L{self.student}"
-
-
-def _parse_match(item, i: int) -> LayerMatch:
-    if isinstance(item, LayerMatch):
-        return item
-    try:
-        return from_dict(LayerMatch, item, where=f"matches[{i}]")
-    except UserError as e:
-        raise ValueError(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +66,11 @@ class TinyBertOptions:
             if getattr(self, key) < 0:
                 raise ValueError(f"{key}={getattr(self, key)}: must be >= 0")
         if self.matches is not None:
-            if isinstance(self.matches, (str, dict)):
-                raise ValueError("matches: expected a list of {feature, student, teacher} entries")
-            parsed = tuple(_parse_match(m, i) for i, m in enumerate(self.matches))
+            parsed = parse_matches(self.matches)
+            bad = [m.feature for m in parsed if m.feature not in FEATURES]
+            if bad:
+                raise ValueError(f"matches: feature '{bad[0]}' is not one TinyBERT matches; use "
+                                 f"{', '.join(FEATURES)}")
             if not parsed:
                 raise ValueError("matches: the list is empty; leave it out for the uniform map")
             object.__setattr__(self, "matches", parsed)  # dicts from YAML -> typed matches
@@ -140,7 +92,7 @@ def uniform_layer_map(teacher_layers: int, student_layers: int) -> tuple[LayerMa
     return tuple(out)
 
 
-def _check_matches(matches: tuple[LayerMatch, ...], student: BertConfig, teacher: BertConfig):
+def _check_matches(matches: tuple[LayerMatch, ...], student: Any, teacher: Any):
     """Indices in range, no duplicates, and shapes that can be compared."""
     limits = {"embeddings": (0, 0), "hidden": (student.num_layers, teacher.num_layers),
               "attention": (student.num_layers - 1, teacher.num_layers - 1)}
@@ -153,11 +105,7 @@ def _check_matches(matches: tuple[LayerMatch, ...], student: BertConfig, teacher
         if not 0 <= m.teacher <= t_max:
             raise ValueError(f"matches[{i}]: teacher {what} {m.teacher} is out of range 0..{t_max} "
                              f"for the {teacher.num_layers}-layer teacher")
-    seen = collections.Counter((m.feature, m.student, m.teacher) for m in matches)
-    dup = [k for k, c in seen.items() if c > 1]
-    if dup:
-        raise ValueError(f"matches: {dup[0][0]} student {dup[0][1]} -> teacher {dup[0][2]} is "
-                         "listed twice")
+    check_no_duplicates(matches)
     if any(m.feature == "attention" for m in matches) and student.num_heads != teacher.num_heads:
         raise ValueError(
             f"attention matches compare scores head by head, but the student has "
@@ -165,52 +113,46 @@ def _check_matches(matches: tuple[LayerMatch, ...], student: BertConfig, teacher
             f"leave attention out of matches")
 
 
-def _metric_names(matches: tuple[LayerMatch, ...]) -> list[str]:
-    """'L{n}' per match; 'L{n}_T{t}' where one student layer feeds several matches of a kind."""
-    count = collections.Counter((m.feature, m.student) for m in matches)
-    return [m.name if count[(m.feature, m.student)] == 1 else f"{m.name}_T{m.teacher}"
-            for m in matches]
-
-
 @register
 class TinyBert(Method):
-    """TinyBERT general and task distillation. Heads depend on the stage (set per instance)."""
+    """TinyBERT general and task distillation. Heads depend on the stage."""
 
     name: ClassVar[str] = "tinybert"
     Options: ClassVar[type] = TinyBertOptions
 
-    def __init__(self, options: TinyBertOptions, student: BertConfig, teacher: BertConfig):
-        super().__init__(options, student, teacher)
-        self.predicting = options.stage == "task_prediction"
+    @classmethod
+    def roles(cls, options: TinyBertOptions) -> dict[str, str]:
         # Task stages read a fine-tuned classifier teacher; the intermediate stage keeps the
         # student's classifier in its parameters so the prediction stage can start from them.
         head = "none" if options.stage == "general" else "classifier"
-        self.student_head = self.teacher_head = head
+        return {STUDENT: head, TEACHER: head}
+
+    def __init__(self, options: TinyBertOptions, models: dict[str, Model]):
+        super().__init__(options, models)
+        self.predicting = options.stage == "task_prediction"
+        student, teacher = self.student.config, self.teacher.config
         if self.predicting:
             self.matches: tuple[LayerMatch, ...] = ()  # the prediction stage reads logits only
         else:
             self.matches = options.matches or uniform_layer_map(teacher.num_layers,
                                                                 student.num_layers)
             _check_matches(self.matches, student, teacher)
-        self.metric_names = _metric_names(self.matches)
+        self.metric_names = metric_names(self.matches)
 
-    # --- captures ---------------------------------------------------------------------------
-    def _capture(self, side: str) -> Capture:
+    # --- what each forward pass keeps ---------------------------------------------------------
+    def _wants(self, side: str) -> Wants:
         if not self.matches:
             return NOTHING
         features = {m.feature for m in self.matches}
         # Only the matched layers form their scores; on GPU the others (half of a 12 -> 6
         # teacher) keep the fused attention kernel.
         layers = tuple(getattr(m, side) for m in self.matches if m.feature == "attention")
-        return Capture(hidden_states=bool(features & {"embeddings", "hidden"}),
-                       attention_scores="attention" in features,
-                       attention_layers=layers if layers else None)
+        return Wants(hidden_states=bool(features & {"embeddings", "hidden"}),
+                     attention_scores="attention" in features,
+                     attention_layers=layers if layers else None)
 
-    def student_capture(self) -> Capture:
-        return self._capture("student")
-
-    def teacher_capture(self) -> Capture:
-        return self._capture("teacher")
+    def wants(self) -> dict[str, Wants]:
+        return {STUDENT: self._wants("student"), TEACHER: self._wants("teacher")}
 
     # --- the projection ---------------------------------------------------------------------
     def _needs_projection(self) -> bool:
@@ -220,12 +162,12 @@ class TinyBert(Method):
         """{'fit_dense': {kernel [H_s, H_t], bias [H_t]}} (TinyBERT's init: N(0, 0.02), zeros)."""
         if not self._needs_projection():
             return {}
-        return {"fit_dense": projection.init(rng, self.student, self.teacher)}
+        return {"fit_dense": projection.init(rng, self.student.config, self.teacher.config)}
 
     def forward_flops_per_token(self) -> float:
         # fit_dense runs once per matched hidden state (embeddings included).
         uses = sum(m.feature != "attention" for m in self.matches)
-        return 2.0 * uses * self.student.hidden_size * self.teacher.hidden_size
+        return 2.0 * uses * self.student.config.hidden_size * self.teacher.config.hidden_size
 
     def param_axes(self) -> dict:
         if not self._needs_projection():
@@ -233,9 +175,10 @@ class TinyBert(Method):
         return {"fit_dense": projection.AXES}
 
     # --- the loss ---------------------------------------------------------------------------
-    def loss(self, params: dict, student: EncoderOutputs, teacher: EncoderOutputs,
-             batch: Batch) -> tuple[jax.Array, Metrics]:
-        if self.predicting and self.student.num_labels == 1:
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
+             ) -> tuple[jax.Array, Metrics]:
+        student, teacher = outputs[STUDENT], outputs[TEACHER]
+        if self.predicting and self.student.config.num_labels == 1:
             term = losses.mse(student.logits[..., 0], batch["labels"])
             return term, {"loss/mse": term}
         if self.predicting:
@@ -270,4 +213,3 @@ class TinyBert(Method):
 
 
 _KEYS = {"embeddings": "embedding_mse", "hidden": "hidden_mse", "attention": "attn_mse"}
-

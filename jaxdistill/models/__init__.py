@@ -1,0 +1,12 @@
+"""Architectures behind one `Model` interface (models/base.py), one file per kind.
+
+Importing this package registers every kind shipped here; `build`, `from_meta` and
+`model_class` look kinds up by name. A new architecture is a new file with a `@register`ed
+`Model` subclass, imported below.
+"""
+from jaxdistill.models import bert  # noqa: F401  (registers kind 'bert')
+from jaxdistill.models.base import (EVERYTHING, NOTHING, REGISTRY, Model, Outputs, Wants,
+                                    fill_params, from_meta, model_class, register)
+
+__all__ = ["EVERYTHING", "NOTHING", "REGISTRY", "Model", "Outputs", "Wants", "fill_params",
+           "from_meta", "model_class", "register"]

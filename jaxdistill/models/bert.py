@@ -1,9 +1,9 @@
 """BERT-family encoder (BERT, TinyBERT, DistilBERT, MiniLM shapes) as a pure Flax Linen module.
 
 `model.apply(params, input_ids, ...)` is a pure function of (params, batch) that returns one
-`EncoderOutputs` pytree. What a distillation method reads (every hidden state, pre-softmax
+`Outputs` pytree. What a distillation method reads (every hidden state, pre-softmax
 attention scores, attention probabilities) is only computed and kept when asked for through
-`Capture`, so a teacher forward that feeds a logits-only loss pays nothing for the rest.
+`Wants`, so a teacher forward that feeds a logits-only loss pays nothing for the rest.
 
 Parameters of the layers live under `encoder/layer_{i}`; with `scan_layers` they are stacked
 under `encoder/layers` with a leading 'layers' axis (see `stack_layers`/`unstack_layers`).
@@ -15,9 +15,15 @@ import functools
 from typing import Any
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from jaxdistill.errors import UserError
+from jaxdistill.models import base
+from jaxdistill.models.base import NOTHING, Outputs, Wants
 
 HEADS = ("none", "mlm", "classifier")
 FLAVORS = ("bert", "distilbert")
@@ -51,6 +57,7 @@ REMAT_POLICIES = {
 class BertConfig:
     """Architecture of a BERT-family encoder; `flavor` picks BERT or DistilBERT conventions."""
 
+    kind: str = "bert"
     vocab_size: int = 30522
     hidden_size: int = 768
     num_layers: int = 12
@@ -75,6 +82,8 @@ class BertConfig:
     remat: str = "none"
 
     def __post_init__(self):
+        if self.kind != "bert":
+            raise ValueError(f"kind={self.kind!r}: a BertConfig is of kind 'bert'")
         if self.flavor not in FLAVORS:
             raise ValueError(f"flavor={self.flavor!r}: expected one of {FLAVORS}")
         if self.head not in HEADS:
@@ -102,71 +111,6 @@ class BertConfig:
         per_layer = 4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h
         emb = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
         return layers * per_layer + (emb if with_embeddings else 0)
-
-
-@dataclasses.dataclass(frozen=True)
-class Capture:
-    """Which intermediates a forward pass materialises (each one costs memory and time).
-
-    attention_layers: the 0-based layers whose scores/probs are kept (None: every layer). The
-    other layers take the fused attention path (cuDNN on GPU), which never forms the scores. A
-    scanned encoder runs one body for all layers, so it captures every layer regardless.
-    """
-
-    hidden_states: bool = False
-    attention_scores: bool = False  # scaled QK^T before mask and softmax, as TinyBERT matches
-    attention_probs: bool = False
-    attention_layers: tuple[int, ...] | None = None
-
-    def __post_init__(self):
-        if self.attention_layers is not None:
-            object.__setattr__(self, "attention_layers", tuple(sorted(set(self.attention_layers))))
-
-    @property
-    def attention(self) -> bool:
-        return self.attention_scores or self.attention_probs
-
-    def for_layer(self, i: int) -> "Capture":
-        """What layer i keeps (attention_layers resolved)."""
-        keep = self.attention_layers is None or i in self.attention_layers
-        return Capture(self.hidden_states, self.attention_scores and keep,
-                       self.attention_probs and keep)
-
-    def __or__(self, other: "Capture") -> "Capture":
-        wanting = [c.attention_layers for c in (self, other) if c.attention]
-        layers = (None if not wanting or None in wanting
-                  else tuple(sorted(set().union(*wanting))))
-        return Capture(self.hidden_states or other.hidden_states,
-                       self.attention_scores or other.attention_scores,
-                       self.attention_probs or other.attention_probs, layers)
-
-
-NOTHING = Capture()
-EVERYTHING = Capture(True, True, True)
-
-
-PerLayer = tuple[jax.Array | None, ...] | jax.Array
-
-
-@flax.struct.dataclass
-class EncoderOutputs:
-    """One forward pass. Per-layer fields are indexed by layer: `hidden_states[j]`.
-
-    They are tuples of arrays (None for a layer whose attention was not captured), or, from a
-    scanned encoder, one array stacked on axis 0. Tuples because stacking copies every captured
-    array in the forward pass and turns each gradient back into a padded full stack (100 ms of
-    a 2.7 s CPU demo step, benchmarks/RESULTS.md).
-    hidden_states: num_layers + 1 of [B, T, H], index 0 is the embedding output.
-    attention_scores / attention_probs: num_layers of [B, heads, T, T].
-    logits: [B, T, V] (MLM), [B, P, V] with `masked_positions`, or [B, num_labels].
-    """
-
-    last_hidden_state: jax.Array
-    hidden_states: PerLayer | None = None
-    attention_scores: PerLayer | None = None
-    attention_probs: PerLayer | None = None
-    pooled: jax.Array | None = None
-    logits: jax.Array | None = None
 
 
 def _dense(features: int, axes: tuple[str, str], cfg: BertConfig, name: str) -> nn.Dense:
@@ -231,7 +175,7 @@ class Embeddings(nn.Module):
 
 class SelfAttention(nn.Module):
     cfg: BertConfig
-    capture: Capture
+    capture: Wants
 
     @nn.compact
     def __call__(self, x, key_mask, deterministic: bool):
@@ -264,7 +208,7 @@ class TransformerLayer(nn.Module):
     """Post-LN transformer block shared by BERT and DistilBERT."""
 
     cfg: BertConfig
-    capture: Capture
+    capture: Wants
     deterministic: bool
 
     @nn.compact
@@ -286,7 +230,7 @@ class _ScanBody(nn.Module):
     """Adapts TransformerLayer to nn.scan's (carry, xs) -> (carry, ys) signature."""
 
     cfg: BertConfig
-    capture: Capture
+    capture: Wants
     deterministic: bool
 
     @nn.compact
@@ -305,7 +249,7 @@ def _maybe_remat(cfg: BertConfig):
 
 class Encoder(nn.Module):
     cfg: BertConfig
-    capture: Capture
+    capture: Wants
     deterministic: bool
 
     @nn.compact
@@ -381,10 +325,10 @@ class BertModel(nn.Module):
         attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
         *,
-        capture: Capture = NOTHING,
+        capture: Wants = NOTHING,
         deterministic: bool = True,
         masked_positions: jax.Array | None = None,
-    ) -> EncoderOutputs:
+    ) -> Outputs:
         cfg = self.cfg
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -412,7 +356,7 @@ class BertModel(nn.Module):
             logits = MlmHead(cfg, name="mlm_head")(feats, word)
         elif cfg.head == "classifier":
             logits = Classifier(cfg, name="classifier")(pooled, last[:, 0], deterministic)
-        return EncoderOutputs(last, hidden_states, scores, probs, pooled, logits)
+        return Outputs(last, hidden_states, scores, probs, pooled, logits)
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:
@@ -444,3 +388,134 @@ def logical_axes(cfg: BertConfig, seq_len: int = 8) -> Any:
     boxed = jax.eval_shape(lambda: BertModel(cfg).init(jax.random.key(0), jnp.zeros(ids.shape, ids.dtype)))
     return nn.get_partition_spec(boxed["params"])
 
+
+
+def host_init(cfg: BertConfig, rng: jax.Array) -> dict:
+    """Random params drawn with NumPy from a seed taken from `rng`, in the model's init scheme.
+
+    Weights ~ normal(initializer_range), biases 0, LayerNorm scales 1: what both our modules
+    and transformers' `_init_weights` do. Used for the parts a loaded checkpoint lacks (heads,
+    pooler), where compiling the model's `init` would cost seconds for a few small tensors.
+    """
+    if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)  # typed key (jax.random.key) -> its uint32 words
+    gen = np.random.default_rng(np.asarray(rng).astype(np.uint32).ravel().tolist())
+    dtype = jnp.dtype(cfg.param_dtype)
+    flat_cfg = cfg.replace(scan_layers=False, remat="none")
+    shapes = flatten_dict(jax.eval_shape(lambda: init_params(flat_cfg, jax.random.key(0))))
+    flat = {}
+    for path, leaf in sorted(shapes.items()):
+        if path[-1] in ("kernel", "embedding"):
+            value = gen.normal(0.0, cfg.initializer_range, leaf.shape)
+        else:
+            value = np.ones(leaf.shape) if path[-1] == "scale" else np.zeros(leaf.shape)
+        flat[path] = value.astype(dtype)
+    return unflatten_dict(flat)
+
+
+def matmul_params(cfg: BertConfig, mlm_positions: int | None = None, seq: int = 1) -> float:
+    """Matmul weights a token passes through (per token; the MLM decoder scaled by its share
+    when only `mlm_positions` of the `seq` positions get vocabulary logits)."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    n = cfg.num_layers * (4 * h * h + 2 * h * i)
+    if cfg.head == "mlm":
+        share = 1.0 if mlm_positions is None else mlm_positions / seq
+        n += (h * h + h * cfg.vocab_size) * share
+    return float(n)
+
+
+def forward_flops_per_token(cfg: BertConfig, seq: int, mlm_positions: int | None = None) -> float:
+    """2 FLOPs per matmul weight, plus attention's 4 * L * T * H (QK^T and PV); embedding
+    lookups are free."""
+    return 2 * matmul_params(cfg, mlm_positions, seq) + 4 * cfg.num_layers * seq * cfg.hidden_size
+
+
+# Same width, heads and vocabulary: what copying teacher layers into a student needs.
+_COPY_SAME = ("hidden_size", "num_heads", "intermediate_size", "vocab_size",
+              "max_position_embeddings")
+
+
+@base.register
+class Bert(base.Model):
+    """BERT, TinyBERT, MiniLM and DistilBERT (`flavor`) behind the Model interface."""
+
+    kind = "bert"
+    Config = BertConfig
+    HEADS = HEADS
+    RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "hidden_dropout",
+                      "attention_dropout", "classifier_dropout")
+    INHERITED_FIELDS = ("vocab_size", "max_position_embeddings", "type_vocab_size",
+                        "layer_norm_eps", "pad_token_id")
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.module = BertModel(config)
+
+    @classmethod
+    def student_defaults(cls, fields: dict) -> dict:
+        # DistilBERT has no token types; a BERT student of a DistilBERT teacher gets BERT's two.
+        distil = fields.get("flavor") == "distilbert"
+        return {**fields, "type_vocab_size": 0 if distil else fields.get("type_vocab_size") or 2}
+
+    def input_spec(self) -> dict[str, int]:
+        return {"input_ids": 2, "attention_mask": 2, "token_type_ids": 2}
+
+    def init(self, rng: jax.Array) -> dict:
+        return init_params(self.config, rng)
+
+    def logical_axes(self) -> Any:
+        return logical_axes(self.config)
+
+    def apply(self, params: dict, batch: base.Batch, *, wants: Wants = NOTHING,
+              train: bool = False, rngs: dict | None = None) -> Outputs:
+        return self.module.apply(
+            {"params": params}, batch["input_ids"], batch.get("attention_mask"),
+            batch.get("token_type_ids"), capture=wants, deterministic=not train,
+            masked_positions=batch["masked_positions"] if wants.logits_at_masked else None,
+            rngs=rngs)
+
+    def forward_flops_per_token(self, seq_len: int, predictions_per_seq: int | None = None) -> float:
+        return forward_flops_per_token(self.config, seq_len, predictions_per_seq)
+
+    def word_embeddings(self, params: dict) -> Any:
+        return params["embeddings"]["word"]["embedding"]
+
+    def fresh_host_params(self, rng: jax.Array) -> dict:
+        # Embeddings, pooler and head only: the layers of a loaded checkpoint are never missing.
+        return host_init(self.config.replace(num_layers=0), rng)
+
+    def canonical(self, params: dict) -> dict:
+        return unstack_layers(params, self.config.num_layers) if self.config.scan_layers else params
+
+    def from_canonical(self, params: dict) -> dict:
+        return stack_layers(params, self.config.num_layers) if self.config.scan_layers else params
+
+    def copy_layers_from(self, teacher: base.Model, teacher_params: dict,
+                         layers: tuple[int, ...], fallback: dict | None) -> dict:
+        """extract_distilbert.py: embeddings, the teacher layers `layers` (student layer i <-
+        teacher layer layers[i]) and the MLM head are copied; the pooler and token types only if
+        the student has them (a 'distilbert' student drops them, as the reference does). What
+        the teacher lacks comes from `fallback` (student params), an error without it. Values
+        take the student's param_dtype: pass full-precision teacher params."""
+        student_cfg = self.config
+        if not isinstance(teacher, Bert):
+            return super().copy_layers_from(teacher, teacher_params, layers, fallback)
+        for key in _COPY_SAME:
+            if getattr(student_cfg, key) != getattr(teacher.config, key):
+                raise UserError(
+                    f"student.{key}={getattr(student_cfg, key)} differs from the teacher's "
+                    f"{getattr(teacher.config, key)}: copying teacher layers needs the same width")
+        if len(layers) != student_cfg.num_layers:
+            raise ValueError(f"{len(layers)} teacher layers for a {student_cfg.num_layers}-layer "
+                             f"student")
+        source = teacher.canonical(teacher_params)
+        source = {**{k: v for k, v in source.items() if k != "encoder"},
+                  "encoder": {f"layer_{i}": source["encoder"][f"layer_{j}"]
+                              for i, j in enumerate(layers)}}
+        template = jax.eval_shape(lambda: init_params(student_cfg.replace(scan_layers=False),
+                                                      jax.random.key(0)))
+        if fallback is not None:
+            fallback = self.canonical(fallback)
+        params = base.fill_params(template, source, fallback,
+                                  dtype=jnp.dtype(student_cfg.param_dtype))
+        return self.from_canonical(params)

@@ -1,19 +1,18 @@
 """Model FLOP accounting for a distillation step (MFU counts model FLOPs, not recomputation).
 
-Per token, a dense layer costs 2 FLOPs per weight forward and 4 more backward. Attention adds
-2 * 2 * T * H per layer and token forward (QK^T and PV). So for T tokens of length `seq`:
-  teacher forward:            2 * N_t * T + 4 * L_t * seq * H_t * T
-  student forward + backward: 3 * (2 * N_s * T + 4 * L_s * seq * H_s * T)
-where N counts the matmul weights (embeddings lookups are free; the MLM decoder is a matmul).
+Each model kind counts its forward FLOPs per token (for BERT, 2 per matmul weight plus
+4 * L * seq * H for attention; models/bert.py). The backward pass costs twice the forward, so
+for T tokens: teacher forwards + 3 * (student forward + the method's own layers).
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from jaxdistill.models.bert import BertConfig
+from jaxdistill.models.base import Model
 
 # Dense bf16 peak FLOP/s per chip, from vendor specs (no sparsity).
 PEAK_FLOPS = {
@@ -30,33 +29,19 @@ PEAK_FLOPS = {
 }
 
 
-def matmul_params(cfg: BertConfig, mlm_positions: int | None = None, seq: int = 1) -> float:
-    """Matmul weights a token passes through (per token; the MLM decoder scaled by its share)."""
-    h, i = cfg.hidden_size, cfg.intermediate_size
-    n = cfg.num_layers * (4 * h * h + 2 * h * i)
-    if cfg.head == "mlm":
-        share = 1.0 if mlm_positions is None else mlm_positions / seq
-        n += (h * h + h * cfg.vocab_size) * share
-    return float(n)
-
-
-def forward_flops_per_token(cfg: BertConfig, seq: int, mlm_positions: int | None = None) -> float:
-    return 2 * matmul_params(cfg, mlm_positions, seq) + 4 * cfg.num_layers * seq * cfg.hidden_size
-
-
-def step_flops(student: BertConfig, teacher: BertConfig | None, batch: int, seq: int,
-               mlm_positions: int | None = None, method_flops_per_token: float = 0.0,
+def step_flops(student: Model, teachers: Sequence[Model], batch: int, seq: int,
+               predictions_per_seq: int | None = None, method_flops_per_token: float = 0.0,
                student_backward: bool = True) -> float:
     """Model FLOPs of one distillation step on `batch` sequences of length `seq`.
 
-    teacher None: no teacher forward (plain MLM). student_backward False: a frozen encoder,
-    counted as forward only (its small trainable head's backward is neglected).
+    Each model counts its own forward FLOPs per token (`Model.forward_flops_per_token`); the
+    student's forward is tripled for its backward pass. student_backward False: a frozen
+    encoder, counted as forward only (its small trainable head's backward is neglected).
     """
     tokens = batch * seq
-    teacher_fwd = forward_flops_per_token(teacher, seq, mlm_positions) * tokens if teacher else 0.0
-    student_fwd = (forward_flops_per_token(student, seq, mlm_positions)
-                   + method_flops_per_token) * tokens
-    return teacher_fwd + (3 if student_backward else 1) * student_fwd
+    teacher_fwd = sum(t.forward_flops_per_token(seq, predictions_per_seq) for t in teachers)
+    student_fwd = student.forward_flops_per_token(seq, predictions_per_seq) + method_flops_per_token
+    return tokens * (teacher_fwd + (3 if student_backward else 1) * student_fwd)
 
 
 def device_peak_flops(device: jax.Device | None = None) -> tuple[float, str]:

@@ -1,6 +1,7 @@
-"""One distillation step, top to bottom: frozen teacher forward, student forward, method loss,
-gradients for the student only, optimizer update. Pure; jitted once by the loop with explicit
-shardings and the train state donated.
+"""One distillation step, top to bottom: frozen teacher forwards (one per teacher role), student
+forward, method loss over every role's outputs, gradients for the student (and the method's own
+parameters) only, optimizer update. Pure; jitted once by the loop with explicit shardings and
+the train state donated. It names no architecture and no method.
 """
 from __future__ import annotations
 
@@ -13,47 +14,41 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from jaxdistill.methods.base import Batch, Method, Metrics
-from jaxdistill.models.bert import BertModel, EncoderOutputs
+from jaxdistill.methods.base import STUDENT, Batch, Method, Metrics
+from jaxdistill.models.base import Model, Outputs
 from jaxdistill.train.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class StepContext:
-    """Everything static a step needs (models, method, optimizer); hashable by identity."""
+    """Everything static a step needs (models by role, method, optimizer); hashable by identity."""
 
-    student: BertModel
-    teacher: BertModel
+    models: dict[str, Model]  # 'student' and every teacher role
     method: Method
     tx: optax.GradientTransformation
     lr_schedule: optax.Schedule
     grad_accum: int = 1
     frozen: tuple[str, ...] = ()  # student param path prefixes that get no gradient
 
-
-def _model_inputs(batch: Batch) -> tuple:
-    return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-
-
-def teacher_forward(ctx: StepContext, teacher_params: Any, batch: Batch) -> EncoderOutputs | None:
-    if not ctx.method.needs_teacher:
-        return None
-    out = ctx.teacher.apply(
-        {"params": teacher_params}, *_model_inputs(batch),
-        capture=ctx.method.teacher_capture(), deterministic=True,
-        masked_positions=batch["masked_positions"] if ctx.method.uses_masked_positions() else None)
-    return jax.lax.stop_gradient(out)
+    @property
+    def student(self) -> Model:
+        return self.models[STUDENT]
 
 
-def loss_fn(params: dict, ctx: StepContext, teacher_out: EncoderOutputs | None, batch: Batch,
+def teacher_forward(ctx: StepContext, teacher_params: dict[str, Any], batch: Batch
+                    ) -> dict[str, Outputs]:
+    """Every teacher role's outputs, frozen (no dropout, no gradient)."""
+    wants = ctx.method.wants()
+    return {role: jax.lax.stop_gradient(ctx.models[role].apply(
+        params, batch, wants=wants[role], train=False)) for role, params in teacher_params.items()}
+
+
+def loss_fn(params: dict, ctx: StepContext, teacher_out: dict[str, Outputs], batch: Batch,
             rng: jax.Array) -> tuple[jax.Array, Metrics]:
     student_params = freeze(params["student"], ctx.frozen)
-    student_out = ctx.student.apply(
-        {"params": student_params}, *_model_inputs(batch),
-        capture=ctx.method.student_capture(), deterministic=False,
-        masked_positions=batch["masked_positions"] if ctx.method.uses_masked_positions() else None,
-        rngs={"dropout": rng})
-    return ctx.method.loss(params["method"], student_out, teacher_out, batch)
+    student_out = ctx.student.apply(student_params, batch, wants=ctx.method.wants()[STUDENT],
+                                    train=True, rngs={"dropout": rng})
+    return ctx.method.loss(params["method"], {STUDENT: student_out, **teacher_out}, batch)
 
 
 def freeze(params: dict, prefixes: tuple[str, ...]) -> dict:

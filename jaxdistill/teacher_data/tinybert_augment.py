@@ -46,6 +46,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +58,9 @@ from jaxdistill.data import tasks
 from jaxdistill.data.tasks import Example
 from jaxdistill.data.tokenizer import load_tokenizer
 from jaxdistill.errors import UserError
-from jaxdistill.models.bert import BertConfig, BertModel
-from jaxdistill.models.loading import load_pretrained
+from jaxdistill.loading import load_pretrained
+from jaxdistill.models import Model, Wants
+from jaxdistill.teacher_data.base import TeacherDataset, write
 
 # The stop words the reference never replaces: NLTK's English list without
 # what/which/who/whom/when/where/why/how.
@@ -169,14 +171,14 @@ def nearest_words(table: np.ndarray, valid: np.ndarray, queries: np.ndarray,
 
 
 @functools.lru_cache(maxsize=4)  # one jitted function (and its compiled shapes) per model
-def _mlm_top_ids_fn(model_cfg: BertConfig, m: int):
+def _mlm_top_ids_fn(model: Model, m: int):
     """jit(params, ids, mask, types, positions[B]) -> int[B, m] top MLM ids at each position."""
-    model = BertModel(model_cfg)
 
     @jax.jit
     def top_ids(params, ids, mask, types, positions):
-        out = model.apply({"params": params}, ids, mask, types,
-                          masked_positions=positions[:, None], deterministic=True)
+        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types,
+                 "masked_positions": positions[:, None]}
+        out = model.apply(params, batch, wants=Wants(logits_at_masked=True), train=False)
         return jax.lax.top_k(out.logits[:, 0].astype(jnp.float32), m)[1]
 
     return top_ids
@@ -230,11 +232,12 @@ def _mlm_batches(requests: list[_MlmRequest], rows: list[tuple[np.ndarray, np.nd
 # ------------------------------------------------------------------------------ candidates
 
 
-def find_candidates(sentences: Iterable[str], model_cfg: BertConfig, params: dict,
+def find_candidates(sentences: Iterable[str], model: Model, params: dict,
                     tok: Tokenizer, special_ids: dict, *, m: int, batch_size: int,
                     seq_len: int, progress: bool = True) -> dict[str, SentenceCandidates]:
     """Replacement candidates for every word of every distinct sentence (TinyBERT's recipe)."""
     distinct = list(dict.fromkeys(sentences))
+    model_cfg = model.config
     vocab = _vocab_list(tok, model_cfg.vocab_size)
     valid = candidate_mask(vocab)
     max_len = min(seq_len, model_cfg.max_position_embeddings)
@@ -267,7 +270,7 @@ def find_candidates(sentences: Iterable[str], model_cfg: BertConfig, params: dic
                desc="augment: candidates", disable=not progress)
     mlm_options: dict[tuple[int, int], tuple[str, ...]] = {}
     if mlm_requests:
-        top_ids = _mlm_top_ids_fn(model_cfg, min(m, model_cfg.vocab_size))
+        top_ids = _mlm_top_ids_fn(model, min(m, model_cfg.vocab_size))
         device_params = jax.device_put(params)
         for chunk, *arrays in _mlm_batches(mlm_requests, rows, batch_size, max_len, special_ids):
             found = np.asarray(top_ids(device_params, *arrays))
@@ -275,7 +278,8 @@ def find_candidates(sentences: Iterable[str], model_cfg: BertConfig, params: dic
                 mlm_options[(r.sentence, r.word)] = tuple(vocab[i] for i in ids if valid[i])
             bar.update(len(chunk))
 
-    neighbours = _neighbour_options(multi_piece, params, vocab, valid, tok, m, bar)
+    neighbours = _neighbour_options(multi_piece, model.word_embeddings(params), vocab, valid,
+                                    tok, m, bar)
     bar.close()
 
     out = {}
@@ -287,13 +291,13 @@ def find_candidates(sentences: Iterable[str], model_cfg: BertConfig, params: dic
     return out
 
 
-def _neighbour_options(multi_piece: Mapping[str, list[int]], params: dict, vocab: list[str],
+def _neighbour_options(multi_piece: Mapping[str, list[int]], table: Any, vocab: list[str],
                        valid: np.ndarray, tok: Tokenizer, m: int, bar
                        ) -> dict[str, tuple[str, ...]]:
     """word -> its m nearest whole-word vocab entries (the GloVe stand-in), batched by word."""
     if not multi_piece:
         return {}
-    table = np.asarray(params["embeddings"]["word"]["embedding"], np.float32)
+    table = np.asarray(table, np.float32)
     unit, bias = _unit_rows(table), _bias(valid)
     m = min(m, int(np.sum(valid)))
     words = list(multi_piece)
@@ -342,13 +346,14 @@ def sample_variants(cands: SentenceCandidates, n: int, p_t: float,
 
 
 def augment_examples(examples: Sequence[Example], candidates: Mapping[str, SentenceCandidates],
-                     n: int, p_t: float, seed: int) -> list[Example]:
+                     n: int, p_t: float, seed: int, offset: int = 0) -> list[Example]:
     """Each example, then its variants of text_a, then (pairs) its variants of text_b.
 
     Sentences absent from `candidates` (not chosen for augmentation) are written unchanged.
+    `offset` is the index of examples[0] in the whole set (randomness is seeded per index).
     """
     out = []
-    for k, ex in enumerate(examples):
+    for k, ex in enumerate(examples, offset):
         rng = np.random.default_rng([seed, k])  # per example: independent of batching and order
         out.append(ex)
         if ex.text_a not in candidates:
@@ -382,42 +387,69 @@ def validate(cfg: AugmentConfig) -> None:
         raise UserError(f"seq_len={cfg.seq_len}: must be >= 4 ([CLS] word [SEP] word [SEP]).")
     if not cfg.out:
         raise UserError("out is empty: give the JSONL file to write.")
+    if cfg.chunk_size < 1:
+        raise UserError(f"chunk_size={cfg.chunk_size}: must be >= 1 (examples per output part).")
 
 
-def load_mlm_model(ref: str) -> tuple[BertConfig, dict, Tokenizer, dict]:
-    """(architecture, params, tokenizer, special ids) of a model that has an MLM head."""
-    model_cfg, params, tok_dir = load_pretrained(ref, head="auto")
-    if model_cfg.head != "mlm":
+def load_mlm_model(ref: str) -> tuple[Model, dict, Tokenizer, dict]:
+    """(model, params, tokenizer, special ids) of a model that has an MLM head."""
+    model, params, tok_dir = load_pretrained(ref, head="auto")
+    if model.config.head != "mlm":
         raise UserError(
-            f"mlm_model={ref!r} has no MLM head (its head is '{model_cfg.head}'), and "
+            f"mlm_model={ref!r} has no MLM head (its head is '{model.config.head}'), and "
             f"augmentation needs its word predictions. Train one with "
             f"`jaxdistill pretrain --config configs/teacher_mlm.yaml` and pass its run dir as "
             f"mlm_model (a Hugging Face BertForMaskedLM directory also works).")
     if tok_dir is None:
         raise UserError(f"mlm_model={ref!r} has no tokenizer files beside it.")
     tok, info = load_tokenizer(tok_dir)
-    return model_cfg, params, tok, info.special_ids
+    return model, params, tok, info.special_ids
+
+
+class TinyBertAugmentation(TeacherDataset):
+    """Every training example, then its variants when it is among the chosen ones."""
+
+    def __init__(self, cfg: AugmentConfig, train: list[Example], chosen: set[int],
+                 progress: bool):
+        self.cfg, self.train, self.chosen, self.progress = cfg, train, chosen, progress
+        self.model, self.params, self.tok, self.special = load_mlm_model(cfg.mlm_model)
+
+    def items(self) -> list[Example]:
+        return self.train
+
+    def fingerprint(self) -> dict:
+        return {**dataclasses.asdict(self.cfg), "examples": len(self.train)}
+
+    def process(self, start: int, chunk: Sequence[Example]) -> list[dict]:
+        picked = [ex for k, ex in enumerate(chunk, start) if k in self.chosen]
+        sentences = [ex.text_a for ex in picked] + [ex.text_b for ex in picked
+                                                    if ex.text_b is not None]
+        cfg = self.cfg
+        candidates = find_candidates(sentences, self.model, self.params, self.tok, self.special,
+                                     m=cfg.m, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                                     progress=self.progress)
+        # Only chosen examples get variants, even when an unchosen one repeats their sentence.
+        rows = []
+        for k, ex in enumerate(chunk, start):
+            cands = candidates if k in self.chosen else {}
+            rows += [dataclasses.asdict(e) for e in augment_examples([ex], cands, cfg.n, cfg.p_t,
+                                                                    cfg.seed, offset=k)]
+        return rows
 
 
 def run(cfg: AugmentConfig, progress: bool = True) -> dict:
     """`jaxdistill augment`: write the augmented training set of cfg.task to cfg.out."""
     validate(cfg)
     start = time.perf_counter()
-    model_cfg, params, tok, special = load_mlm_model(cfg.mlm_model)
     # Always the original training set, even if the task block names an augmented file.
     data = tasks.load_task(dataclasses.replace(cfg.task, augmented=""))
     train = list(data.train)
-    chosen = train
+    chosen = set(range(len(train)))
     if 0 < cfg.max_augmented < len(train):
         # A fixed-seed subset gets variants (the MLM forwards are the cost); all originals stay.
-        keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.max_augmented])
-        chosen = [train[i] for i in keep]
-    sentences = [ex.text_a for ex in chosen] + [ex.text_b for ex in chosen if ex.text_b is not None]
-    candidates = find_candidates(sentences, model_cfg, params, tok, special, m=cfg.m,
-                                 batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-                                 progress=progress)
-    out = augment_examples(train, candidates, cfg.n, cfg.p_t, cfg.seed)
-    tasks.write_examples_jsonl(cfg.out, out)
+        chosen = set(np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.max_augmented]
+                     .tolist())
+    written = write(TinyBertAugmentation(cfg, train, chosen, progress), cfg.out, cfg.chunk_size)
     return {"input_examples": len(train), "augmented_examples": len(chosen),
-            "output_examples": len(out),
+            "output_examples": written["rows"], "resumed_chunks": written["resumed"],
             "seconds": round(time.perf_counter() - start, 2), "out": str(cfg.out)}

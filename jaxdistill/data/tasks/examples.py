@@ -1,0 +1,48 @@
+"""The example records every other tasks module passes around, and their JSONL form.
+
+Kept apart so that encoding and batching can use `Example` without the readers and presets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One labeled example: a sentence (or pair) and an int class or a float score."""
+
+    text_a: str
+    text_b: str | None
+    label: int | float
+
+
+def write_examples_jsonl(path: str | Path, examples: list[Example]) -> None:
+    """One {"text_a", "text_b", "label"} object per line (the augmented-data format)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        for ex in examples:
+            f.write(json.dumps(dataclasses.asdict(ex)) + "\n")
+    tmp.replace(path)  # never a half-written file under the final name
+
+
+def read_examples_jsonl(path: str | Path) -> list[Example]:
+    with Path(path).open() as f:
+        return [Example(d["text_a"], d.get("text_b"), d["label"]) for d in map(json.loads, f)
+                if d]
+
+
+@dataclasses.dataclass
+class TaskData:
+    """A loaded task: examples plus what training and evaluation need to know about it."""
+
+    name: str
+    train: list[Example]
+    dev: list[Example]
+    num_labels: int  # 1 = regression
+    label_names: tuple[str, ...] | None
+    metrics: tuple[str, ...]
+    select_metric: str

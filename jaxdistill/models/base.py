@@ -1,0 +1,272 @@
+"""The interface every architecture implements, and the registry of model kinds.
+
+A `Model` wraps one architecture's config: it initialises parameters, names their logical axes,
+and runs `apply(params, batch, wants=..., train=...)`, a pure function returning one `Outputs`
+pytree. The batch is the dict of arrays the model reads (`input_spec`); `wants` names the
+intermediates a method asked for, so nothing is materialised that no loss reads. Methods and the
+training loop see only this interface, never an architecture's modules.
+
+Kinds are registered by name (`@register`); recipes name them (`student.kind: bert`) and
+checkpoint metadata records them, so `from_meta` rebuilds a model from a checkpoint alone.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill.errors import UserError
+
+Batch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Wants:
+    """Which intermediates a forward pass materialises (each one costs memory and time).
+
+    hidden_states: every layer's output (index 0 = the embedding output).
+    attention_scores / attention_probs: per layer, before / after the softmax.
+    attention_layers: the 0-based layers whose attention is kept (None: every layer).
+    logits_at_masked: vocabulary logits only at `batch["masked_positions"]` (MLM losses).
+    A model that has no such feature (attention in a recurrent model) raises when asked.
+    """
+
+    hidden_states: bool = False
+    attention_scores: bool = False
+    attention_probs: bool = False
+    attention_layers: tuple[int, ...] | None = None
+    logits_at_masked: bool = False
+
+    def __post_init__(self):
+        if self.attention_layers is not None:
+            object.__setattr__(self, "attention_layers", tuple(sorted(set(self.attention_layers))))
+
+    @property
+    def attention(self) -> bool:
+        return self.attention_scores or self.attention_probs
+
+    def for_layer(self, i: int) -> "Wants":
+        """What layer i keeps (attention_layers resolved)."""
+        keep = self.attention_layers is None or i in self.attention_layers
+        return Wants(self.hidden_states, self.attention_scores and keep,
+                     self.attention_probs and keep)
+
+    def __or__(self, other: "Wants") -> "Wants":
+        wanting = [w.attention_layers for w in (self, other) if w.attention]
+        layers = (None if not wanting or None in wanting
+                  else tuple(sorted(set().union(*wanting))))
+        return Wants(self.hidden_states or other.hidden_states,
+                     self.attention_scores or other.attention_scores,
+                     self.attention_probs or other.attention_probs, layers,
+                     self.logits_at_masked or other.logits_at_masked)
+
+
+NOTHING = Wants()
+EVERYTHING = Wants(True, True, True)
+
+PerLayer = tuple[jax.Array | None, ...] | jax.Array
+
+
+@flax.struct.dataclass
+class Outputs:
+    """One forward pass, as named features (TextBrewer's adaptor keys). Unasked fields are None.
+
+    Per-layer fields are indexed by layer (`hidden_states[j]`): tuples of arrays, or one array
+    stacked on axis 0 (a scanned encoder). hidden_states has num_layers + 1 entries, index 0 the
+    embedding output; attention_* have num_layers entries of [B, heads, T, T].
+    logits: [B, num_labels] (classifier), [B, T, V] or [B, P, V] (MLM, `logits_at_masked`).
+    extras: anything else a model returns (e.g. per-layer exit logits), by name.
+    """
+
+    last_hidden_state: jax.Array | None = None
+    hidden_states: PerLayer | None = None
+    attention_scores: PerLayer | None = None
+    attention_probs: PerLayer | None = None
+    pooled: jax.Array | None = None
+    logits: jax.Array | None = None
+    extras: dict = flax.struct.field(default_factory=dict)
+
+
+class Model(abc.ABC):
+    """One architecture behind a small interface. Construct with `Kind(config)`.
+
+    Config: a frozen dataclass with at least `kind`, `head` and `num_labels`. `HEADS` lists the
+    heads it can carry ('none', 'mlm', 'classifier'). `RUNTIME_FIELDS` are the config fields that
+    never change the function computed or the parameter shapes (dtypes, dropout, layout), which
+    a caller may change on a loaded checkpoint. `INHERITED_FIELDS` are taken from the teacher
+    when a recipe leaves them out (a student reads the teacher's token ids).
+    """
+
+    kind: ClassVar[str]
+    Config: ClassVar[type]
+    HEADS: ClassVar[tuple[str, ...]] = ("classifier",)
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ()
+    INHERITED_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any):
+        if getattr(config, "kind", None) != self.kind:
+            raise ValueError(f"{type(self).__name__} needs a config of kind {self.kind!r}, got "
+                             f"{getattr(config, 'kind', None)!r}")
+        self.config = config
+
+    # --- what it reads and what it computes ----------------------------------------------------
+    @abc.abstractmethod
+    def input_spec(self) -> dict[str, int]:
+        """Batch keys the model reads -> their number of dimensions (batch axis first)."""
+
+    @abc.abstractmethod
+    def init(self, rng: jax.Array) -> dict:
+        """Random parameters (plain arrays, no axis metadata); jit-able."""
+
+    @abc.abstractmethod
+    def logical_axes(self) -> Any:
+        """Pytree of PartitionSpecs of logical axis names, matching `init`'s output."""
+
+    @abc.abstractmethod
+    def apply(self, params: dict, batch: Batch, *, wants: Wants = NOTHING, train: bool = False,
+              rngs: dict | None = None) -> Outputs:
+        """The forward pass; pure. `train` turns dropout on (needs rngs['dropout'])."""
+
+    @abc.abstractmethod
+    def forward_flops_per_token(self, seq_len: int, predictions_per_seq: int | None = None) -> float:
+        """Model FLOPs of one forward pass per input token, for MFU and evaluation reports.
+
+        predictions_per_seq: with `logits_at_masked`, how many positions get vocabulary logits.
+        """
+
+    @classmethod
+    def student_defaults(cls, fields: dict) -> dict:
+        """A student's config fields after the teacher's were inherited (a hook per kind)."""
+        return fields
+
+    def word_embeddings(self, params: dict) -> Any:
+        """[vocab, width] input word-embedding table, for methods that look words up in it."""
+        raise UserError(f"A '{self.kind}' model has no word-embedding table.")
+
+    def num_params(self) -> int:
+        shapes = jax.eval_shape(self.init, jax.random.key(0))
+        return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+    # --- variants of the same architecture -----------------------------------------------------
+    def replace(self, **changes: Any) -> "Model":
+        """The same kind with some config fields changed (validated by the config)."""
+        bad = sorted(set(changes) - {f.name for f in dataclasses.fields(self.config)})
+        if bad:
+            raise ValueError(f"{self.kind} models have no config field {', '.join(bad)}")
+        return type(self)(dataclasses.replace(self.config, **changes))
+
+    def with_head(self, head: str, num_labels: int | None = None) -> "Model":
+        if head not in self.HEADS:
+            raise UserError(f"A '{self.kind}' model cannot carry a '{head}' head (it has: "
+                            f"{', '.join(self.HEADS)}); pick a method that needs one of those.")
+        return self.replace(head=head, num_labels=num_labels or self.config.num_labels)
+
+    def runtime(self, **options: Any) -> "Model":
+        """Execution options this kind has (dtype, dropout, scan...); the rest are ignored."""
+        return self.replace(**{k: v for k, v in options.items() if k in self.RUNTIME_FIELDS})
+
+    # --- parameters ------------------------------------------------------------------------------
+    def fresh_host_params(self, rng: jax.Array) -> dict:
+        """Random parameters as host NumPy, for filling what a loaded checkpoint lacks.
+
+        Kinds whose full init is slow to compile override this with a cheaper draw of the parts
+        a checkpoint may lack (heads).
+        """
+        return jax.device_get(jax.jit(self.init)(rng))
+
+    def canonical(self, params: dict) -> dict:
+        """Params in the layout checkpoints of any option share (e.g. unscanned layers)."""
+        return params
+
+    def from_canonical(self, params: dict) -> dict:
+        """Inverse of `canonical`, for this model's options."""
+        return params
+
+    def adopt(self, params: dict, rng: jax.Array | None) -> dict:
+        """`params` of a same-kind checkpoint shaped for this model: what matches by path and
+        shape is kept, the rest (a new head, a classifier of another size) is freshly drawn."""
+        template = jax.eval_shape(self.canonical, jax.eval_shape(self.init, jax.random.key(0)))
+        fresh = self.fresh_host_params(rng) if rng is not None else None
+        return self.from_canonical(fill_params(template, params, fresh))
+
+    def copy_layers_from(self, teacher: "Model", teacher_params: dict,
+                         layers: tuple[int, ...], fallback: dict | None) -> dict:
+        """Student params copied from a teacher's layers (DistilBERT's initialisation)."""
+        raise UserError(f"A '{self.kind}' student cannot be initialised from a '{teacher.kind}' "
+                        f"teacher's layers; use student.init: random or a checkpoint.")
+
+    # --- what a checkpoint stores to rebuild it ----------------------------------------------
+    def meta(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+
+REGISTRY: dict[str, type[Model]] = {}
+
+
+def register(cls: type[Model]) -> type[Model]:
+    """Class decorator: make `cls` the model of its `kind`."""
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+def model_class(kind: str, where: str = "student.kind") -> type[Model]:
+    cls = REGISTRY.get(kind)
+    if cls is None:
+        match = difflib.get_close_matches(kind, list(REGISTRY), n=1, cutoff=0.5)
+        hint = f" Did you mean '{match[0]}'?" if match else ""
+        raise UserError(f"{where}: unknown model kind '{kind}'.{hint} Known kinds: "
+                        f"{', '.join(sorted(REGISTRY))}.")
+    return cls
+
+
+def from_meta(meta: Mapping[str, Any], where: str = "checkpoint") -> Model:
+    """Rebuild a model from `Model.meta()` (checkpoints before kinds existed were BERT)."""
+    fields = dict(meta)
+    cls = model_class(fields.get("kind", "bert"), f"{where}: model kind")
+    fields["kind"] = cls.kind
+    names = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise UserError(f"{where}: its '{cls.kind}' model metadata has unknown fields "
+                        f"{', '.join(unknown)}; it was written by another version of jaxdistill.")
+    try:
+        return cls(cls.Config(**fields))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: invalid '{cls.kind}' model metadata: {e}") from None
+
+
+def fill_params(template: Any, source: Any, fallback: Any, path: tuple[str, ...] = (),
+                dtype: Any = None) -> Any:
+    """Walk `template`'s tree: take `source`'s array where its path exists with the same shape,
+    else `fallback`'s; an error names the path neither has. Host NumPy out."""
+    if isinstance(template, Mapping):
+        return {k: fill_params(v, _get(source, k), _get(fallback, k), path + (k,), dtype)
+                for k, v in template.items()}
+    for value in (source, fallback):
+        if value is not None and tuple(value.shape) == tuple(template.shape):
+            return np.asarray(value, dtype or template.dtype)
+    where = "/".join(path)
+    if source is not None:
+        raise UserError(f"parameter {where} has shape {tuple(source.shape)}, the model needs "
+                        f"{tuple(template.shape)}, and nothing can be initialised in its place.")
+    raise UserError(f"parameter {where} is missing and nothing can be initialised in its place; "
+                    f"give a checkpoint that has it.")
+
+
+def _get(tree: Any, key: str) -> Any:
+    return tree.get(key) if isinstance(tree, Mapping) else None
+
+
+def cast_floats(params: Any, dtype: Any) -> Any:
+    """Floating-point leaves cast to `dtype` (host NumPy), integer leaves untouched."""
+    dtype = jnp.dtype(dtype)
+    return jax.tree.map(lambda x: np.asarray(x).astype(dtype)
+                        if jnp.issubdtype(np.asarray(x).dtype, jnp.floating) else np.asarray(x),
+                        params)

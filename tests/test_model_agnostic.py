@@ -1,0 +1,178 @@
+"""The core is model-agnostic: the loop, checkpoints and the method interface name no BERT, and a
+student kind defined here, in this file alone, is distilled through the real task loop.
+
+The student is mean-pooled token embeddings plus a linear classifier, registered as kind
+'meanpool'. It learns from a tiny fine-tuned BERT classifier with the existing `kd` method via
+`jaxdistill finetune`: checkpoints, SIGKILL, exact resume, `evaluate` and export (a
+jaxdistill-native directory, as the kind has no Hugging Face class). Run as a script, this file
+registers the kind and then runs the jaxdistill CLI, which is how the subprocesses below see it.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from jaxdistill.models import NOTHING, Model, Outputs, Wants, register
+
+HERE = Path(__file__).resolve()
+PACKAGE = HERE.parent.parent / "jaxdistill"
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanPoolConfig:
+    kind: str = "meanpool"
+    vocab_size: int = 100
+    hidden_size: int = 16
+    head: str = "classifier"
+    num_labels: int = 2
+    initializer_range: float = 0.02
+
+
+@register
+class MeanPool(Model):
+    """Masked mean of the token embeddings, then Linear(hidden -> labels)."""
+
+    kind = "meanpool"
+    Config = MeanPoolConfig
+    HEADS = ("classifier",)
+    INHERITED_FIELDS = ("vocab_size",)
+
+    def input_spec(self) -> dict[str, int]:
+        return {"input_ids": 2, "attention_mask": 2}
+
+    def init(self, rng: jax.Array) -> dict:
+        c = self.config
+        k_embed, k_out = jax.random.split(rng)
+        return {"embed": c.initializer_range * jax.random.normal(k_embed, (c.vocab_size,
+                                                                           c.hidden_size)),
+                "out": {"kernel": c.initializer_range * jax.random.normal(
+                    k_out, (c.hidden_size, c.num_labels)), "bias": jnp.zeros(c.num_labels)}}
+
+    def logical_axes(self):
+        return {"embed": P("vocab", "embed"),
+                "out": {"kernel": P("embed", "labels"), "bias": P("labels")}}
+
+    def apply(self, params, batch, *, wants: Wants = NOTHING, train: bool = False, rngs=None):
+        if wants.hidden_states or wants.attention:
+            raise ValueError("a mean-pooling model has no layers to capture")
+        x = jnp.take(params["embed"], batch["input_ids"], axis=0)
+        mask = batch["attention_mask"][..., None].astype(x.dtype)
+        pooled = (x * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+        logits = pooled @ params["out"]["kernel"] + params["out"]["bias"]
+        return Outputs(last_hidden_state=x, pooled=pooled, logits=logits)
+
+    def forward_flops_per_token(self, seq_len: int, predictions_per_seq=None) -> float:
+        c = self.config
+        return 2.0 * c.hidden_size * c.num_labels / seq_len
+
+
+# --- the import graph ------------------------------------------------------------------------
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports (`from a.b import c` counts as a.b and a.b.c)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def test_loop_checkpoints_and_method_base_import_no_bert():
+    files = [*sorted((PACKAGE / "train").glob("*.py")), PACKAGE / "checkpoint.py",
+             PACKAGE / "methods" / "base.py"]
+    assert len(files) > 5
+    for f in files:
+        bert = {m for m in _imports(f) if m == "jaxdistill.models.bert"}
+        assert not bert, f"{f.relative_to(PACKAGE.parent)} imports {bert}"
+
+
+def test_models_and_convert_never_import_upward():
+    """models/ knows no loader, checkpoint, method or loop; convert/ no loader or loop."""
+    upward = {"models": ("jaxdistill.loading", "jaxdistill.checkpoint", "jaxdistill.convert",
+                         "jaxdistill.methods", "jaxdistill.train"),
+              "convert": ("jaxdistill.loading", "jaxdistill.train", "jaxdistill.methods"),
+              "data": ("jaxdistill.models", "jaxdistill.loading", "jaxdistill.train")}
+    for room, banned in upward.items():
+        for f in (PACKAGE / room).rglob("*.py"):
+            bad = {m for m in _imports(f) if m.startswith(banned)}
+            assert not bad, f"{f.relative_to(PACKAGE.parent)} imports {bad}"
+
+
+# --- a non-BERT student through the real task loop -------------------------------------------
+
+
+def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    from helpers import REPO, cli_env
+
+    proc = subprocess.run([sys.executable, str(HERE), *args], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _args(run_dir: Path, teacher: Path, *extra: str) -> list[str]:
+    from helpers import TINY_TASK
+
+    return ["finetune", f"run_dir={run_dir}", "method.name=kd", f"teacher.path={teacher}/best",
+            "student.kind=meanpool", "student.init=random", "student.hidden_size=16",
+            "learning_rate=5e-2", "steps=12", "save_every=4", "eval_every=6", *TINY_TASK, *extra]
+
+
+def test_meanpool_student_kd_resume_evaluate_export(tmp_path, tiny_classifier):
+    from helpers import REPO, cli_env, read_metrics
+
+    straight = tmp_path / "straight"
+    summary = json.loads(_cli(*_args(straight, tiny_classifier)).stdout.strip().splitlines()[-1])
+    assert summary["best_step"] > 0 and summary["hf_dir"] == str(straight / "hf")
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(HERE), *_args(run_dir, tiny_classifier)],
+                            cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ckpts, deadline = run_dir / "checkpoints", time.time() + 300
+    while not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    stopped = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    assert stopped < 12, "the run finished before it was killed; the test proves nothing"
+    _cli(*_args(run_dir, tiny_classifier))  # the same command resumes
+
+    def losses_and_dev(rows):
+        return {r["step"]: {k: v for k, v in r.items()
+                            if k == "loss" or k.startswith(("loss/", "dev_"))} for r in rows}
+
+    assert losses_and_dev(read_metrics(run_dir)) == losses_and_dev(read_metrics(straight))
+    meta = json.loads(next((run_dir / "checkpoints").glob("*/meta/*")).read_text())
+    assert meta["model"]["kind"] == "meanpool"
+
+    export = json.loads((straight / "hf" / "config.json").read_text())
+    assert export["format"] == "jaxdistill-native" and export["kind"] == "meanpool"
+    best = json.loads(next((straight / "best" / "checkpoints").glob("*/meta/*")).read_text())
+    from helpers import TINY_TASK
+
+    for model in (straight / "best", straight / "hf"):
+        ev = json.loads(_cli("evaluate", "--model", str(model), *TINY_TASK).stdout.strip()
+                        .splitlines()[-1])
+        assert ev["dev_accuracy"] == best["best"]["value"], model
+        assert ev["parameters"] == 16 * 2 + 2 + meta["model"]["vocab_size"] * 16
+
+
+if __name__ == "__main__":
+    from jaxdistill.cli import main
+
+    sys.exit(main(sys.argv[1:]))

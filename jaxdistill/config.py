@@ -20,6 +20,29 @@ from jaxdistill.errors import UserError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+def _closest(name: str, valid: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def lookup(registry: dict, name: str, where: str, what: str) -> Any:
+    """registry[name], or an error that names the closest entry and all of them."""
+    if name in registry:
+        return registry[name]
+    match = difflib.get_close_matches(name, list(registry), n=1, cutoff=0.5)
+    hint = f" Did you mean '{match[0]}'?" if match else ""
+    raise UserError(f"{where}: unknown {what} '{name}'.{hint} Valid {what}s: "
+                    f"{', '.join(sorted(registry))}.")
+
+
+def check_keys(data: dict, valid: typing.Sequence[str], where: str) -> None:
+    """An unknown key is an error that names the closest valid one."""
+    for key in data:
+        if key not in valid:
+            raise UserError(f"{where}: unknown key '{key}'.{_closest(key, valid)} "
+                            f"Valid keys here: {', '.join(valid)}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Device mesh ('data', 'fsdp', 'tensor'); -1 takes the devices the other axes leave.
@@ -69,6 +92,16 @@ class StudentConfig:
     init: str = "default"
     freeze: list = dataclasses.field(default_factory=list)
     architecture: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        # Strict keys at load time: the kind's config names what else this section may hold.
+        from jaxdistill.models import model_class
+
+        cls = model_class(self.kind)
+        fields = [f.name for f in dataclasses.fields(cls.Config)
+                  if f.name not in ("kind", "head", "num_labels")]
+        generic = [f.name for f in dataclasses.fields(self) if f.name != "architecture"]
+        check_keys(self.architecture, generic + fields, "student")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,11 +261,6 @@ class AugmentConfig:
 # Loading and validation
 
 
-def _closest(name: str, valid: typing.Iterable[str]) -> str:
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else ""
-
-
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -283,14 +311,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return tuple(value) if origin is tuple else list(value)
         raise UserError(f"{where}: expected a list, got {value!r}.")
     return value
-
-
-def check_keys(data: dict, valid: typing.Sequence[str], where: str) -> None:
-    """An unknown key is an error that names the closest valid one."""
-    for key in data:
-        if key not in valid:
-            raise UserError(f"{where}: unknown key '{key}'.{_closest(key, valid)} "
-                            f"Valid keys here: {', '.join(valid)}.")
 
 
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:

@@ -41,7 +41,7 @@ def test_default_is_demo_and_overrides_apply():
     cfg = config.load(PretrainConfig, None, ["steps=7", "mesh.data=2", "student.num_layers=4",
                                              "method.options.temperature=3", "learning_rate=1e-3"])
     assert cfg.run_dir == "runs/demo" and cfg.method.name == "tinybert"
-    assert (cfg.steps, cfg.mesh.data, cfg.student.num_layers) == (7, 2, 4)
+    assert (cfg.steps, cfg.mesh.data, cfg.student.architecture["num_layers"]) == (7, 2, 4)
     assert cfg.method.options == {"stage": "general", "temperature": 3}
     assert cfg.learning_rate == pytest.approx(1e-3)
 
@@ -71,7 +71,8 @@ def test_base_composition_and_method_switch(tmp_path):
     recipe.write_text("base: " + str(config.CONFIG_DIR / "demo.yaml") + "\n"
                       "student: {num_layers: 6}\nmethod: {name: distilbert}\n")
     cfg = config.load(PretrainConfig, recipe)
-    assert cfg.student.num_layers == 6 and cfg.student.hidden_size == 312  # merged, not replaced
+    assert cfg.student.architecture["num_layers"] == 6  # merged, not replaced
+    assert cfg.student.architecture["hidden_size"] == 312
     assert cfg.method.options == {}  # the base's tinybert options do not leak into distilbert
 
 

@@ -1,10 +1,9 @@
 """Distillation methods: one file each, registered in `base.REGISTRY` by importing them here."""
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from jaxdistill.config import from_dict
+from jaxdistill.config import from_dict, lookup
 from jaxdistill.errors import UserError
 from jaxdistill.methods import distilbert, finetune, kd, mlm, pkd, tinybert  # noqa: F401
 from jaxdistill.methods.base import REGISTRY, Method
@@ -12,13 +11,7 @@ from jaxdistill.models.base import Model
 
 
 def method_class(name: str) -> type[Method]:
-    cls = REGISTRY.get(name)
-    if cls is None:
-        match = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.5)
-        hint = f" Did you mean '{match[0]}'?" if match else ""
-        raise UserError(f"method.name: unknown method '{name}'.{hint} "
-                        f"Valid methods: {', '.join(sorted(REGISTRY))}.")
-    return cls
+    return lookup(REGISTRY, name, "method.name", "method")
 
 
 def parse_options(cls: type[Method], options: dict[str, Any] | None) -> Any:

@@ -34,12 +34,16 @@ class Method(abc.ABC):
         self.options = options
         self.models = models
 
+    # Role -> the head its model must carry ('none', 'mlm', 'classifier'); always has 'student'.
+    # Every other role is a frozen teacher ('teacher', or named ones). `roles` may depend on the
+    # options instead (TinyBERT's stages).
+    ROLES: ClassVar[dict[str, str]] = {}
+
     # --- the models it needs --------------------------------------------------------------------
     @classmethod
-    @abc.abstractmethod
     def roles(cls, options: Any) -> dict[str, str]:
-        """Role -> the head its model must carry ('none', 'mlm', 'classifier'); always has
-        'student'. Every other role is a frozen teacher ('teacher', or named ones)."""
+        del options
+        return dict(cls.ROLES)
 
     @classmethod
     def teacher_roles(cls, options: Any) -> tuple[str, ...]:

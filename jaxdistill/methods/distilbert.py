@@ -58,9 +58,7 @@ class DistilBert(Method):
     Options: ClassVar[type] = DistilBertOptions
     default_student_init: ClassVar[str] = "teacher_layers"
 
-    @classmethod
-    def roles(cls, options: DistilBertOptions) -> dict[str, str]:
-        return {STUDENT: "mlm", TEACHER: "mlm"}
+    ROLES: ClassVar[dict[str, str]] = {STUDENT: "mlm", TEACHER: "mlm"}
 
     def __init__(self, options: DistilBertOptions, models: dict[str, Model]):
         super().__init__(options, models)

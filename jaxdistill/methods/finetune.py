@@ -53,9 +53,7 @@ class Finetune(Method):
     name: ClassVar[str] = "finetune"
     Options: ClassVar[type] = FinetuneOptions
 
-    @classmethod
-    def roles(cls, options: FinetuneOptions) -> dict[str, str]:
-        return {STUDENT: "classifier"}
+    ROLES: ClassVar[dict[str, str]] = {STUDENT: "classifier"}
 
     def __init__(self, options: FinetuneOptions, models: dict[str, Model]):
         super().__init__(options, models)

@@ -88,9 +88,7 @@ class Kd(Method):
     name: ClassVar[str] = "kd"
     Options: ClassVar[type] = KdOptions
 
-    @classmethod
-    def roles(cls, options: KdOptions) -> dict[str, str]:
-        return {STUDENT: "classifier", TEACHER: "classifier"}
+    ROLES: ClassVar[dict[str, str]] = {STUDENT: "classifier", TEACHER: "classifier"}
 
     def __init__(self, options: KdOptions, models: dict[str, Model]):
         super().__init__(options, models)

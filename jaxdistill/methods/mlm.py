@@ -27,9 +27,7 @@ class Mlm(Method):
     name: ClassVar[str] = "mlm"
     Options: ClassVar[type] = MlmOptions
 
-    @classmethod
-    def roles(cls, options: MlmOptions) -> dict[str, str]:
-        return {STUDENT: "mlm"}
+    ROLES: ClassVar[dict[str, str]] = {STUDENT: "mlm"}
 
     def wants(self) -> dict[str, Wants]:
         return {STUDENT: Wants(logits_at_masked=True)}

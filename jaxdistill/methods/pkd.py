@@ -124,9 +124,7 @@ class Pkd(Method):
     name: ClassVar[str] = "pkd"
     Options: ClassVar[type] = PkdOptions
 
-    @classmethod
-    def roles(cls, options: PkdOptions) -> dict[str, str]:
-        return {STUDENT: "classifier", TEACHER: "classifier"}
+    ROLES: ClassVar[dict[str, str]] = {STUDENT: "classifier", TEACHER: "classifier"}
 
     def __init__(self, options: PkdOptions, models: dict[str, Model]):
         super().__init__(options, models)

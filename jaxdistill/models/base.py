@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -217,13 +216,9 @@ def register(cls: type[Model]) -> type[Model]:
 
 
 def model_class(kind: str, where: str = "student.kind") -> type[Model]:
-    cls = REGISTRY.get(kind)
-    if cls is None:
-        match = difflib.get_close_matches(kind, list(REGISTRY), n=1, cutoff=0.5)
-        hint = f" Did you mean '{match[0]}'?" if match else ""
-        raise UserError(f"{where}: unknown model kind '{kind}'.{hint} Known kinds: "
-                        f"{', '.join(sorted(REGISTRY))}.")
-    return cls
+    from jaxdistill.config import lookup  # config imports this registry lazily too
+
+    return lookup(REGISTRY, kind, where, "model kind")
 
 
 def from_meta(meta: Mapping[str, Any], where: str = "checkpoint") -> Model:

@@ -136,7 +136,8 @@ def read_meta(step_dir: Path) -> dict:
 
 
 def model_meta(model: Any, **extra: Any) -> dict:
-    """What a checkpoint stores to rebuild its model: `model.meta()` (kind and config)."""
+    """What a checkpoint stores to rebuild its model: `model.meta()` (kind and config), and
+    under 'exported_params' the method params that are part of the exported model."""
     return {"model": model.meta(), **extra}
 
 
@@ -162,34 +163,56 @@ def tokenizer_dir_of(step_dir: Path) -> Path | None:
 
 def read_student_params(step_dir: Path) -> dict:
     """Only params/student, as host NumPy: works on any machine, whatever mesh wrote it."""
+    return read_params(step_dir, ("student",))["student"]
+
+
+def read_exported_params(step_dir: Path) -> dict:
+    """The method params that belong to the exported model (meta 'exported_params'), or {}."""
+    names = tuple(read_meta(step_dir).get("exported_params", ()))
+    if not names:
+        return {}
+    return read_params(step_dir, ("method",), only=names)["method"]
+
+
+def read_params(step_dir: Path, parts: tuple[str, ...], only: tuple[str, ...] = ()) -> dict:
+    """params/<part> for each part (restricted to the subtrees `only` when given), host NumPy,
+    by Orbax partial restore: the optimizer state and the other parts are never read."""
+    state_dir = step_dir / "state"
     try:
-        return _read_student_params(step_dir / "state")
+        ckptr = ocp.PyTreeCheckpointer()
+        tree = ckptr.metadata(state_dir).item_metadata
+        is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")  # noqa: E731
+        wanted = {}
+        for part in parts:
+            sub = tree["params"][part]
+            if only:
+                missing = [k for k in only if k not in sub]
+                if missing:
+                    raise KeyError(f"params/{part} has no {', '.join(missing)}")
+                sub = {k: sub[k] for k in only}
+            wanted[part] = jax.tree.map(lambda m: np.zeros((), m.dtype), sub, is_leaf=is_leaf)
+        item = {"params": wanted}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+        out = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True))
     except Exception as e:  # orbax raises many types for unreadable data
-        raise UserError(f"Could not read checkpoint {step_dir / 'state'}: {e}") from None
-
-
-def _read_student_params(state_dir: Path) -> dict:
-    ckptr = ocp.PyTreeCheckpointer()
-    tree = ckptr.metadata(state_dir).item_metadata
-    is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
-    item = {"params": {"student": jax.tree.map(lambda m: np.zeros((), m.dtype),
-                                               tree["params"]["student"], is_leaf=is_leaf)}}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    out = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
-    return out["params"]["student"]
+        raise UserError(f"Could not read checkpoint {state_dir}: {e}") from None
+    return out["params"]
 
 
 def save_model(run_dir: str | Path, model: Any, params: dict, tokenizer_dir: str | Path | None,
-               step: int = 0, keep: int = 0, **extra_meta: Any) -> Path:
+               step: int = 0, keep: int = 0, exported: dict | None = None,
+               **extra_meta: Any) -> Path:
     """Write a model's params as `run_dir/checkpoints/<step>/` plus `run_dir/tokenizer`.
 
     keep > 0 drops all but the newest `keep` steps (the task stage's single best checkpoint).
+    exported: method params that belong to the exported model, saved as params/method.
     """
     run_dir = Path(run_dir).expanduser()
     mngr = manager(run_dir / "checkpoints", keep=keep, async_save=False)
-    state = {"params": {"student": params}, "step": np.int64(step)}
-    meta = model_meta(model, **extra_meta)
+    state = {"params": {"student": params, **({"method": exported} if exported else {})},
+             "step": np.int64(step)}
+    meta = model_meta(model, exported_params=sorted(exported or {}), **extra_meta)
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             meta=ocp.args.JsonSave(meta)), force=True)
     mngr.wait_until_finished()

@@ -82,11 +82,12 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from jaxdistill import checkpoint, loading
-    from jaxdistill.convert import write_model_dir
+    from jaxdistill import checkpoint, models
+    from jaxdistill.train.loop import export_checkpoint
 
-    model, params, tok = loading.load_pretrained(str(checkpoint.find_step_dir(args.checkpoint)))
-    out = write_model_dir(model, params, args.out, tokenizer_dir=tok)
+    step_dir = checkpoint.find_step_dir(args.checkpoint)
+    out = export_checkpoint(step_dir, args.out)
+    model = models.from_meta(checkpoint.read_meta(step_dir)["model"], where=str(step_dir))
     print(json.dumps({"hf_dir": str(out), "kind": model.kind,
                       "architecture": getattr(model.config, "flavor", model.kind),
                       "head": model.config.head}))

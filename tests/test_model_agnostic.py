@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from jaxdistill.methods.base import Method, register as register_method
 from jaxdistill.models import NOTHING, Model, Outputs, Wants, register
 
 HERE = Path(__file__).resolve()
@@ -74,6 +75,37 @@ class MeanPool(Model):
     def forward_flops_per_token(self, seq_len: int, predictions_per_seq=None) -> float:
         c = self.config
         return 2.0 * c.hidden_size * c.num_labels / seq_len
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleOptions:
+    temperature: float = 1.0
+
+
+@register_method
+class EnsembleCalibratedKd(Method):
+    """Soft CE against the mean of two teachers' distributions, through a trained per-class bias
+    on the student's logits that is part of the product (`exported_params`)."""
+
+    name = "ensemble_calibrated_kd"
+    Options = EnsembleOptions
+    ROLES = {"student": "classifier", "teacher": "classifier", "second": "classifier"}
+    exported_params = ("calibration",)
+
+    def init_params(self, rng):
+        labels = self.student.config.num_labels
+        return {"calibration": {"bias": jnp.zeros(labels)}, "scratch": {"w": jnp.zeros(labels)}}
+
+    def param_axes(self):
+        return {"calibration": {"bias": P("labels")}, "scratch": {"w": P("labels")}}
+
+    def loss(self, params, outputs, batch):
+        t = self.options.temperature
+        target = (jax.nn.softmax(outputs["teacher"].logits / t)
+                  + jax.nn.softmax(outputs["second"].logits / t)) / 2
+        logits = outputs["student"].logits + params["calibration"]["bias"] + params["scratch"]["w"]
+        ce = -(target * jax.nn.log_softmax(logits / t)).sum(-1).mean()
+        return ce, {"loss/ensemble_ce": ce}
 
 
 # --- the import graph ------------------------------------------------------------------------
@@ -170,6 +202,39 @@ def test_meanpool_student_kd_resume_evaluate_export(tmp_path, tiny_classifier):
                         .splitlines()[-1])
         assert ev["dev_accuracy"] == best["best"]["value"], model
         assert ev["parameters"] == 16 * 2 + 2 + meta["model"]["vocab_size"] * 16
+
+
+def test_two_named_teachers_and_exported_method_params(tmp_path, tiny_classifier):
+    """A method with two teacher roles ('teacher' and teachers.second) and a parameter that is
+    part of the product: it lands in the best checkpoint and beside the export."""
+    import numpy as np
+
+    from helpers import REPO, cli_env, read_metrics
+    from jaxdistill import checkpoint
+    from jaxdistill.convert import EXPORTED_PARAMS, read_params_file
+
+    run_dir = tmp_path / "ens"
+    args = [*_args(run_dir, tiny_classifier, "steps=4", "eval_every=2"),
+            "method.name=ensemble_calibrated_kd", f"teachers.second.path={tiny_classifier}/best"]
+    _cli(*args)
+    rows = read_metrics(run_dir)
+    assert all(np.isfinite(r["loss/ensemble_ce"]) for r in rows if "loss" in r)
+    step_dir = checkpoint.find_step_dir(run_dir / "best")
+    saved = checkpoint.read_exported_params(step_dir)
+    assert set(saved) == {"calibration"}  # 'scratch' trains but is not part of the product
+    assert np.abs(saved["calibration"]["bias"]).max() > 0  # trained
+    beside = read_params_file(run_dir / "hf" / EXPORTED_PARAMS)
+    np.testing.assert_array_equal(beside["calibration"]["bias"], saved["calibration"]["bias"])
+
+    without = [a for a in args if not a.startswith("teachers.")]
+    proc = subprocess.run([sys.executable, str(HERE), *without, f"run_dir={tmp_path / 'x'}"],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "teachers.second.path" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, str(HERE), *args, f"teachers.third.path={tiny_classifier}",
+                           f"run_dir={tmp_path / 'y'}"], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "third" in proc.stderr, proc.stderr[-2000:]
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from jaxdistill.convert.hf_dir import (
     read_tensors,
     write_hf_dir,
 )
-from jaxdistill.convert.native import is_native_dir, read_native_dir, write_native_dir
+from jaxdistill.convert.native import (EXPORTED_PARAMS, is_native_dir, read_native_dir,
+                                      read_params_file, write_native_dir, write_params_file)
 
 # Kinds whose config is what hf_dir's families read and write.
 HF_KINDS = ("bert",)
@@ -39,17 +40,24 @@ def read_model_dir(path: str | os.PathLike, head: str = "auto", rng=None
 
 def write_model_dir(model: models.Model, params: dict, out_dir: str | os.PathLike,
                     tokenizer_dir: str | os.PathLike | None = None, *,
-                    id2label: dict[int, str] | None = None) -> Path:
-    """The model as a Hugging Face directory when its kind has one, else jaxdistill-native."""
+                    id2label: dict[int, str] | None = None, exported: dict | None = None) -> Path:
+    """The model as a Hugging Face directory when its kind has one, else jaxdistill-native.
+
+    exported: a method's own params that are part of the product (e.g. exit classifiers),
+    written beside the model as EXPORTED_PARAMS (`write_params_file`).
+    """
     if model.kind in HF_KINDS:
-        return write_hf_dir(model.config, params, out_dir,
-                            tokenizer_dir=tokenizer_dir, id2label=id2label)
-    out = write_native_dir(model, params, out_dir)
-    if tokenizer_dir is not None:
-        copy_tokenizer(tokenizer_dir, out)
+        out = write_hf_dir(model.config, params, out_dir,
+                           tokenizer_dir=tokenizer_dir, id2label=id2label)
+    else:
+        out = write_native_dir(model, params, out_dir)
+        if tokenizer_dir is not None:
+            copy_tokenizer(tokenizer_dir, out)
+    if exported:
+        write_params_file(exported, out / EXPORTED_PARAMS)
     return out
 
 
-__all__ = ["FAMILIES", "HF_KINDS", "SUPPORTED", "TOKENIZER_FILES", "copy_tokenizer",
+__all__ = ["EXPORTED_PARAMS", "FAMILIES", "HF_KINDS", "read_params_file", "write_params_file", "SUPPORTED", "TOKENIZER_FILES", "copy_tokenizer",
            "detect_architecture", "is_native_dir", "read_hf_config", "read_hf_dir",
            "read_model_dir", "read_tensors", "write_hf_dir", "write_model_dir"]

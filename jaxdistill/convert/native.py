@@ -9,6 +9,10 @@ A directory with
   tokenizer files    when the model reads word pieces (vocab.txt, tokenizer.json, ...)
 `read_native_dir` rebuilds the model from config.json alone, so `jaxdistill evaluate`,
 `jaxdistill.loading.load_pretrained` and `student.init` accept these directories.
+
+Any export directory (Hugging Face or native) may also hold `exported_params.safetensors`: the
+params a method trained beside the student that are part of the product (a method's
+`exported_params`), named '<subtree>/<path>' with '/' joins, float32.
 """
 from __future__ import annotations
 
@@ -25,6 +29,31 @@ from jaxdistill.errors import UserError
 FORMAT = "jaxdistill-native"
 VERSION = 1
 WEIGHTS = "model.safetensors"
+EXPORTED_PARAMS = "exported_params.safetensors"
+
+
+def write_params_file(params: dict, file: str | os.PathLike) -> Path:
+    """A pytree of arrays as one safetensors file, keys joined with '/', floats as float32."""
+    from safetensors.numpy import save_file
+
+    from jaxdistill.convert.hf_dir import replace_file
+
+    flat = {"/".join(k): np.ascontiguousarray(
+        np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating)
+        else np.asarray(v)) for k, v in flatten_dict(params).items()}
+    replace_file(Path(file), lambda f: save_file(flat, str(f)))
+    return Path(file)
+
+
+def read_params_file(file: str | os.PathLike) -> dict:
+    """Inverse of `write_params_file` (host NumPy)."""
+    from safetensors.numpy import load_file
+
+    try:
+        flat = load_file(str(file))
+    except Exception as e:  # safetensors raises its own error types
+        raise UserError(f"Cannot read {file} ({type(e).__name__}: {e}).") from e
+    return unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
 
 
 def is_native_dir(path: str | os.PathLike) -> bool:
@@ -39,18 +68,12 @@ def is_native_dir(path: str | os.PathLike) -> bool:
 
 def write_native_dir(model: models.Model, params: dict, out_dir: str | os.PathLike) -> Path:
     """config.json + model.safetensors (float32); returns out_dir."""
-    from safetensors.numpy import save_file
-
     from jaxdistill.convert.hf_dir import replace_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    flat = {"/".join(k): np.ascontiguousarray(np.asarray(v, np.float32)
-                                              if np.issubdtype(np.asarray(v).dtype, np.floating)
-                                              else np.asarray(v))
-            for k, v in flatten_dict(model.canonical(params)).items()}
     config = {"format": FORMAT, "version": VERSION, "kind": model.kind, "config": model.meta()}
-    replace_file(out / WEIGHTS, lambda f: save_file(flat, str(f)))
+    write_params_file(model.canonical(params), out / WEIGHTS)
     replace_file(out / "config.json",
                  lambda f: f.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
     return out
@@ -58,8 +81,6 @@ def write_native_dir(model: models.Model, params: dict, out_dir: str | os.PathLi
 
 def read_native_dir(path: str | os.PathLike) -> tuple[models.Model, dict]:
     """(model, host params) of a directory `write_native_dir` wrote."""
-    from safetensors.numpy import load_file
-
     path = Path(path)
     config = json.loads((path / "config.json").read_text())
     if config.get("version") != VERSION:
@@ -69,11 +90,7 @@ def read_native_dir(path: str | os.PathLike) -> tuple[models.Model, dict]:
                              where=str(path / "config.json"))
     if not (path / WEIGHTS).is_file():
         raise UserError(f"{path} has config.json but no {WEIGHTS}.")
-    try:
-        flat = load_file(str(path / WEIGHTS))
-    except Exception as e:  # safetensors raises its own error types
-        raise UserError(f"Cannot read {path / WEIGHTS} ({type(e).__name__}: {e}).") from e
-    params = unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    params = read_params_file(path / WEIGHTS)
     dtype = getattr(model.config, "param_dtype", "float32")
     params = models.base.cast_floats(params, dtype)
     return model, model.adopt(params, rng=None)

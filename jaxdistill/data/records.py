@@ -34,10 +34,6 @@ def example_array(ids: list[int], len_a: int, is_random_next: int, dtype: str) -
     return np.asarray([len_a, is_random_next, *ids], dtype=dtype)
 
 
-def encode_record(ids: list[int], len_a: int, is_random_next: int, dtype: str) -> bytes:
-    return example_array(ids, len_a, is_random_next, dtype).tobytes()
-
-
 def decode_record(data: bytes, dtype: str) -> tuple[np.ndarray, int, int]:
     """(token ids as int32, len_a, is_random_next) of one record."""
     arr = np.frombuffer(data, dtype=dtype)

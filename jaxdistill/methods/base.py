@@ -3,8 +3,9 @@
 A method receives its models by role (`models["student"]`, and zero or more teachers such as
 `models["teacher"]`), says which head each role must carry (`roles`) and which intermediates
 each forward pass must materialise (`wants`), owns any trainable parameters of its own (e.g.
-TinyBERT's projection from student width to teacher width; never exported), and turns the
-outputs of every role plus the batch into a scalar loss and a dict of named terms. `loss` runs inside jit: it must be a pure function.
+TinyBERT's projection from student width to teacher width) and says which of those belong to the
+exported model (`exported_params`), and turns the outputs of every role plus the batch into a
+scalar loss and a dict of named terms. `loss` runs inside jit: it must be a pure function.
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ class Method(abc.ABC):
     # Every other role is a frozen teacher ('teacher', or named ones). `roles` may depend on the
     # options instead (TinyBERT's stages).
     ROLES: ClassVar[dict[str, str]] = {}
+    # Subtrees of the method's own params that are part of the product (e.g. exit classifiers):
+    # saved with the best checkpoint and written beside the exported model.
+    exported_params: ClassVar[tuple[str, ...]] = ()
 
     # --- the models it needs --------------------------------------------------------------------
     @classmethod

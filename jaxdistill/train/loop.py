@@ -335,7 +335,8 @@ def run(job: Job) -> dict:
     if latest is not None:
         state, data_state = checkpoint.restore_state(mngr, latest, state)
         start = int(latest)
-    meta = checkpoint.model_meta(setup.student, run_config=config_lib.to_dict(cfg))
+    meta = checkpoint.model_meta(setup.student, run_config=config_lib.to_dict(cfg),
+                                 exported_params=list(setup.method.exported_params))
     step_fn = compile_step(setup.ctx, setup.state_sh, setup.teacher_sh, setup.batch_sh,
                            sharding.replicated(setup.mesh), sharding.RULES)
     peak, _ = flops.device_peak_flops()
@@ -438,6 +439,7 @@ class _Best:
             tok = self.setup.roles.tokenizer_dir if jax.process_index() == 0 else None
             checkpoint.save_model(self.dir, self.setup.student, state.params["student"],
                                   tokenizer_dir=tok, step=step, keep=1,
+                                  exported=exported_of(self.setup.method, state.params),
                                   best={"metric": self.metric, "value": self.value, "step": step,
                                         "dev": values})
         return {**{f"dev_{k}": v for k, v in values.items()},
@@ -449,20 +451,28 @@ class _Best:
                 "best_step": self.step, "best_checkpoint": str(self.dir)}
 
 
+def exported_of(method: Method, params: dict) -> dict:
+    """The method params that are part of the product (`Method.exported_params`)."""
+    return {name: params["method"][name] for name in method.exported_params}
+
+
 def export_state(setup: Setup, state: state_lib.TrainState, out_dir: Path) -> Path:
-    """The student (params only, never method params) as a model directory."""
-    params = multihost_utils.process_allgather(state.params["student"], tiled=True) \
-        if jax.process_count() > 1 else jax.device_get(state.params["student"])
+    """The student, and the method params that are part of the product, as a model directory."""
+    tree = {"student": state.params["student"], "exported": exported_of(setup.method, state.params)}
+    tree = multihost_utils.process_allgather(tree, tiled=True) \
+        if jax.process_count() > 1 else jax.device_get(tree)
     if jax.process_index() == 0:
         tok = Path(setup.cfg.run_dir) / "tokenizer"
-        write_model_dir(setup.student, params, out_dir, tokenizer_dir=tok if tok.is_dir() else None)
+        write_model_dir(setup.student, tree["student"], out_dir,
+                        tokenizer_dir=tok if tok.is_dir() else None, exported=tree["exported"])
     return out_dir
 
 
 def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
     """A checkpoint (run dir, step dir, best/) as a Hugging Face or native model directory."""
     model, params, tok = loading.load_pretrained(str(path))
-    return write_model_dir(model, params, out_dir, tokenizer_dir=tok)
+    exported = checkpoint.read_exported_params(checkpoint.find_step_dir(path))
+    return write_model_dir(model, params, out_dir, tokenizer_dir=tok, exported=exported)
 
 
 def start_run_dir(setup: Setup) -> None:

@@ -50,16 +50,13 @@ def test_real_teacher_pipeline_student_well_above_chance(tmp_path):
     import torch
     import transformers
 
-    from jaxdistill.models import bert
-    from jaxdistill.models.loading import load_pretrained
+    from jaxdistill.loading import load_pretrained
 
-    cfg, params, _ = load_pretrained(str(student / "best"))
+    model, params, _ = load_pretrained(str(student / "best"))
     tok = transformers.AutoTokenizer.from_pretrained(student / "hf")
     batch = tok(["a gripping, beautifully acted film", "dull and far too long"],
                 padding="max_length", max_length=16, return_tensors="np")
-    ours = bert.BertModel(cfg.replace(hidden_dropout=0.0, attention_dropout=0.0)).apply(
-        {"params": params}, batch["input_ids"], batch["attention_mask"],
-        batch["token_type_ids"]).logits
+    ours = model.apply(params, dict(batch)).logits
     model = transformers.AutoModelForSequenceClassification.from_pretrained(student / "hf").eval()
     with torch.no_grad():
         theirs = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
@@ -68,8 +65,6 @@ def test_real_teacher_pipeline_student_well_above_chance(tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # Tiny models
-
-
 
 
 def _losses_and_dev(rows: list[dict]) -> dict:

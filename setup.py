@@ -28,6 +28,7 @@ setup(
         "pyyaml",
         "tqdm",
         "tensorboardX",
+        "matplotlib",
     ],
     extras_require={"demo": DEMO, "test": TEST},
     entry_points={"console_scripts": ["jaxdistill=jaxdistill.cli:main"]},

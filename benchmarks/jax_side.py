@@ -109,7 +109,7 @@ def model_flops(setup, bc: BenchConfig) -> tuple[float, str]:
     masked = masking.max_predictions(bc.seq, 0.15) \
         if setup.method.wants()["student"].logits_at_masked else None
     teacher_model = setup.roles.models.get("teacher")
-    extra = setup.method.forward_flops_per_token()
+    extra = setup.method.forward_flops_per_token(bc.seq)
     total = loop.step_flops(setup, bc.seq, masked)
     s, t = setup.student.config, setup.roles.models.get("teacher", setup.student).config
     n_s, n_t = bert.matmul_params(s, masked, bc.seq), bert.matmul_params(t, masked, bc.seq)

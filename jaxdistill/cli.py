@@ -55,6 +55,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = config.load(config.FinetuneConfig, args.config, args.overrides,
                       default=FINETUNE_DEFAULT)
+    if args.speeds is not None:
+        from pathlib import Path
+
+        from jaxdistill.inference import early_exit
+
+        speeds = early_exit.parse_speeds(args.speeds)
+        report_dir = args.report_dir or Path(args.model).expanduser().parent / "speed_sweep"
+        report = early_exit.speed_sweep(args.model, cfg.task, cfg.seq_len, cfg.eval_batch_size,
+                                        speeds, report_dir,
+                                        latency_examples=args.latency_examples)
+        print(json.dumps({k: report[k] for k in ("model", "task", "report", "plot")}
+                         | {"rows": report["rows"]}))
+        return 0
     print(json.dumps(finetune.evaluate_model(args.model, cfg.task, cfg.seq_len,
                                              cfg.eval_batch_size, split=args.split)))
     return 0
@@ -142,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="finetune run dir, its best/ dir, an Orbax step dir or a HF directory")
     p.add_argument("--split", choices=("dev", "train"), default="dev")
+    p.add_argument("--speeds", help="FastBERT adaptive inference: comma-separated exit "
+                                    "thresholds, e.g. 0,0.1,0.3,0.5,0.8 (0 = the full model); "
+                                    "writes report.json and speed_sweep.png")
+    p.add_argument("--report-dir", help="where --speeds writes its report (default: "
+                                        "speed_sweep/ beside the model directory)")
+    p.add_argument("--latency-examples", type=int, default=256,
+                   help="dev examples timed one at a time for the batch-1 figures (default 256)")
     p.add_argument("--config", help=f"recipe giving task.*, seq_len, eval_batch_size "
                                     f"(default: configs/{FINETUNE_DEFAULT})")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. task.name=sst2")

@@ -71,6 +71,9 @@ class TeacherConfig:
     scan_layers: bool = False
 
 
+_SET_ELSEWHERE = ("kind", "head", "num_labels")  # fields of a model config no recipe sets
+
+
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
     """The student: its model kind, architecture, initialisation and frozen parts.
@@ -97,9 +100,13 @@ class StudentConfig:
         # Strict keys at load time: the kind's config names what else this section may hold.
         from jaxdistill.models import model_class
 
+        for key in _SET_ELSEWHERE:
+            if key in self.architecture:
+                raise UserError(f"student.{key} is not a key: the student's kind is "
+                                f"student.kind, its head comes from the method and its labels "
+                                f"from the task.")
         cls = model_class(self.kind)
-        fields = [f.name for f in dataclasses.fields(cls.Config)
-                  if f.name not in ("kind", "head", "num_labels")]
+        fields = [f.name for f in dataclasses.fields(cls.Config) if f.name not in _SET_ELSEWHERE]
         generic = [f.name for f in dataclasses.fields(self) if f.name != "architecture"]
         check_keys(self.architecture, generic + fields, "student")
 

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.assets import resolve_model_path
-from jaxdistill.convert.hf_dir import detect_architecture, read_hf_config, read_hf_dir, write_hf_dir
+from jaxdistill.convert.hf_dir import detect_architecture, read_hf_config, read_hf_dir
+from jaxdistill.convert.native import EXPORTED_PARAMS
 from jaxdistill.models.bert import Bert, BertConfig
 from jaxdistill.models.base import Wants
 
@@ -35,6 +36,7 @@ class ModelOutputs:
     hidden_states: tuple[jax.Array, ...] | None = None
     attentions: tuple[jax.Array, ...] | None = None
     pooler_output: jax.Array | None = None
+    exit_layers: Any = None  # with `speed`: the 1-based layer each row exited at
 
 
 def _forward(model: Bert, params: dict, input_ids, attention_mask, token_type_ids,
@@ -71,10 +73,31 @@ class HFModel:
         self.id2label = id2label
         self.model = Bert(config)
         self._jitted = _jitted_forward(config)
+        self.early_exit = None  # FastBERT's exit branches, when the directory has them
+        self.exported, self.exported_by = {}, {}  # what `save` writes beside the model
 
     def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, *,
-                 output_hidden_states: bool = True, output_attentions: bool = True) -> ModelOutputs:
-        """Forward pass on [B, T] token ids (numpy, lists, jax or CPU torch tensors)."""
+                 output_hidden_states: bool = True, output_attentions: bool = True,
+                 speed: float | None = None) -> ModelOutputs:
+        """Forward pass on [B, T] token ids (numpy, lists, jax or CPU torch tensors).
+
+        speed: FastBERT adaptive inference (a directory with exit branches): each row exits at
+        the first layer whose branch's normalised entropy is below `speed`; 0 is the full model.
+        Only logits and exit_layers are returned then.
+        """
+        if speed is not None:
+            if self.early_exit is None:
+                raise ValueError("this model has no FastBERT exit branches; `speed` needs a "
+                                 "directory exported by `jaxdistill finetune` with method fastbert")
+            ids = np.asarray(_ids(input_ids))
+            batch = {"input_ids": ids,
+                     "attention_mask": np.ones_like(ids) if attention_mask is None
+                     else np.asarray(_ids(attention_mask)),
+                     "token_type_ids": np.zeros_like(ids) if token_type_ids is None
+                     else np.asarray(_ids(token_type_ids))}
+            logits, exits = self.early_exit.predict(batch, float(speed))
+            return ModelOutputs(last_hidden_state=None, logits=jnp.asarray(logits),
+                                exit_layers=exits)
         wants = Wants(hidden_states=output_hidden_states, attention_probs=output_attentions)
         return self._jitted(self.params, _ids(input_ids), _ids(attention_mask),
                             _ids(token_type_ids), wants=wants)
@@ -106,11 +129,22 @@ def load(path: str | os.PathLike, head: str = "auto", *, rng: jax.Array | None =
         arch = family.EXPORT_ARCHITECTURE[cfg.head]
     id2label = hf.get("id2label") if cfg.head == "classifier" else None
     params = jax.tree.map(jnp.asarray, params)
-    return HFModel(cfg, params, architecture=arch, source_dir=path,
-                   id2label={int(k): v for k, v in id2label.items()} if id2label else None)
+    model = HFModel(cfg, params, architecture=arch, source_dir=path,
+                    id2label={int(k): v for k, v in id2label.items()} if id2label else None)
+    if (path / EXPORTED_PARAMS).is_file() and cfg.head == "classifier":
+        from jaxdistill.inference import early_exit
+        from jaxdistill.loading import load_exported
+
+        model.exported, model.exported_by = load_exported(str(path))
+        model.early_exit = early_exit.build(model.model, params, model.exported,
+                                            model.exported_by, str(path))
+    return model
 
 
 def save(model: HFModel, path: str | os.PathLike) -> Path:
     """Writes `model` as an HF directory (config.json, model.safetensors, tokenizer files)."""
-    return write_hf_dir(model.config, model.params, path, tokenizer_dir=model.source_dir,
-                        id2label=model.id2label)
+    from jaxdistill.convert import write_model_dir
+
+    return write_model_dir(model.model, model.params, path, tokenizer_dir=model.source_dir,
+                           id2label=model.id2label, exported=model.exported or None,
+                           exported_by=model.exported_by or None)

@@ -9,6 +9,7 @@ models/, convert/ and checkpoint.py and ties them together; none of them imports
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import jax
 
 from jaxdistill import assets, checkpoint, config as config_lib, models
 from jaxdistill.config import StudentConfig, TeacherConfig
-from jaxdistill.convert import TOKENIZER_FILES, read_model_dir
+from jaxdistill.convert import (EXPORTED_INFO, EXPORTED_PARAMS, TOKENIZER_FILES, read_model_dir,
+                               read_params_file)
 from jaxdistill.errors import UserError
 from jaxdistill.models import Model
 from jaxdistill.models.base import cast_floats
@@ -57,6 +59,21 @@ def load_pretrained(ref: str, head: str = "auto", rng: jax.Array | None = None
     return model, params, tokenizer_of(str(path))
 
 
+def load_exported(ref: str) -> tuple[dict, dict]:
+    """(the method params that are part of the product, {"method", "options"} that made them)
+    of an export directory or a checkpoint; ({}, {}) when there are none."""
+    path = assets.resolve_model_path(ref)
+    if (path / "config.json").is_file():
+        file = path / EXPORTED_PARAMS
+        if not file.is_file():
+            return {}, {}
+        info = path / EXPORTED_INFO
+        return read_params_file(file), (json.loads(info.read_text()) if info.is_file() else {})
+    step_dir = checkpoint.find_step_dir(path)
+    return (checkpoint.read_exported_params(step_dir),
+            checkpoint.read_meta(step_dir).get("exported_by") or {})
+
+
 def with_head(model: Model, params: dict, head: str, rng: jax.Array | None,
               num_labels: int | None = None) -> tuple[Model, dict]:
     """The same body with `head`: kept parts by path and shape, the rest freshly drawn.
@@ -72,7 +89,7 @@ def student_model(student: StudentConfig, teacher: Model | None, head: str,
     """A fresh student from the `student.*` keys; what they leave out of the vocabulary-side
     fields (vocabulary, positions, token types, LayerNorm eps, padding id) comes from the teacher."""
     cls = models.model_class(student.kind)
-    fields = _architecture_keys(student, cls)
+    fields = dict(student.architecture)  # validated against the kind by StudentConfig
     if teacher is not None:
         for key in cls.INHERITED_FIELDS:
             if key not in fields and hasattr(teacher.config, key):
@@ -85,26 +102,13 @@ def student_model(student: StudentConfig, teacher: Model | None, head: str,
     return cls(cfg)
 
 
-_SET_ELSEWHERE = ("kind", "head", "num_labels")
-
-
-def _architecture_keys(student: StudentConfig, cls: type[Model]) -> dict:
-    """The `student.*` keys that belong to the kind's config, validated against it."""
-    fields = dict(student.architecture)
-    for key in _SET_ELSEWHERE:
-        if key in fields:
-            raise UserError(f"student.{key} is not a key: the student's kind is student.kind, its "
-                            f"head comes from the method and its labels from the task.")
-    names = [f.name for f in dataclasses.fields(cls.Config) if f.name not in _SET_ELSEWHERE]
-    generic = [f.name for f in dataclasses.fields(StudentConfig) if f.name != "architecture"]
-    config_lib.check_keys(fields, generic + names, "student")
-    return fields
-
-
 def runtime_of(student: StudentConfig, model: Model) -> Model:
     """A loaded student with the runtime keys of `student.*` applied; architecture keys that
     disagree with the loaded model are errors (the checkpoint decides the architecture)."""
-    fields = _architecture_keys(student, type(model))
+    if student.kind != model.kind:
+        raise UserError(f"student.kind={student.kind!r} but student.init={student.init} is a "
+                        f"'{model.kind}' model; set student.kind={model.kind}.")
+    fields = dict(student.architecture)
     runtime = {k: v for k, v in fields.items() if k in model.RUNTIME_FIELDS}
     fixed = {k: v for k, v in fields.items() if k not in runtime}
     differ = [k for k, v in fixed.items() if getattr(model.config, k) != v]

@@ -6,6 +6,7 @@ directory of native.py. `read_model_dir` / `write_model_dir` pick the right one.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from jaxdistill.convert.hf_dir import (
     read_tensors,
     write_hf_dir,
 )
-from jaxdistill.convert.native import (EXPORTED_PARAMS, is_native_dir, read_native_dir,
+from jaxdistill.convert.native import (EXPORTED_INFO, EXPORTED_PARAMS, is_native_dir,
+                                      read_native_dir,
                                       read_params_file, write_native_dir, write_params_file)
 
 # Kinds whose config is what hf_dir's families read and write.
@@ -40,11 +42,13 @@ def read_model_dir(path: str | os.PathLike, head: str = "auto", rng=None
 
 def write_model_dir(model: models.Model, params: dict, out_dir: str | os.PathLike,
                     tokenizer_dir: str | os.PathLike | None = None, *,
-                    id2label: dict[int, str] | None = None, exported: dict | None = None) -> Path:
+                    id2label: dict[int, str] | None = None, exported: dict | None = None,
+                    exported_by: dict | None = None) -> Path:
     """The model as a Hugging Face directory when its kind has one, else jaxdistill-native.
 
     exported: a method's own params that are part of the product (e.g. exit classifiers),
-    written beside the model as EXPORTED_PARAMS (`write_params_file`).
+    written beside the model as EXPORTED_PARAMS (`write_params_file`), with EXPORTED_INFO
+    (`exported_by`: the method and options that made them).
     """
     if model.kind in HF_KINDS:
         out = write_hf_dir(model.config, params, out_dir,
@@ -55,9 +59,11 @@ def write_model_dir(model: models.Model, params: dict, out_dir: str | os.PathLik
             copy_tokenizer(tokenizer_dir, out)
     if exported:
         write_params_file(exported, out / EXPORTED_PARAMS)
+        (out / EXPORTED_INFO).write_text(json.dumps(exported_by or {}, indent=2, sort_keys=True)
+                                         + "\n")
     return out
 
 
-__all__ = ["EXPORTED_PARAMS", "FAMILIES", "HF_KINDS", "read_params_file", "write_params_file", "SUPPORTED", "TOKENIZER_FILES", "copy_tokenizer",
+__all__ = ["EXPORTED_INFO", "EXPORTED_PARAMS", "FAMILIES", "HF_KINDS", "read_params_file", "write_params_file", "SUPPORTED", "TOKENIZER_FILES", "copy_tokenizer",
            "detect_architecture", "is_native_dir", "read_hf_config", "read_hf_dir",
            "read_model_dir", "read_tensors", "write_hf_dir", "write_model_dir"]

@@ -12,7 +12,9 @@ A directory with
 
 Any export directory (Hugging Face or native) may also hold `exported_params.safetensors`: the
 params a method trained beside the student that are part of the product (a method's
-`exported_params`), named '<subtree>/<path>' with '/' joins, float32.
+`exported_params`), named '<subtree>/<path>' with '/' joins, float32, and
+`exported_params.json`, {"method": NAME, "options": {...}}, the method and options that made
+them (e.g. FastBERT's branch width and heads).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ FORMAT = "jaxdistill-native"
 VERSION = 1
 WEIGHTS = "model.safetensors"
 EXPORTED_PARAMS = "exported_params.safetensors"
+EXPORTED_INFO = "exported_params.json"  # {"method": NAME, "options": {...}}: what made them
 
 
 def write_params_file(params: dict, file: str | os.PathLike) -> Path:

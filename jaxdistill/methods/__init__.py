@@ -5,7 +5,7 @@ from typing import Any
 
 from jaxdistill.config import from_dict, lookup
 from jaxdistill.errors import UserError
-from jaxdistill.methods import distilbert, finetune, kd, mlm, pkd, tinybert  # noqa: F401
+from jaxdistill.methods import distilbert, fastbert, finetune, kd, mlm, pkd, tinybert  # noqa: F401
 from jaxdistill.methods.base import REGISTRY, Method
 from jaxdistill.models.base import Model
 

@@ -80,15 +80,19 @@ class Method(abc.ABC):
         """Logical axis names (PartitionSpec pytree) for `init_params`' output."""
         return {}
 
-    def forward_flops_per_token(self) -> float:
+    def forward_flops_per_token(self, seq_len: int) -> float:
         """Model FLOPs per token of the method's own layers (forward), for MFU accounting."""
+        del seq_len
         return 0.0
 
     # --- the loss -------------------------------------------------------------------------------
     @abc.abstractmethod
-    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
-             ) -> tuple[jax.Array, Metrics]:
-        """(scalar loss, {'loss/<term>': value, ...}) from every role's outputs; pure."""
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch,
+             rng: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
+        """(scalar loss, {'loss/<term>': value, ...}) from every role's outputs; pure.
+
+        rng: a key for the method's own stochastic layers (dropout), None when evaluating.
+        """
 
 
 REGISTRY: dict[str, type[Method]] = {}

@@ -77,8 +77,8 @@ class DistilBert(Method):
         at_masked = Wants(logits_at_masked=True)
         return {STUDENT: at_masked, TEACHER: at_masked}
 
-    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
-             ) -> tuple[jax.Array, Metrics]:
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch,
+             rng: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
         del params  # DistilBERT trains no parameters besides the student's
         student, teacher = outputs[STUDENT], outputs[TEACHER]
         opts = self.options

@@ -62,8 +62,8 @@ class Finetune(Method):
             raise ValueError(f"label_smoothing={options.label_smoothing} needs classes, but the "
                              f"student has num_labels=1 (a regression task, trained with MSE)")
 
-    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
-             ) -> tuple[jax.Array, Metrics]:
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch,
+             rng: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
         del params
         key, term = supervised_loss(outputs[STUDENT].logits, batch["labels"], self.regression,
                                     self.options.label_smoothing)

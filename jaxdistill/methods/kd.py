@@ -95,8 +95,8 @@ class Kd(Method):
         check_same_labels(self.student, self.teacher)
         self.regression = self.student.config.num_labels == 1
 
-    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
-             ) -> tuple[jax.Array, Metrics]:
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch,
+             rng: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
         del params  # KD trains no parameters besides the student's
         return kd_loss(outputs[STUDENT].logits, outputs[TEACHER].logits, batch["labels"],
                        self.options.temperature, self.options.alpha, self.regression)

@@ -32,8 +32,8 @@ class Mlm(Method):
     def wants(self) -> dict[str, Wants]:
         return {STUDENT: Wants(logits_at_masked=True)}
 
-    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
-             ) -> tuple[jax.Array, Metrics]:
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch,
+             rng: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
         del params
         student = outputs[STUDENT]
         weights = batch["masked_weights"]

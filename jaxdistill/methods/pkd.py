@@ -163,14 +163,14 @@ class Pkd(Method):
             return {}
         return {"proj": projection.AXES}
 
-    def forward_flops_per_token(self) -> float:
+    def forward_flops_per_token(self, seq_len: int) -> float:
         # The projection runs on M-1 [CLS] vectors per sequence, not per token: about
         # 2 * (M-1) * H_s * H_t / seq_len per token, well under 0.1% of a student layer.
         return 0.0
 
     # --- the loss ---------------------------------------------------------------------------
-    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
-             ) -> tuple[jax.Array, Metrics]:
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch,
+             rng: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
         opts = self.options
         student, teacher = outputs[STUDENT], outputs[TEACHER]
         total, metrics = kd_loss(student.logits, teacher.logits, batch["labels"],

@@ -164,7 +164,7 @@ class TinyBert(Method):
             return {}
         return {"fit_dense": projection.init(rng, self.student.config, self.teacher.config)}
 
-    def forward_flops_per_token(self) -> float:
+    def forward_flops_per_token(self, seq_len: int) -> float:
         # fit_dense runs once per matched hidden state (embeddings included).
         uses = sum(m.feature != "attention" for m in self.matches)
         return 2.0 * uses * self.student.config.hidden_size * self.teacher.config.hidden_size
@@ -175,8 +175,8 @@ class TinyBert(Method):
         return {"fit_dense": projection.AXES}
 
     # --- the loss ---------------------------------------------------------------------------
-    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch
-             ) -> tuple[jax.Array, Metrics]:
+    def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch,
+             rng: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
         student, teacher = outputs[STUDENT], outputs[TEACHER]
         if self.predicting and self.student.config.num_labels == 1:
             term = losses.mse(student.logits[..., 0], batch["labels"])

@@ -477,6 +477,34 @@ class Bert(base.Model):
     def forward_flops_per_token(self, seq_len: int, predictions_per_seq: int | None = None) -> float:
         return forward_flops_per_token(self.config, seq_len, predictions_per_seq)
 
+    # --- layer by layer (early exit) -----------------------------------------------------------
+    def embed(self, params: dict, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
+        """(embedding output [B, T, H], key mask [B, 1, 1, T]): the start of `apply`."""
+        ids = batch["input_ids"]
+        types = batch.get("token_type_ids")
+        types = jnp.zeros_like(ids) if types is None else types
+        mask = batch.get("attention_mask")
+        mask = jnp.ones_like(ids) if mask is None else mask
+        x = Embeddings(self.config).apply({"params": params["embeddings"]}, ids, types, True)
+        return x, mask[:, None, None, :] > 0
+
+    def layer_params(self, params: dict, i: int) -> dict:
+        return self.canonical(params)["encoder"][f"layer_{i}"]
+
+    def layer(self, layer_params: dict, x: jax.Array, key_mask: jax.Array) -> jax.Array:
+        """One encoder layer, no dropout: the same function for every layer's params."""
+        return TransformerLayer(self.config, NOTHING, True).apply(
+            {"params": layer_params}, x, key_mask)[0]
+
+    def classify(self, params: dict, last: jax.Array) -> jax.Array:
+        """The classifier head on the last hidden state (pooler first for BERT)."""
+        cfg = self.config
+        pooled = None
+        if cfg.flavor == "bert":
+            pooled = jnp.tanh(_dense(cfg.hidden_size, ("embed", "embed_out"), cfg, "pooler").apply(
+                {"params": params["pooler"]}, last[:, 0]))
+        return Classifier(cfg).apply({"params": params["classifier"]}, pooled, last[:, 0], True)
+
     def word_embeddings(self, params: dict) -> Any:
         return params["embeddings"]["word"]["embedding"]
 

@@ -237,7 +237,7 @@ def step_flops(setup: Setup, seq_len: int, predictions_per_seq: int | None) -> f
     return flops.step_flops(
         models[STUDENT], [m for role, m in models.items() if role != STUDENT],
         setup.cfg.batch_size, seq_len, predictions_per_seq if wants_masked else None,
-        method_flops_per_token=setup.method.forward_flops_per_token(),
+        method_flops_per_token=setup.method.forward_flops_per_token(seq_len),
         student_backward=not setup.cfg.student.freeze)
 
 
@@ -336,7 +336,8 @@ def run(job: Job) -> dict:
         state, data_state = checkpoint.restore_state(mngr, latest, state)
         start = int(latest)
     meta = checkpoint.model_meta(setup.student, run_config=config_lib.to_dict(cfg),
-                                 exported_params=list(setup.method.exported_params))
+                                 exported_params=list(setup.method.exported_params),
+                                 exported_by=exported_by(setup.method))
     step_fn = compile_step(setup.ctx, setup.state_sh, setup.teacher_sh, setup.batch_sh,
                            sharding.replicated(setup.mesh), sharding.RULES)
     peak, _ = flops.device_peak_flops()
@@ -440,6 +441,7 @@ class _Best:
             checkpoint.save_model(self.dir, self.setup.student, state.params["student"],
                                   tokenizer_dir=tok, step=step, keep=1,
                                   exported=exported_of(self.setup.method, state.params),
+                                  exported_by=exported_by(self.setup.method),
                                   best={"metric": self.metric, "value": self.value, "step": step,
                                         "dev": values})
         return {**{f"dev_{k}": v for k, v in values.items()},
@@ -456,6 +458,13 @@ def exported_of(method: Method, params: dict) -> dict:
     return {name: params["method"][name] for name in method.exported_params}
 
 
+def exported_by(method: Method) -> dict | None:
+    """What made the exported params (method name and options), for whoever runs them."""
+    if not method.exported_params:
+        return None
+    return {"method": method.name, "options": config_lib.to_dict(method.options)}
+
+
 def export_state(setup: Setup, state: state_lib.TrainState, out_dir: Path) -> Path:
     """The student, and the method params that are part of the product, as a model directory."""
     tree = {"student": state.params["student"], "exported": exported_of(setup.method, state.params)}
@@ -464,15 +473,18 @@ def export_state(setup: Setup, state: state_lib.TrainState, out_dir: Path) -> Pa
     if jax.process_index() == 0:
         tok = Path(setup.cfg.run_dir) / "tokenizer"
         write_model_dir(setup.student, tree["student"], out_dir,
-                        tokenizer_dir=tok if tok.is_dir() else None, exported=tree["exported"])
+                        tokenizer_dir=tok if tok.is_dir() else None, exported=tree["exported"],
+                        exported_by=exported_by(setup.method))
     return out_dir
 
 
 def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
     """A checkpoint (run dir, step dir, best/) as a Hugging Face or native model directory."""
     model, params, tok = loading.load_pretrained(str(path))
-    exported = checkpoint.read_exported_params(checkpoint.find_step_dir(path))
-    return write_model_dir(model, params, out_dir, tokenizer_dir=tok, exported=exported)
+    step_dir = checkpoint.find_step_dir(path)
+    exported = checkpoint.read_exported_params(step_dir)
+    return write_model_dir(model, params, out_dir, tokenizer_dir=tok, exported=exported,
+                           exported_by=checkpoint.read_meta(step_dir).get("exported_by"))
 
 
 def start_run_dir(setup: Setup) -> None:

@@ -48,7 +48,9 @@ def loss_fn(params: dict, ctx: StepContext, teacher_out: dict[str, Outputs], bat
     student_params = freeze(params["student"], ctx.frozen)
     student_out = ctx.student.apply(student_params, batch, wants=ctx.method.wants()[STUDENT],
                                     train=True, rngs={"dropout": rng})
-    return ctx.method.loss(params["method"], {STUDENT: student_out, **teacher_out}, batch)
+    # The method's own dropout gets a key of its own: the student's stays what it always was.
+    return ctx.method.loss(params["method"], {STUDENT: student_out, **teacher_out}, batch,
+                           rng=jax.random.fold_in(rng, 1))
 
 
 def freeze(params: dict, prefixes: tuple[str, ...]) -> dict:

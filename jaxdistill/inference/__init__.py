@@ -1,0 +1,1 @@
+"""Inference beyond one forward pass: adaptive early exit (FastBERT's branches)."""

@@ -5,9 +5,10 @@
 
 Stages, each one `jaxdistill` command on the shipped recipes (configs/demo.yaml,
 configs/teacher_mlm.yaml, configs/task/*.yaml) with run dirs under --root:
-  general distillation -> MLM head for augmentation -> teacher fine-tune -> augmentation ->
-  student without KD, vanilla KD, PKD-last, PKD-skip, TinyBERT (intermediate + prediction)
-  without and with augmentation -> `jaxdistill evaluate` of every result on the dev set.
+  general distillation -> MLM head for augmentation -> teacher fine-tune -> FastBERT
+  self-distillation of the teacher -> augmentation -> student without KD, vanilla KD, PKD-last,
+  PKD-skip, TinyBERT (intermediate + prediction) without and with augmentation ->
+  `jaxdistill evaluate` of every result on the dev set, and FastBERT's speed sweep.
 --scale multiplies every stage's step budget (for a quick smoke run; the table says so).
 """
 from __future__ import annotations
@@ -45,8 +46,10 @@ def _steps(n: int, scale: float) -> int:
 
 
 # Step budgets at --scale 1 (batch 32; the Rotten Tomatoes train split is 240 steps per epoch).
-BUDGET = {"general": 120, "mlm_head": 100, "teacher": 300, "student": 360, "kd": 300,
-          "tb_int": 300, "tb_pred": 240, "tb_aug_int": 360, "tb_aug_pred": 240}
+BUDGET = {"general": 120, "mlm_head": 100, "teacher": 300, "fastbert": 480, "student": 360,
+          "kd": 300, "tb_int": 300, "tb_pred": 240, "tb_aug_int": 360, "tb_aug_pred": 240}
+SPEEDS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+MARKER = "<!-- analysis: written by hand, kept when the tables above are regenerated -->"
 
 
 def stages(root: Path, scale: float, augment_n: int, max_augmented: int) -> list[tuple]:
@@ -64,6 +67,9 @@ def stages(root: Path, scale: float, augment_n: int, max_augmented: int) -> list
         ("teacher fine-tune", "task_teacher",
          ["finetune", "--config", "configs/task/teacher.yaml", f"run_dir={r('task_teacher')}",
           s("teacher")]),
+        ("FastBERT self-distillation", "task_fastbert",
+         ["finetune", "--config", "configs/task/fastbert.yaml", f"run_dir={r('task_fastbert')}",
+          f"student.init={r('task_teacher')}/best", s("fastbert")]),
         ("augmentation", "augment",
          ["augment", "--config", "configs/task/augment.yaml", f"out={aug_file}",
           f"mlm_model={r('teacher_mlm')}", f"n={augment_n}", f"max_augmented={max_augmented}"]),
@@ -126,8 +132,18 @@ def main(argv: list[str] | None = None) -> int:
         for _, run in ROWS:
             evals[run] = json.loads(_cli(["evaluate", "--model", str(root / run / "best"),
                                           "--config", "configs/task/teacher.yaml"], log))
+        sweep_dir = root / "task_fastbert" / "speed_sweep"
+        _cli(["evaluate", "--model", str(root / "task_fastbert" / "hf"), "--config",
+              "configs/task/teacher.yaml", "--speeds", SPEEDS, "--report-dir", str(sweep_dir)], log)
+        evals["fastbert_sweep"] = json.loads((sweep_dir / "report.json").read_text())
     table = render(args, timings, total, evals)
-    Path(args.out).write_text(table)
+    out = Path(args.out)
+    # Hand-written analysis below the marker survives a regeneration.
+    kept = out.read_text().split(MARKER, 1) if out.is_file() else []
+    out.write_text(table + ("\n" + MARKER + kept[1] if len(kept) == 2 else ""))
+    import shutil
+
+    shutil.copyfile(sweep_dir / "speed_sweep.png", out.with_name("fastbert_speed_sweep.png"))
     (root / "results.json").write_text(json.dumps(
         {"timings": [(n, s) for n, s, _ in timings], "total_s": total, "evals": evals}, indent=2))
     print(table)
@@ -160,7 +176,44 @@ def render(args, timings, total: float, evals: dict) -> str:
               "`jaxdistill evaluate` runs that fill the table are not included).", "",
               "| stage | wall time |", "|---|---|"]
     lines += [f"| {name} | {sec / 60:.1f} min |" for name, sec, _ in timings]
+    lines += render_fastbert(evals["fastbert_sweep"], dict((n, t) for n, t, _ in timings))
     return "\n".join(lines) + "\n"
+
+
+def render_fastbert(report: dict, seconds: dict) -> list[str]:
+    """FastBERT's speed sweep: accuracy, exits, FLOPs and measured speed-ups, and the target."""
+    b, metric, rows = report["batch_size"], report["metric"], report["rows"]
+    lines = ["", "## FastBERT: adaptive inference on the fine-tuned teacher", "",
+             f"Stage 1 is the teacher fine-tune above; stage 2 trains exit branches after layers "
+             f"1-{report['layers'] - 1} (`configs/task/fastbert.yaml`, backbone and classifier "
+             f"frozen). The sweep is `jaxdistill evaluate --model RUN/hf --speeds {SPEEDS}` "
+             f"({report['examples']} dev examples at batch {b}; batch 1 over the first "
+             f"{report['latency_examples']}); speed-ups are against speed 0, the plain "
+             f"classifier. {report['device']}.", "",
+             f"| speed | dev {metric} | average exit layer | FLOPs / example | FLOPs speed-up "
+             f"| examples/s, batch 1 | speed-up, batch 1 | examples/s, batch {b} "
+             f"| speed-up, batch {b} |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['speed']:g} | {r[metric]:.4f} | {r['average_exit_layer']:.2f} | "
+            f"{r['flops_per_example'] / 1e6:.0f} M | {r['flops_speedup']:.2f}x | "
+            f"{r['examples_per_sec_batch_1']:.0f} | {r['speedup_batch_1']:.2f}x | "
+            f"{r[f'examples_per_sec_batch_{b}']:.0f} | {r[f'speedup_batch_{b}']:.2f}x |")
+    full = next(r for r in rows if r["speed"] == 0)
+    ok = [r for r in rows if r[metric] >= full[metric] - 0.01]
+    best = max(ok, key=lambda r: r["speed"])
+    measured, by_flops = best[f"speedup_batch_{b}"], best["flops_speedup"]
+    both = seconds.get("teacher fine-tune", 0) + seconds.get("FastBERT self-distillation", 0)
+    lines += ["", f"**Against the target** (at the largest speed within 1 point of the full "
+              f"model's {metric}, measured examples/s at batch {b} at least 1.5x the full "
+              f"model's and at least 70% of the FLOPs speed-up): speed {best['speed']:g} keeps "
+              f"{best[metric]:.4f} (full: {full[metric]:.4f}); measured {measured:.2f}x at batch "
+              f"{b} against {by_flops:.2f}x in FLOPs, {measured / by_flops:.0%} of it. "
+              f"{'Met' if measured >= 1.5 and measured >= 0.7 * by_flops else 'Not met'}. "
+              f"The two stages took {both / 60:.1f} min together (target: under 15).",
+              "", "Raw figures: `benchmarks/results/fastbert_sweep.json`; plot: "
+              "`docs/fastbert_speed_sweep.png`."]
+    return lines
 
 
 if __name__ == "__main__":

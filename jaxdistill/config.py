@@ -455,18 +455,24 @@ def dump(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def keys(cls: type, prefix: str = "") -> list[tuple[str, str]]:
-    """(dotted key, default) for every leaf of a config class, for --help."""
+def keys(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str]]:
+    """(dotted key, default) for every leaf of a config class, for --help. Nested sections show
+    the defaults of the enclosing recipe (a finetune student starts from package:minilm)."""
+    defaults = cls() if defaults is None else defaults
     out = []
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls)[f.name]
+        value = getattr(defaults, f.name)
         if f.name == getattr(cls, "_REST", None):
-            out.append((prefix + "*", "the architecture fields of the model kind (bert: "
-                        "hidden_size, num_layers, num_heads, intermediate_size, flavor, ...)"))
+            # The open section's keys are the kind's config fields.
+            from jaxdistill.models import model_class
+
+            for g in dataclasses.fields(model_class(defaults.kind).Config):
+                if g.name not in _SET_ELSEWHERE:
+                    shown = value.get(g.name, g.default)
+                    out.append((prefix + g.name, f"{shown!r}  (kind {defaults.kind})"))
         elif dataclasses.is_dataclass(tp):
-            out += keys(tp, f"{prefix}{f.name}.")
+            out += keys(tp, f"{prefix}{f.name}.", value)
         else:
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            out.append((prefix + f.name, repr(default)))
+            out.append((prefix + f.name, repr(value)))
     return out

@@ -227,3 +227,24 @@ def test_two_stages_resume_sweep_and_export(tmp_path, tiny_classifier):
     assert model(ids, speed=1.0).exit_layers.tolist() == [1]
     copy = jaxdistill.hf.save(model, tmp_path / "copy")
     assert (Path(copy) / "exported_params.safetensors").is_file()
+
+
+def test_frozen_parameters_get_no_optimizer_moments_and_never_move():
+    """Stage 2 freezes the whole student: only the branches keep Adam moments and change."""
+    import optax
+
+    from jaxdistill.config import OptimizerConfig
+    from jaxdistill.train import optim
+
+    params = {"student": {"encoder": {"w": jnp.ones((4, 4))}, "classifier": {"w": jnp.ones((4, 2))}},
+              "method": {"branches": {"w": jnp.ones((3, 4))}}}
+    tx = optim.optimizer(OptimizerConfig(warmup_steps=0), 1e-2, 10,
+                         frozen=lambda path: path[0] == "student", params=params)
+    state = tx.init(params)
+    moments = sum(x.size for x in jax.tree.leaves(state) if getattr(x, "ndim", 0) > 0)
+    assert moments == 2 * 3 * 4  # mu and nu of the branches only
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, state, params)
+    new = optax.apply_updates(params, updates)
+    jax.tree.map(np.testing.assert_array_equal, new["student"], params["student"])
+    assert not np.array_equal(new["method"]["branches"]["w"], params["method"]["branches"]["w"])

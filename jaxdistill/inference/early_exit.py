@@ -97,8 +97,8 @@ class EarlyExit:
 
     # --- accounting ---------------------------------------------------------------------------
     def flops_per_example(self, exit_layer: np.ndarray, seq_len: int, speed: float) -> float:
-        """Mean model FLOPs per example: the layers each row ran, its branches, and the final
-        classifier for the rows that reached the end."""
+        """Mean model FLOPs per example: the layers each row ran and the branches it ran (none
+        at speed 0); a layer costs 1/L of the full model (`Model.forward_flops_per_token`)."""
         full = self.full_flops(seq_len)
         per_layer = full / self.num_layers
         branch = exit_branches.flops_per_example(self.shape, seq_len) if speed > 0 else 0.0
@@ -173,12 +173,15 @@ def speed_sweep(model_ref: str, task_cfg: Any, seq_len: int, batch_size: int,
     rows = []
     for speed in speeds:
         def run(data, size):
+            # Real rows only (the last batch is shorter, not padded): a padding row would never
+            # be sure of anything and would hold its batch to the last layer.
             out_logits, out_exit = [], []
-            for batch in tasks.eval_batches(data, size):
-                real = batch.pop("weights") > 0
-                logits, exits = runner.predict(batch, speed)
-                out_logits.append(logits[real])
-                out_exit.append(exits[real])
+            n = len(data["input_ids"])
+            for start in range(0, n, size):
+                logits, exits = runner.predict({k: v[start:start + size] for k, v in data.items()},
+                                               speed)
+                out_logits.append(logits)
+                out_exit.append(exits)
             return np.concatenate(out_logits), np.concatenate(out_exit)
 
         run(inputs, batch_size)  # compiles every bucket this speed reaches, outside the timing

@@ -96,7 +96,8 @@ def build_roles(cfg: RunConfig, *, num_labels: int | None = None, teacher_hint: 
     labels = lambda head: num_labels if head == "classifier" else None  # noqa: E731
     raw = {role: loading.load_teacher(role, tc, heads[role], labels(heads[role]), teacher_hint)
            for role, tc in loading.teacher_configs(cfg, cls.teacher_roles(options)).items()}
-    tokenizer = next((tok for _, _, tok in raw.values() if tok is not None), None)
+    teacher_tok = next((tok for _, _, tok in raw.values() if tok is not None), None)
+    student_tok = None
     reference = raw[next(iter(raw))][0] if raw else None
 
     init = cfg.student.init if cfg.student.init != "default" else cls.default_student_init
@@ -104,7 +105,7 @@ def build_roles(cfg: RunConfig, *, num_labels: int | None = None, teacher_hint: 
     init_params = None
     if init in ("random", "teacher_layers"):
         if reference is None and student_from:
-            reference, _, tokenizer = loading.load_pretrained(student_from)
+            reference, _, student_tok = loading.load_pretrained(student_from)
         student = loading.student_model(cfg.student, reference, head, labels(head))
     else:
         key = jax.random.key(cfg.seed + 1)
@@ -115,7 +116,7 @@ def build_roles(cfg: RunConfig, *, num_labels: int | None = None, teacher_hint: 
             loaded, init_params = loading.with_head(loaded, init_params, head, key, num_labels)
         student = loading.runtime_of(cfg.student, loaded)
         init_params = student.from_canonical(loaded.canonical(init_params))
-        tokenizer = tok or tokenizer
+        student_tok = tok
 
     models, teacher_params = {STUDENT: student}, {}
     for role, (model, params, _) in raw.items():
@@ -132,7 +133,10 @@ def build_roles(cfg: RunConfig, *, num_labels: int | None = None, teacher_hint: 
                                                tuple(m.teacher for m in matches), None)
     if init_params is not None:
         init_params = jax.tree.map(np.asarray, init_params)
-    return Roles(models, method, teacher_params, init_params, tokenizer)
+    # Pretraining tokenizes its corpus for the teacher; the task stage encodes for the student it
+    # exports (both read the same ids, `_check_same_inputs`).
+    first, second = (teacher_tok, student_tok) if num_labels is None else (student_tok, teacher_tok)
+    return Roles(models, method, teacher_params, init_params, first or second)
 
 
 def _teacher_cfg(cfg: RunConfig, role: str):

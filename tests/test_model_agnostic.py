@@ -99,7 +99,7 @@ class EnsembleCalibratedKd(Method):
     def param_axes(self):
         return {"calibration": {"bias": P("labels")}, "scratch": {"w": P("labels")}}
 
-    def loss(self, params, outputs, batch):
+    def loss(self, params, outputs, batch, rng=None):
         t = self.options.temperature
         target = (jax.nn.softmax(outputs["teacher"].logits / t)
                   + jax.nn.softmax(outputs["second"].logits / t)) / 2

@@ -29,9 +29,7 @@ def lookup(registry: dict, name: str, where: str, what: str) -> Any:
     """registry[name], or an error that names the closest entry and all of them."""
     if name in registry:
         return registry[name]
-    match = difflib.get_close_matches(name, list(registry), n=1, cutoff=0.5)
-    hint = f" Did you mean '{match[0]}'?" if match else ""
-    raise UserError(f"{where}: unknown {what} '{name}'.{hint} Valid {what}s: "
+    raise UserError(f"{where}: unknown {what} '{name}'.{_closest(name, registry)} Valid {what}s: "
                     f"{', '.join(sorted(registry))}.")
 
 
@@ -80,7 +78,8 @@ class StudentConfig:
 
     Every other key of this section is a field of the kind's architecture config (for kind
     'bert': hidden_size, num_layers, num_heads, intermediate_size, flavor, hidden_act, dropouts,
-    dtype, param_dtype, scan_layers, remat, ...), validated by that kind when the run starts.
+    dtype, param_dtype, scan_layers, remat, ...), checked against that kind when the recipe
+    loads.
     The head and label count are not keys: the method and the task decide them.
     init: 'default' (the method's choice), 'random', 'teacher_layers' (DistilBERT: copy evenly
     spaced teacher layers), or a model reference (Hugging Face dir, jaxdistill run dir,

@@ -20,11 +20,12 @@ from jaxdistill.convert.hf_dir import (
     read_hf_config,
     read_hf_dir,
     read_tensors,
+    replace_file,
     write_hf_dir,
 )
 from jaxdistill.convert.native import (EXPORTED_INFO, EXPORTED_PARAMS, is_native_dir,
-                                      read_native_dir,
-                                      read_params_file, write_native_dir, write_params_file)
+                                      read_native_dir, read_params_file, write_native_dir,
+                                      write_params_file)
 
 # Kinds whose config is what hf_dir's families read and write.
 HF_KINDS = ("bert",)
@@ -34,8 +35,7 @@ def read_model_dir(path: str | os.PathLike, head: str = "auto", rng=None
                    ) -> tuple[models.Model, dict]:
     """(model, host params) of a Hugging Face or jaxdistill-native directory."""
     if is_native_dir(path):
-        model, params = read_native_dir(path)
-        return model, params
+        return read_native_dir(path)
     cfg, params = read_hf_dir(path, head=head, rng=rng)
     return models.model_class(cfg.kind)(cfg), params
 
@@ -59,11 +59,12 @@ def write_model_dir(model: models.Model, params: dict, out_dir: str | os.PathLik
             copy_tokenizer(tokenizer_dir, out)
     if exported:
         write_params_file(exported, out / EXPORTED_PARAMS)
-        (out / EXPORTED_INFO).write_text(json.dumps(exported_by or {}, indent=2, sort_keys=True)
-                                         + "\n")
+        info = json.dumps(exported_by or {}, indent=2, sort_keys=True) + "\n"
+        replace_file(out / EXPORTED_INFO, lambda f: f.write_text(info))
     return out
 
 
-__all__ = ["EXPORTED_INFO", "EXPORTED_PARAMS", "FAMILIES", "HF_KINDS", "read_params_file", "write_params_file", "SUPPORTED", "TOKENIZER_FILES", "copy_tokenizer",
-           "detect_architecture", "is_native_dir", "read_hf_config", "read_hf_dir",
-           "read_model_dir", "read_tensors", "write_hf_dir", "write_model_dir"]
+__all__ = ["EXPORTED_INFO", "EXPORTED_PARAMS", "FAMILIES", "HF_KINDS", "SUPPORTED",
+           "TOKENIZER_FILES", "copy_tokenizer", "detect_architecture", "is_native_dir",
+           "read_hf_config", "read_hf_dir", "read_model_dir", "read_params_file", "read_tensors",
+           "write_hf_dir", "write_model_dir", "write_params_file"]

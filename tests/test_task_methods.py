@@ -249,6 +249,35 @@ def test_pkd_loss_matches_nli_kd_training(options, widths, teacher_layers):
         _close(metrics[key], value)
 
 
+def test_pkd_mean_pooling_matches_masked_token_means():
+    """pooling 'mean': each matched layer's states averaged over the real tokens (by hand, in
+    torch), everything else as the paper's loss."""
+    student, teacher = STUDENT.replace(hidden_size=16), TEACHER.replace(hidden_size=16)
+    method = make_method("pkd", {"pooling": "mean"}, student, teacher)
+    s_hidden = _randn(student.num_layers + 1, B, T, 16, scale=2)
+    t_hidden = _randn(teacher.num_layers + 1, B, T, 16, scale=2)
+    mask = np.ones((B, T), np.int32)
+    mask[0, 3:] = 0
+    mask[1, 1:] = 0
+    s_logits, t_logits, labels = _randn(B, C, scale=3), _randn(B, C, scale=3), _labels()
+    loss, metrics = loss_of(method, {}, _out(s_logits, s_hidden), _out(t_logits, t_hidden),
+                            {"labels": labels, "attention_mask": mask})
+    w = torch.tensor(mask, dtype=torch.float32)[..., None]
+
+    def mean(h):  # [B, T, H] -> [B, H] over real tokens
+        return (torch.tensor(np.asarray(h)) * w).sum(1) / w.sum(1)
+
+    layers = _teacher_layers(method)
+    s_pat = torch.stack([mean(s_hidden[j]) for j in range(1, student.num_layers)], 1)
+    t_pat = torch.stack([mean(t_hidden[t]) for t in layers], 1)
+    _close(metrics["loss/pt"], _pkd_patience_loss(t_pat, s_pat, True))
+    ref, _, _ = _pkd_distillation_loss(torch.tensor(s_logits), torch.tensor(labels).long(),
+                                       torch.tensor(t_logits), 10.0, 0.5)
+    _close(loss, float(ref) + 100.0 * float(metrics["loss/pt"]))
+    with pytest.raises(UserError, match="pooling='max'"):
+        make_method("pkd", {"pooling": "max"}, student, teacher)
+
+
 def test_pkd_with_beta_zero_is_kd():
     method = make_method("pkd", {"beta": 0.0}, STUDENT, TEACHER)
     assert method.wants()["student"] == Wants() and _teacher_layers(method) == ()

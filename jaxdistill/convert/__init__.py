@@ -54,7 +54,7 @@ def write_model_dir(model: models.Model, params: dict, out_dir: str | os.PathLik
         out = write_hf_dir(model.config, params, out_dir,
                            tokenizer_dir=tokenizer_dir, id2label=id2label)
     else:
-        out = write_native_dir(model, params, out_dir)
+        out = write_native_dir(model, params, out_dir, id2label=id2label)
         if tokenizer_dir is not None:
             copy_tokenizer(tokenizer_dir, out)
     if exported:

@@ -2,7 +2,8 @@
 
 A directory with
   config.json        {"format": "jaxdistill-native", "version": 1, "kind": KIND,
-                      "config": the kind's config fields (what `Model.meta()` returns)}
+                      "config": the kind's config fields (what `Model.meta()` returns),
+                      "id2label": {"0": NAME, ...} for a classifier of named labels}
   model.safetensors  every parameter, float32, named by its path joined with '/'
                      (e.g. "encoder/layer_0/attention/query/kernel"); Linear kernels are
                      stored (in, out), as the JAX model holds them
@@ -69,13 +70,16 @@ def is_native_dir(path: str | os.PathLike) -> bool:
         return False
 
 
-def write_native_dir(model: models.Model, params: dict, out_dir: str | os.PathLike) -> Path:
+def write_native_dir(model: models.Model, params: dict, out_dir: str | os.PathLike,
+                     id2label: dict[int, str] | None = None) -> Path:
     """config.json + model.safetensors (float32); returns out_dir."""
     from jaxdistill.convert.hf_dir import replace_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT, "version": VERSION, "kind": model.kind, "config": model.meta()}
+    if id2label:
+        config["id2label"] = {str(i): name for i, name in id2label.items()}
     write_params_file(model.canonical(params), out / WEIGHTS)
     replace_file(out / "config.json",
                  lambda f: f.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))

@@ -27,6 +27,7 @@ class TokenizerInfo:
     sha256: str
     vocab_size: int
     special_ids: dict  # {'cls': 101, 'sep': 102, 'pad': 0, 'mask': 103, 'unk': 100}
+    word_level: bool = False  # a word vocabulary (data/words.py): no [CLS]/[SEP], one id a word
 
 
 def resolve_tokenizer_file(ref: str | Path) -> Path:
@@ -81,8 +82,13 @@ def load_tokenizer(ref: str | Path) -> tuple[Tokenizer, TokenizerInfo]:
         raise UserError(f"Could not read tokenizer {path}: {e}") from None
     tok.no_truncation()  # all-MiniLM's tokenizer.json truncates and pads to 128 by default
     tok.no_padding()
+    from jaxdistill.data.words import is_word_level
+
+    word_level = is_word_level(tok)
     special = {}
     for key, token in SPECIAL_TOKENS.items():
+        if word_level and key in ("cls", "sep"):
+            continue
         idx = tok.token_to_id(token)
         if idx is None:
             raise UserError(f"Tokenizer {path} has no {token} token; pretraining data needs a "
@@ -90,7 +96,7 @@ def load_tokenizer(ref: str | Path) -> tuple[Tokenizer, TokenizerInfo]:
         special[key] = int(idx)
     info = TokenizerInfo(path=str(path), sha256=digest.hexdigest(),
                          vocab_size=int(tok.get_vocab_size(with_added_tokens=True)),
-                         special_ids=special)
+                         special_ids=special, word_level=word_level)
     return tok, info
 
 

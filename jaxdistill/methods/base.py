@@ -42,6 +42,9 @@ class Method(abc.ABC):
     # Subtrees of the method's own params that are part of the product (e.g. exit classifiers):
     # saved with the best checkpoint and written beside the exported model.
     exported_params: ClassVar[tuple[str, ...]] = ()
+    # Whether the loss weights the label term by `batch["labeled"]`: training data may then hold
+    # rows without a gold label (teacher-labelled augmentation). Other methods refuse such data.
+    trains_on_unlabeled_rows: ClassVar[bool] = False
 
     # --- the models it needs --------------------------------------------------------------------
     @classmethod
@@ -69,6 +72,11 @@ class Method(abc.ABC):
         """'weights' matches a 'teacher_layers' student copies: evenly spaced teacher layers
         from the first to the last (DistilBERT's 12 -> 6: 0, 2, 4, 7, 9, 11)."""
         return weight_matches(self.teacher.config.num_layers, self.student.config.num_layers)
+
+    def batch_keys(self) -> dict[str, str]:
+        """Batch keys beyond the models' inputs and the labels that `loss` reads -> how to get
+        them (teacher-written data, e.g. stored teacher logits)."""
+        return {}
 
     # --- the method's own trainable parameters ------------------------------------------------
     def init_params(self, rng: jax.Array) -> dict:

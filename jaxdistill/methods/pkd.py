@@ -33,6 +33,12 @@ task there (vs pkd_6layer_last_mean.csv). normalize=True is the paper's loss; th
 defaults to False and its grid tried both (the best MNLI, QNLI and QQP runs were unnormalised).
 
 Regression (num_labels == 1): the CE and KD terms become MSE as in `kd`.
+
+pooling 'mean' (not in the paper): each matched layer's states are averaged over the real
+tokens (attention_mask) instead of taken at [CLS]. A mean-pooled sentence encoder such as the
+packaged all-MiniLM-L6-v2 was never trained to put anything in its intermediate [CLS] states:
+there they are all but the same vector for every input, so the [CLS] patience loss teaches the
+student a constant (docs/results.md); the token mean carries what the layer computed.
 """
 from __future__ import annotations
 
@@ -50,6 +56,7 @@ from jaxdistill.methods.layer_match import LayerMatch
 from jaxdistill.models.base import NOTHING, Model, Outputs, Wants
 
 STRATEGIES = ("skip", "last")
+POOLINGS = ("cls", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +68,8 @@ class PkdOptions:
       strategy).
     beta: weight of the patience loss; 0 turns it off (then this is `kd`).
     normalize: L2-normalise the [CLS] states before the MSE (the paper's loss).
+    pooling: 'cls' (the paper: each matched layer's [CLS] state) or 'mean' (the mean of its
+      states over the real tokens, for mean-pooled teachers; see the module docstring).
     """
 
     temperature: float = 10.0
@@ -69,9 +78,12 @@ class PkdOptions:
     strategy: str = "skip"
     teacher_layers: tuple[int, ...] | None = None
     normalize: bool = True
+    pooling: str = "cls"
 
     def __post_init__(self):
         check_kd_options(self.temperature, self.alpha)
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r}: expected one of {', '.join(POOLINGS)}")
         if self.beta < 0:
             raise ValueError(f"beta={self.beta}: must be >= 0")
         if self.strategy not in STRATEGIES:
@@ -115,6 +127,15 @@ def _check_teacher_layers(layers: tuple[int, ...], student: Any, teacher: Any):
     if bad:
         raise ValueError(f"teacher_layers: {bad[0]} is out of range 1..{n - 1} for the "
                          f"{n}-layer teacher (1-based; its last layer is left to the KD term)")
+
+
+def pool(hidden: jax.Array, mask: jax.Array | None, pooling: str) -> jax.Array:
+    """[B, T, H] -> [B, H]: the [CLS] state, or the mean over the tokens where mask is 1."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = (jnp.ones(hidden.shape[:2]) if mask is None else mask).astype(jnp.float32)[..., None]
+    total = jnp.sum(hidden.astype(jnp.float32) * weights, axis=1)
+    return total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
 
 @register
@@ -176,9 +197,12 @@ class Pkd(Method):
         total, metrics = kd_loss(student.logits, teacher.logits, batch["labels"],
                                  opts.temperature, opts.alpha, self.regression)
         if self.matches:
-            # [layers, B, H]: the [CLS] output of each matched layer (static indices).
-            s_cls = jnp.stack([student.hidden_states[m.student][:, 0] for m in self.matches])
-            t_cls = jnp.stack([teacher.hidden_states[m.teacher][:, 0] for m in self.matches])
+            # [layers, B, H]: the [CLS] (or mean) state of each matched layer (static indices).
+            mask = batch.get("attention_mask")
+            s_cls = jnp.stack([pool(student.hidden_states[m.student], mask, opts.pooling)
+                               for m in self.matches])
+            t_cls = jnp.stack([pool(teacher.hidden_states[m.teacher], mask, opts.pooling)
+                               for m in self.matches])
             if self._needs_projection():
                 s_cls = projection.apply(params["proj"], s_cls)
             term = losses.patience_loss(s_cls, t_cls, opts.normalize)

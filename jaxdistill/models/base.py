@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import flax.struct
@@ -140,10 +141,27 @@ class Model(abc.ABC):
         predictions_per_seq: with `logits_at_masked`, how many positions get vocabulary logits.
         """
 
+    def max_seq_len(self) -> int | None:
+        """The longest input it reads (learned positions), None when unbounded."""
+        return None
+
     @classmethod
     def student_defaults(cls, fields: dict) -> dict:
         """A student's config fields after the teacher's were inherited (a hook per kind)."""
         return fields
+
+    @classmethod
+    def vocabulary_from(cls, fields: dict, texts: Sequence[tuple[str, str | None]],
+                        out_dir: Path) -> dict | None:
+        """A kind with a vocabulary of its own (words, not the teacher's pieces) builds it from
+        the training (text_a, text_b) pairs, saves its tokenizer to `out_dir` and returns the
+        config fields with its size. None (the default): the kind reads the teacher's ids."""
+        return None
+
+    def initial_params(self, rng: jax.Array, tokenizer_dir: Path) -> dict | None:
+        """First host params that depend on the vocabulary (pretrained word vectors), for a
+        student built with `vocabulary_from`; None: `init` draws them."""
+        return None
 
     def word_embeddings(self, params: dict) -> Any:
         """[vocab, width] input word-embedding table, for methods that look words up in it."""

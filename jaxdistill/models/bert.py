@@ -466,6 +466,9 @@ class Bert(base.Model):
     def logical_axes(self) -> Any:
         return logical_axes(self.config)
 
+    def max_seq_len(self) -> int | None:
+        return self.config.max_position_embeddings
+
     def apply(self, params: dict, batch: base.Batch, *, wants: Wants = NOTHING,
               train: bool = False, rngs: dict | None = None) -> Outputs:
         return self.module.apply(

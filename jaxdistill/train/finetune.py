@@ -125,7 +125,8 @@ class DevEvaluator:
 # The run
 
 
-def build_roles(cfg: FinetuneConfig, num_labels: int) -> loop.Roles:
+def build_roles(cfg: FinetuneConfig, num_labels: int,
+                texts: list[tuple[str, str | None]] | None = None) -> loop.Roles:
     if cfg.student.init in ("", "default"):
         raise UserError(f"student.init={cfg.student.init!r}: the task stage starts from a trained "
                         f"encoder; name a general-distillation run dir (e.g. runs/demo), an Orbax "
@@ -137,7 +138,26 @@ def build_roles(cfg: FinetuneConfig, num_labels: int) -> loop.Roles:
         raise UserError(f"method '{cfg.method.name}' (options {cfg.method.options}) is not a task "
                         f"method; use finetune, kd, pkd, or tinybert with stage task_intermediate "
                         f"or task_prediction.")
-    return loop.build_roles(cfg, num_labels=num_labels, teacher_hint=TEACHER_HINT)
+    return loop.build_roles(cfg, num_labels=num_labels, teacher_hint=TEACHER_HINT, texts=texts)
+
+
+def check_train_arrays(cfg: FinetuneConfig, method: Any, train: dict[str, np.ndarray],
+                       num_labels: int) -> None:
+    """The training data has what the method reads, and no unlabelled rows it would misread."""
+    for key, how in method.batch_keys().items():
+        if key not in train:
+            raise UserError(f"method '{cfg.method.name}' reads '{key}' from the training data, "
+                            f"which task {cfg.task.name} (augmented={cfg.task.augmented or 'none'})"
+                            f" does not have: {how}.")
+    if "teacher_logits" in train and train["teacher_logits"].shape[1] != num_labels:
+        raise UserError(f"task.augmented={cfg.task.augmented}: its teacher_logits have "
+                        f"{train['teacher_logits'].shape[1]} entries per row, the task "
+                        f"{num_labels} labels.")
+    if "labeled" in train and not type(method).trains_on_unlabeled_rows:
+        raise UserError(f"task.augmented={cfg.task.augmented} has rows without a gold label "
+                        f"(teacher-labelled variants); method '{cfg.method.name}' trains on "
+                        f"labels and would read placeholders. Use method bilstm, or augment with "
+                        f"`jaxdistill augment` (TinyBERT), which keeps labels.")
 
 
 def run(cfg: FinetuneConfig) -> dict:
@@ -148,7 +168,7 @@ def run(cfg: FinetuneConfig) -> dict:
     if cfg.eval_every < 1 or cfg.log_every < 1 or cfg.save_every < 1:
         raise UserError("eval_every, log_every and save_every must be >= 1.")
     task = tasks.load_task(cfg.task)
-    roles = build_roles(cfg, task.num_labels)
+    roles = build_roles(cfg, task.num_labels, [(ex.text_a, ex.text_b) for ex in task.train])
     tok = roles.tokenizer_dir
     if tok is None:
         raise UserError(f"student.init={cfg.student.init} has no tokenizer files (vocab.txt or "
@@ -156,6 +176,7 @@ def run(cfg: FinetuneConfig) -> dict:
     regression = task.num_labels == 1
     train = tasks.encode(task.train, tok, cfg.seq_len, regression)
     dev = tasks.encode(task.dev, tok, cfg.seq_len, regression)
+    check_train_arrays(cfg, roles.method, train, task.num_labels)
     batches = tasks.TaskBatches(train, cfg.batch_size, cfg.seed)
     steps = total_steps(cfg, batches)
     source = TaskSource(batches)
@@ -169,7 +190,9 @@ def run(cfg: FinetuneConfig) -> dict:
               f"{cfg.method.name}; dev metric {task.select_metric}")
     summary = loop.run(loop.Job(setup, source, total_steps=steps, seq_len=cfg.seq_len,
                                 evaluator=DevEvaluator(setup, task, dev, cfg.eval_batch_size),
-                                eval_every=cfg.eval_every, select=cfg.select, header=header))
+                                eval_every=cfg.eval_every, select=cfg.select, header=header,
+                                command="jaxdistill finetune",
+                                label_names=task.label_names))
     return {**summary, "task": task.name}
 
 

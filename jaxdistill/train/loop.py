@@ -16,6 +16,7 @@ import math
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,12 +32,13 @@ from jaxdistill.errors import UserError
 from jaxdistill.methods import build_method, method_class, parse_options
 from jaxdistill.methods.base import STUDENT, Method
 from jaxdistill.models import Model
-from jaxdistill.train import flops, optim, state as state_lib
+from jaxdistill.train import flops, optim, run_lock, state as state_lib, summaries
 from jaxdistill.train.feed import Prefetcher
 from jaxdistill.train.metrics_log import MetricsLog
 from jaxdistill.train.step import StepContext, compile_step, is_frozen
 
 BEST_DIR = "best"
+VOCAB_DIR = "vocabulary"  # a student's own word vocabulary, built from the training text
 
 
 class TrainingDiverged(RuntimeError):
@@ -83,12 +85,15 @@ class Roles:
 
 
 def build_roles(cfg: RunConfig, *, num_labels: int | None = None, teacher_hint: str = "",
-                student_from: str | None = None) -> Roles:
+                student_from: str | None = None,
+                texts: Sequence[tuple[str, str | None]] | None = None) -> Roles:
     """Load or build every model the method asks for, then the method itself.
 
     num_labels: the task's label count (classifier heads), None for pretraining.
     student_from: where a random-init student takes its vocabulary and tokenizer when the
       method has no teacher (pretraining MLM: teacher.path).
+    texts: the training (text_a, text_b) pairs, from which a random-init student of a kind with
+      its own vocabulary (`Model.vocabulary_from`) builds it, into run_dir/vocabulary.
     """
     cls = method_class(cfg.method.name)
     options = parse_options(cls, cfg.method.options)
@@ -107,7 +112,18 @@ def build_roles(cfg: RunConfig, *, num_labels: int | None = None, teacher_hint: 
     if init in ("random", "teacher_layers"):
         if reference is None and student_from:
             reference, _, student_tok = loading.load_pretrained(student_from)
-        student = loading.student_model(cfg.student, reference, head, labels(head))
+        vocab_dir = Path(cfg.run_dir) / VOCAB_DIR
+        student, own_vocab = loading.student_model(cfg.student, reference, head, labels(head),
+                                                   texts=texts, vocab_dir=vocab_dir)
+        if own_vocab:
+            if raw:
+                raise UserError(f"A '{student.kind}' student reads its own word vocabulary, so "
+                                f"it cannot share a batch with the teacher's token ids; method "
+                                f"'{cls.name}' runs a teacher during training. Use method "
+                                f"bilstm with teacher logits written by `jaxdistill augment` "
+                                f"(configs/task/bilstm_augment.yaml).")
+            student_tok = vocab_dir
+            init_params = student.initial_params(jax.random.key(cfg.seed + 1), vocab_dir)
     else:
         key = jax.random.key(cfg.seed + 1)
         if num_labels is None:
@@ -177,6 +193,7 @@ class Setup:
 def assemble(cfg: RunConfig, mesh: jax.sharding.Mesh, roles: Roles, *, total_steps: int,
              batch_spec: dict[str, int]) -> Setup:
     student, method = roles.models[STUDENT], roles.method
+    check_run(cfg, roles.models, total_steps)
     params_shapes = {"student": jax.eval_shape(student.init, jax.random.key(0)),
                      "method": jax.eval_shape(method.init_params, jax.random.key(0))}
     frozen = tuple(cfg.student.freeze)
@@ -195,6 +212,21 @@ def assemble(cfg: RunConfig, mesh: jax.sharding.Mesh, roles: Roles, *, total_ste
     teacher_params = jax.device_put(roles.teacher_params, teacher_sh)
     batch_sh = {k: sharding.batch_sharding(mesh, n) for k, n in batch_spec.items()}
     return Setup(cfg, mesh, roles, ctx, state_sh, teacher_sh, batch_sh, teacher_params)
+
+
+def check_run(cfg: RunConfig, models: dict[str, Model], total_steps: int) -> None:
+    """Keys that are valid alone but not together with the models and the run's length."""
+    for role, model in models.items():
+        longest = model.max_seq_len()
+        if longest is not None and cfg.seq_len > longest:
+            raise UserError(f"seq_len={cfg.seq_len} is longer than the {role} reads: its "
+                            f"'{model.kind}' model has {longest} positions; set seq_len <= "
+                            f"{longest}.")
+    warm = cfg.optimizer.warmup_steps
+    if warm > total_steps:
+        raise UserError(f"optimizer.warmup_steps={warm} is longer than the run's {total_steps} "
+                        f"steps; the learning rate would never reach learning_rate. Set it "
+                        f"<= {total_steps} (or use optimizer.warmup_ratio).")
 
 
 def _check_freeze(prefixes: tuple[str, ...], student_shapes: dict) -> None:
@@ -321,10 +353,32 @@ class Job:
     select: str = "best"  # with an evaluator: keep the best dev checkpoint, or the last one
     predictions_per_seq: int | None = None
     header: str = ""
+    command: str = "jaxdistill"  # what the start summary calls the run
+    label_names: tuple[str, ...] | None = None  # class i's name, carried into every export
 
 
 def run(job: Job) -> dict:
-    """Train (or resume) to `job.total_steps`; returns a summary. Exact resume on the same mesh."""
+    """Train (or resume) to `job.total_steps`; returns a summary. Exact resume on the same mesh.
+    The run directory's lock (taken by `start_run_dir`) is released however the run ends."""
+    try:
+        return _run(job)
+    finally:
+        run_lock.release(job.setup.cfg.run_dir)
+
+
+def check_newest_step(steps_dir: Path) -> None:
+    """Resume from the newest step on disk or stop naming it: never an older one silently
+    (Orbax itself may skip a step whose folders were lost)."""
+    if "://" in str(steps_dir) or not steps_dir.is_dir():
+        return
+    steps = sorted((int(p.name) for p in steps_dir.iterdir() if p.name.isdigit() and p.is_dir()),
+                   reverse=True)
+    if steps:
+        checkpoint.check_complete(steps_dir / str(steps[0]),
+                                  older=[steps_dir / str(s) for s in steps[1:]])
+
+
+def _run(job: Job) -> dict:
     setup, cfg = job.setup, job.setup.cfg
     run_dir = Path(cfg.run_dir)
     mngr = checkpoint.manager(cfg.checkpoint_dir or run_dir / "checkpoints",
@@ -333,12 +387,14 @@ def run(job: Job) -> dict:
     state = init_state(setup)
     start, data_state = 0, None
     latest = mngr.latest_step()
+    check_newest_step(Path(str(mngr.directory)))
     if latest is not None:
         state, data_state = checkpoint.restore_state(mngr, latest, state)
         start = int(latest)
     meta = checkpoint.model_meta(setup.student, run_config=config_lib.to_dict(cfg),
                                  exported_params=list(setup.method.exported_params),
-                                 exported_by=exported_by(setup.method))
+                                 exported_by=exported_by(setup.method),
+                                 **label_meta(job.label_names))
     step_fn = compile_step(setup.ctx, setup.state_sh, setup.teacher_sh, setup.batch_sh,
                            sharding.replicated(setup.mesh), sharding.RULES)
     peak, _ = flops.device_peak_flops()
@@ -348,9 +404,13 @@ def run(job: Job) -> dict:
                   step_flops(setup, job.seq_len, job.predictions_per_seq), peak_total)
     best = _Best(run_dir, start, job, setup) if job.evaluator is not None else None
 
+    began = time.perf_counter()
     log = MetricsLog(run_dir, job.total_steps, start, tensorboard=cfg.tensorboard)
+    for line in summaries.start_lines(setup, job.command, job.total_steps, job.seq_len, start):
+        log.write(line)
     if job.header:
         log.write(job.header)
+    losses, token_rates = [], []
     feed = Prefetcher(job.source.iterator(start, data_state), setup.batch_sh, cfg.batch_size,
                       depth=getattr(job.source, "prefetch", 2))
     preempted, steps = False, job.total_steps
@@ -379,6 +439,8 @@ def run(job: Job) -> dict:
                     row = jax.device_get(metrics)
                     check_finite(step, row["loss"])
                     row = {**row, **clock.rates(step)}
+                    losses.append(float(row["loss"]))
+                    token_rates.append(float(row["tokens_per_sec"]))
                 if best is not None and (step % job.eval_every == 0 or step == steps):
                     row = {**row, **best.evaluate(state, step)}
                     clock.restart(step)  # evaluation time is not training throughput
@@ -404,9 +466,16 @@ def run(job: Job) -> dict:
         summary.update(best.summary())
     if cfg.export and not preempted and steps > 0:
         if best is None:
-            summary["hf_dir"] = str(export_state(setup, state, run_dir / "hf"))
+            summary["hf_dir"] = str(export_state(setup, state, run_dir / "hf",
+                                                 id2label_of(label_meta(job.label_names))))
         elif best.step >= 0 and jax.process_index() == 0:
             summary["hf_dir"] = str(export_checkpoint(run_dir / BEST_DIR, run_dir / "hf"))
+    if jax.process_index() == 0:
+        saved = mngr.latest_step()
+        last = str(Path(str(mngr.directory)) / str(saved)) if saved is not None else None
+        print("\n".join(summaries.end_lines(summary, setup.student.config.head,
+                                             setup.student.kind, losses, token_rates,
+                                             time.perf_counter() - began, last)), flush=True)
     return summary
 
 
@@ -444,7 +513,7 @@ class _Best:
                                   exported=exported_of(self.setup.method, state.params),
                                   exported_by=exported_by(self.setup.method),
                                   best={"metric": self.metric, "value": self.value, "step": step,
-                                        "dev": values})
+                                        "dev": values}, **label_meta(self.job.label_names))
         return {**{f"dev_{k}": v for k, v in values.items()},
                 f"best_dev_{self.metric}": self.value, "best_step": self.step,
                 "eval_examples_per_sec": rate}
@@ -466,8 +535,20 @@ def exported_by(method: Method) -> dict | None:
     return {"method": method.name, "options": config_lib.to_dict(method.options)}
 
 
-def export_state(setup: Setup, state: state_lib.TrainState, out_dir: Path) -> Path:
-    """The student, and the method params that are part of the product, as a model directory."""
+def label_meta(label_names: tuple[str, ...] | None) -> dict:
+    """Checkpoint metadata for a classifier's label names ({} without names)."""
+    return {"label_names": list(label_names)} if label_names else {}
+
+
+def id2label_of(meta: dict) -> dict[int, str] | None:
+    names = meta.get("label_names")
+    return {i: str(name) for i, name in enumerate(names)} if names else None
+
+
+def export_state(setup: Setup, state: state_lib.TrainState, out_dir: Path,
+                 id2label: dict[int, str] | None = None) -> Path:
+    """The student, and the method params that are part of the product, as a model directory
+    (id2label: the classifier's label names, written into its config)."""
     tree = {"student": state.params["student"], "exported": exported_of(setup.method, state.params)}
     tree = multihost_utils.process_allgather(tree, tiled=True) \
         if jax.process_count() > 1 else jax.device_get(tree)
@@ -475,7 +556,7 @@ def export_state(setup: Setup, state: state_lib.TrainState, out_dir: Path) -> Pa
         tok = Path(setup.cfg.run_dir) / "tokenizer"
         write_model_dir(setup.student, tree["student"], out_dir,
                         tokenizer_dir=tok if tok.is_dir() else None, exported=tree["exported"],
-                        exported_by=exported_by(setup.method))
+                        exported_by=exported_by(setup.method), id2label=id2label)
     return out_dir
 
 
@@ -484,12 +565,15 @@ def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
     model, params, tok = loading.load_pretrained(str(path))
     step_dir = checkpoint.find_step_dir(path)
     exported = checkpoint.read_exported_params(step_dir)
+    meta = checkpoint.read_meta(step_dir)
     return write_model_dir(model, params, out_dir, tokenizer_dir=tok, exported=exported,
-                           exported_by=checkpoint.read_meta(step_dir).get("exported_by"))
+                           exported_by=meta.get("exported_by"), id2label=id2label_of(meta))
 
 
 def start_run_dir(setup: Setup) -> None:
-    """Process 0 writes the resolved config and the tokenizer beside the checkpoints."""
+    """Take the run directory's lock (one run per run_dir), then process 0 writes the resolved
+    config and the tokenizer beside the checkpoints."""
+    run_lock.acquire(setup.cfg.run_dir)
     if jax.process_index() == 0:
         run_dir = Path(setup.cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -80,4 +80,5 @@ def run(cfg: PretrainConfig) -> dict:
     loop.start_run_dir(setup)
     source = MlmCorpus(cfg, prepare_data(cfg, setup.roles.tokenizer_dir))
     return loop.run(loop.Job(setup, source, total_steps=cfg.steps, seq_len=cfg.seq_len,
-                             predictions_per_seq=source.loader.max_predictions))
+                             predictions_per_seq=source.loader.max_predictions,
+                             command="jaxdistill pretrain"))

@@ -1,4 +1,11 @@
-"""Examples -> BERT input arrays ([CLS] a [SEP] b [SEP], Hugging Face longest-first cuts)."""
+"""Examples -> model input arrays.
+
+A word-piece tokenizer gives BERT inputs ([CLS] a [SEP] b [SEP], Hugging Face longest-first
+cuts); a word vocabulary (data/words.py) gives each sentence its own row of word ids
+(`input_ids`, and `input_ids_b` for the second sentence of a pair: a siamese encoder reads them
+apart). Labels come with both: `labels`, and for teacher-labelled data `teacher_logits` and
+`labeled` (0 for a row with no gold label, whose `labels` entry is a placeholder).
+"""
 from __future__ import annotations
 
 import re
@@ -45,15 +52,17 @@ def encode(examples: Sequence[Example], tokenizer_dir: str | Path, seq_len: int,
     """BERT inputs `[CLS] a [SEP] (b [SEP])` padded with 0 to seq_len, and the labels.
 
     Returns input_ids, attention_mask, token_type_ids (int32 [N, seq_len]) and labels (int32 [N],
-    float32 for regression).
+    float32 for regression); with a word vocabulary, `encode_words`'s arrays.
     """
     from jaxdistill.data.tokenizer import encode_segments, load_tokenizer
 
+    tok, info = load_tokenizer(tokenizer_dir)
+    if info.word_level:
+        return encode_words(examples, tok, info.special_ids["pad"], seq_len, regression)
     has_pair = any(ex.text_b is not None for ex in examples)
     if seq_len < 3 + has_pair:
         raise UserError(f"seq_len={seq_len} is too short for [CLS] text [SEP]"
                         f"{' text [SEP]' if has_pair else ''}.")
-    tok, info = load_tokenizer(tokenizer_dir)
     cls, sep = info.special_ids["cls"], info.special_ids["sep"]
     # Long single texts (IMDB) are cut to their first seq_len words before tokenizing: several
     # times faster, and exact, as their tokens are a prefix of the whole text's.
@@ -83,6 +92,56 @@ def encode(examples: Sequence[Example], tokenizer_dir: str | Path, seq_len: int,
         input_ids[i, :len(row)] = row
         mask[i, :len(row)] = 1
         types[i, len_a:len(row)] = 1
-    labels = np.asarray([ex.label for ex in examples], np.float32 if regression else np.int32)
     return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types,
-            "labels": labels.reshape(n)}
+            **label_arrays(examples, regression)}
+
+
+def encode_words(examples: Sequence[Example], tok, pad_id: int, seq_len: int,
+                 regression: bool) -> dict[str, np.ndarray]:
+    """Word ids of text_a (and text_b) cut to seq_len words, padded with `pad_id`.
+
+    Returns input_ids, attention_mask (int32 [N, seq_len]), for pairs input_ids_b and
+    attention_mask_b, and `label_arrays`. An empty sentence keeps one padding word (mask 1), so
+    every row has a last word for a recurrent encoder to end on.
+    """
+    from jaxdistill.data.tokenizer import encode_segments
+
+    if seq_len < 1:
+        raise UserError(f"seq_len={seq_len}: must be >= 1 word.")
+    has_pair = any(ex.text_b is not None for ex in examples)
+    if has_pair and any(ex.text_b is None for ex in examples):
+        raise UserError("The task mixes single sentences and pairs; a word-level student reads "
+                        "one or the other.")
+    out = {}
+    for suffix, texts in (("", [ex.text_a for ex in examples]),
+                          ("_b", [ex.text_b for ex in examples] if has_pair else None)):
+        if texts is None:
+            continue
+        ids = np.full((len(texts), seq_len), pad_id, np.int32)
+        mask = np.zeros((len(texts), seq_len), np.int32)
+        for i, row in enumerate(encode_segments(tok, [_head_words(t, seq_len) for t in texts])):
+            row = row[:seq_len]
+            ids[i, :len(row)] = row
+            mask[i, :max(len(row), 1)] = 1
+        out["input_ids" + suffix], out["attention_mask" + suffix] = ids, mask
+    return {**out, **label_arrays(examples, regression)}
+
+
+def label_arrays(examples: Sequence[Example], regression: bool) -> dict[str, np.ndarray]:
+    """labels (int32 [N], float32 for regression); teacher_logits (float32 [N, C]) when every
+    row has them; labeled (float32 [N], 1 = gold label) when some row has none."""
+    n = len(examples)
+    unlabeled = [ex.label is None for ex in examples]
+    labels = np.asarray([0 if ex.label is None else ex.label for ex in examples],
+                        np.float32 if regression else np.int32).reshape(n)
+    out = {"labels": labels}
+    if any(unlabeled):
+        out["labeled"] = 1.0 - np.asarray(unlabeled, np.float32)
+    logits = [ex.teacher_logits for ex in examples]
+    if n and all(t is not None for t in logits):
+        widths = {len(t) for t in logits}
+        if len(widths) != 1:
+            raise UserError(f"teacher_logits have different lengths {sorted(widths)} across "
+                            f"rows; a teacher-labelled file has one width.")
+        out["teacher_logits"] = np.asarray(logits, np.float32)
+    return out

@@ -11,28 +11,43 @@ from pathlib import Path
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One labeled example: a sentence (or pair) and an int class or a float score."""
+    """One example: a sentence (or pair) and an int class or a float score.
+
+    label is None for a row that has no gold label (a Tang et al. augmented variant); such rows
+    carry `teacher_logits`, the teacher's output that labels them instead.
+    """
 
     text_a: str
     text_b: str | None
-    label: int | float
+    label: int | float | None
+    teacher_logits: tuple[float, ...] | None = None
+
+
+def example_row(ex: Example) -> dict:
+    """The JSONL object of one example ("teacher_logits" only when it has them)."""
+    row = {"text_a": ex.text_a, "text_b": ex.text_b, "label": ex.label}
+    if ex.teacher_logits is not None:
+        row["teacher_logits"] = [float(v) for v in ex.teacher_logits]
+    return row
 
 
 def write_examples_jsonl(path: str | Path, examples: list[Example]) -> None:
-    """One {"text_a", "text_b", "label"} object per line (the augmented-data format)."""
+    """One {"text_a", "text_b", "label"[, "teacher_logits"]} object per line (the
+    augmented-data format)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w") as f:
         for ex in examples:
-            f.write(json.dumps(dataclasses.asdict(ex)) + "\n")
+            f.write(json.dumps(example_row(ex)) + "\n")
     tmp.replace(path)  # never a half-written file under the final name
 
 
 def read_examples_jsonl(path: str | Path) -> list[Example]:
     with Path(path).open() as f:
-        return [Example(d["text_a"], d.get("text_b"), d["label"]) for d in map(json.loads, f)
-                if d]
+        return [Example(d["text_a"], d.get("text_b"), d["label"],
+                        None if d.get("teacher_logits") is None else tuple(d["teacher_logits"]))
+                for d in map(json.loads, f) if d]
 
 
 @dataclasses.dataclass

@@ -187,8 +187,18 @@ def _read_augmented(cfg: TaskConfig, preset: TaskPreset) -> list[Example]:
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"task.augmented={path} is not an augmented-data JSONL (one "
                         f"{{\"text_a\", \"text_b\", \"label\"}} object per line): {e!r}.") from None
-    return [Example(ex.text_a, ex.text_b, _parse_label(ex.label, layout, f"{path}, row {i + 1}"))
+    rows = [dataclasses.replace(ex, label=None if ex.label is None else
+                                _parse_label(ex.label, layout, f"{path}, row {i + 1}"))
             for i, ex in enumerate(raw)]
+    with_logits = {ex.teacher_logits is not None for ex in rows}
+    if len(with_logits) > 1:
+        raise UserError(f"task.augmented={path}: some rows have teacher_logits and some do not; "
+                        f"a teacher-labelled file labels every row (rewrite it with `jaxdistill "
+                        f"augment`).")
+    if any(ex.label is None and ex.teacher_logits is None for ex in rows):
+        raise UserError(f"task.augmented={path}: rows without a label must carry "
+                        f"teacher_logits (the teacher's output stands in for the label).")
+    return rows
 
 
 def _metrics(cfg: TaskConfig, preset: TaskPreset, num_labels: int) -> tuple[tuple[str, ...], str]:

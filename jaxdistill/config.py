@@ -136,12 +136,12 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-
     _RANGES: ClassVar[dict[str, str]] = {
         "b1": "[0, 1)", "b2": "[0, 1)", "eps": "(0, inf)", "weight_decay": "[0, inf)",
         "grad_clip": "[0, inf)", "warmup_ratio": "[0, 1]", "warmup_steps": "[-1, inf)",
         "end_lr_ratio": "[0, 1]", "grad_accum": "[1, inf)", "schedule": "linear|cosine|constant",
         "name": "adamw"}
+
     name: str = "adamw"
     b1: float = 0.9
     b2: float = 0.999
@@ -281,10 +281,10 @@ class AugmentConfig:
     before GloVe installed offline).
     """
 
-    _RANGES: ClassVar[dict[str, str]] = {"n": "[0, inf)", "m": "[1, inf)", "p_t": "[0, 1]",
+    _RANGES: ClassVar[dict[str, str]] = {"n": "[1, inf)", "m": "[1, inf)", "p_t": "[0, 1]",
                                           "neighbours": "glove|embeddings",
                                           "max_augmented": "[0, inf)", "seed": "[0, inf)",
-                                          "batch_size": "[1, inf)", "seq_len": "[3, inf)",
+                                          "batch_size": "[1, inf)", "seq_len": "[4, inf)",
                                           "chunk_size": "[1, inf)"}
 
     method: str = "tinybert"  # or 'tang' (TangAugmentConfig)

@@ -15,6 +15,7 @@ import pytest
 from helpers import REPO, TINY_TASK, interrupt_at_first_checkpoint, read_metrics, run_cli
 from jaxdistill.data import tasks
 from jaxdistill.data.tasks import Example
+from jaxdistill.data.tasks.encoding import label_arrays
 from jaxdistill.errors import UserError
 from jaxdistill.models.bilstm import Bilstm, BilstmConfig
 from jaxdistill.teacher_data import tang_augment as tang
@@ -277,10 +278,19 @@ def test_tang_augment_and_bilstm_distillation_resume_evaluate(tmp_path, tiny_cla
     assert not aug.with_name(aug.name + ".parts").exists()  # the parts are joined and removed
 
     # Methods that train on labels refuse rows that have none.
-    bad = run_cli("finetune", f"run_dir={tmp_path / 'bad'}", "student.kind=bilstm",
-                  "student.init=random", "method.name=finetune", f"task.augmented={aug}",
-                  *TINY_TASK, "steps=2", check=False)
-    assert bad.returncode == 2 and "without a gold label" in bad.stderr
+    from jaxdistill import config
+    from jaxdistill.methods import build_method, method_class, parse_options
+    from jaxdistill.train.finetune import check_train_arrays
+
+    cfg = config.load(config.FinetuneConfig, None, [f"task.augmented={aug}"],
+                      default="task/teacher.yaml")
+    rows_in = tasks.load_task(cfg.task).train
+    arrays = label_arrays(rows_in, regression=False)
+    student = {"student": Bilstm(BilstmConfig(vocab_size=10, embeddings="random"))}
+    plain = build_method(method_class("finetune"), parse_options(method_class("finetune"), {}),
+                         student)
+    with pytest.raises(UserError, match="without a gold label"):
+        check_train_arrays(cfg, plain, arrays, 2)
 
     straight = tmp_path / "straight"
     proc = run_cli(*_student_args(straight, aug))
@@ -323,9 +333,10 @@ def test_tang_augment_and_bilstm_distillation_resume_evaluate(tmp_path, tiny_cla
     assert hf_tok("The film [MASK] works .")["input_ids"] == ours["input_ids"][0, :5].tolist()
 
 
-def test_siamese_student_on_a_pair_task(tmp_path, tiny_classifier):
+def test_siamese_student_on_a_pair_task(tmp_path):
     """Pairs (made of real sentences): the vocabulary builder sets siamese, the encoder reads
-    both sentences apart, and training runs on teacher-labelled pairs."""
+    both sentences apart, and the student trains and evaluates on them (pair variants are
+    `test_variants_are_distinct_deterministic_and_pairs_mutate_one_or_both`)."""
     import csv
 
     reviews = [ex.text_a for ex in tasks.load_task(
@@ -339,14 +350,10 @@ def test_siamese_student_on_a_pair_task(tmp_path, tiny_classifier):
             w.writerow([reviews[i], reviews[i + 1], i // 2 % 2])
     task = [f"task.source={pairs}", "task.text_a_column=sentence1",
             "task.text_b_column=sentence2", "task.label_column=label", "task.dev_split=0.2"]
-    aug = tmp_path / "pairs_aug.jsonl"
-    run_cli("augment", "method=tang", f"out={aug}", f"teacher={tiny_classifier}/best",
-            "n_iter_pairs=2", "seq_len=32", "batch_size=16", *task)
     run_dir = tmp_path / "siamese"
-    run_cli("finetune", "--config", "configs/task/bilstm.yaml", f"run_dir={run_dir}",
-            f"task.augmented={aug}", *task, "seq_len=16", "batch_size=8", "steps=4",
-            "eval_every=4", "tensorboard=false", "student.hidden_size=8",
-            "student.classifier_size=8")
+    run_cli("finetune", "--config", "configs/task/bilstm_student.yaml", f"run_dir={run_dir}",
+            *task, "seq_len=16", "batch_size=8", "steps=4", "eval_every=4",
+            "tensorboard=false", "student.hidden_size=8", "student.classifier_size=8")
     config = json.loads((run_dir / "hf" / "config.json").read_text())["config"]
     assert config["siamese"] is True
     ev = _summary(run_cli("evaluate", "--model", str(run_dir / "hf"), *task, "seq_len=16"))

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from helpers import REPO, TINY, cli_env
+from helpers import REPO, cli_env
 
 
 def test_wheel_runs_the_default_job_from_another_directory(tmp_path):
@@ -29,10 +29,11 @@ def test_wheel_runs_the_default_job_from_another_directory(tmp_path):
     kd = run("-c", "from jaxdistill import config; "
                    "print(config.load(config.FinetuneConfig, 'configs/task/kd.yaml').method.name)")
     assert kd.stdout.strip() == "kd", kd.stderr[-2000:]
-    # configs/demo.yaml as shipped, only shorter: 2 steps of a narrower student on 64 reviews.
-    proc = run("-m", "jaxdistill.cli", "pretrain", "steps=2", "save_every=2", *TINY[:6],
-               "data.max_documents=64", "tensorboard=false")
+    # configs/demo.yaml as shipped, only shorter: 1 step of a narrower student on 16 reviews.
+    proc = run("-m", "jaxdistill.cli", "pretrain", "steps=1", "save_every=1", "seq_len=32",
+               "batch_size=8", "student.hidden_size=48", "student.num_layers=1",
+               "student.intermediate_size=96", "data.max_documents=16", "tensorboard=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["step"] == 2
+    assert summary["step"] == 1
     assert (work / "runs" / "demo" / "hf" / "config.json").is_file()

@@ -35,9 +35,6 @@ def test_damaged_newest_checkpoint_stops_resume_and_export_by_name(tmp_path, tin
     out = json.loads(run_cli("export", "--checkpoint", str(run_dir), "--out",
                              str(tmp_path / "x")).stdout.strip().splitlines()[-1])
     assert out["hf_dir"] == str(tmp_path / "x")
-    resumed = json.loads(run_cli(*_args(run_dir, tiny, "steps=12")).stdout.strip()
-                         .splitlines()[-1])
-    assert resumed["step"] == 12
 
 
 def test_one_run_per_run_dir_and_a_crashed_owner_does_not_block(tmp_path, tiny):

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill.config import TangAugmentConfig
+from jaxdistill.config import TangAugmentConfig, check_ranges
 from jaxdistill.data import tasks
 from jaxdistill.data.tasks import Example
 from jaxdistill.data.tasks.examples import example_row
@@ -48,19 +48,11 @@ Tagged = tuple[tuple[str, ...], tuple[str, ...]]  # (words, tags) of one sentenc
 
 
 def check_config(cfg: TangAugmentConfig) -> None:
-    for name in ("p_mask", "p_pos", "p_ng"):
-        value = getattr(cfg, name)
-        if not 0.0 <= value <= 1.0:
-            raise UserError(f"{name}={value}: must be a probability in [0, 1].")
+    """Each key in its range (also for a config built in code), and the two shares of a draw."""
+    check_ranges(cfg)
     if cfg.p_mask + cfg.p_pos > 1.0:
         raise UserError(f"p_mask + p_pos = {cfg.p_mask + cfg.p_pos}: the two share one draw per "
                         f"word, so together they must be <= 1.")
-    for name in ("n_iter", "n_iter_pairs", "max_augmented"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"{name}={getattr(cfg, name)}: must be >= 0.")
-    for name in ("ngram_max", "batch_size", "seq_len", "chunk_size"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"{name}={getattr(cfg, name)}: must be >= 1.")
 
 
 # ----------------------------------------------------------------------------------- tagging

@@ -119,15 +119,25 @@ def find_step_dir(path: str | Path) -> Path:
         check_complete(path)
         return path
     for candidate in (path / "checkpoints", path):
-        steps = sorted((int(p.name) for p in candidate.glob("*") if p.name.isdigit()
-                        and p.is_dir()), reverse=True)
-        if steps:
-            step_dir = candidate / str(steps[0])
-            check_complete(step_dir, older=[candidate / str(s) for s in steps[1:]])
+        step_dir = newest_step_dir(candidate)
+        if step_dir is not None:
             return step_dir
     raise UserError(
         f"{path} holds no complete checkpoint: expected a run dir (with checkpoints/<step>/), "
         f"a checkpoints dir (with <step>/) or one step dir (with state/ and meta/).")
+
+
+def newest_step_dir(steps_dir: Path) -> Path | None:
+    """The newest `<step>/` folder under steps_dir (None: there is none), checked complete: a
+    damaged one is an error naming it, never skipped for an older one."""
+    if "://" in str(steps_dir) or not steps_dir.is_dir():
+        return None
+    steps = sorted((int(p.name) for p in steps_dir.iterdir() if p.name.isdigit() and p.is_dir()),
+                   reverse=True)
+    if not steps:
+        return None
+    check_complete(steps_dir / str(steps[0]), older=[steps_dir / str(s) for s in steps[1:]])
+    return steps_dir / str(steps[0])
 
 
 def damage_of(step_dir: Path) -> str | None:

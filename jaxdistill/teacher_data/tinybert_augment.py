@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from tokenizers import Tokenizer
 
-from jaxdistill.config import AugmentConfig
+from jaxdistill.config import AugmentConfig, check_ranges
 from jaxdistill.data import tasks
 from jaxdistill.data.tasks import Example
 from jaxdistill.data.tokenizer import load_tokenizer
@@ -415,23 +415,11 @@ def augment_examples(examples: Sequence[Example], candidates: Mapping[str, Sente
 
 
 def validate(cfg: AugmentConfig) -> None:
-    """UserError naming the key of the first invalid setting."""
-    if cfg.n < 1:
-        raise UserError(f"n={cfg.n}: the number of augmented copies per example must be >= 1.")
-    if cfg.m < 1:
-        raise UserError(f"m={cfg.m}: the number of candidates per word must be >= 1.")
-    if not 0.0 <= cfg.p_t <= 1.0:
-        raise UserError(f"p_t={cfg.p_t}: the replacement probability must be in [0, 1].")
-    if cfg.batch_size < 1:
-        raise UserError(f"batch_size={cfg.batch_size}: must be >= 1.")
-    if cfg.max_augmented < 0:
-        raise UserError(f"max_augmented={cfg.max_augmented}: must be >= 0 (0 = every example).")
-    if cfg.seq_len < 4:
-        raise UserError(f"seq_len={cfg.seq_len}: must be >= 4 ([CLS] word [SEP] word [SEP]).")
+    """UserError naming the key of the first invalid setting (the config's ranges table, also
+    for a config built in code, and a non-empty output path)."""
+    check_ranges(cfg)
     if not cfg.out:
         raise UserError("out is empty: give the JSONL file to write.")
-    if cfg.chunk_size < 1:
-        raise UserError(f"chunk_size={cfg.chunk_size}: must be >= 1 (examples per output part).")
 
 
 def load_mlm_model(ref: str) -> tuple[Model, dict, Tokenizer, dict]:

@@ -162,11 +162,7 @@ def check_train_arrays(cfg: FinetuneConfig, method: Any, train: dict[str, np.nda
 
 def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune or distil to the end; returns a summary with the best dev metric."""
-    if cfg.select not in ("best", "last"):
-        raise UserError(f"select={cfg.select!r}: expected 'best' (the best dev {cfg.task.metric or 'metric'}"
-                        f" checkpoint) or 'last' (the final one).")
-    if cfg.eval_every < 1 or cfg.log_every < 1 or cfg.save_every < 1:
-        raise UserError("eval_every, log_every and save_every must be >= 1.")
+    config_lib.check_ranges(cfg)  # also for a config built in code
     task = tasks.load_task(cfg.task)
     roles = build_roles(cfg, task.num_labels, [(ex.text_a, ex.text_b) for ex in task.train])
     tok = roles.tokenizer_dir

@@ -366,18 +366,6 @@ def run(job: Job) -> dict:
         run_lock.release(job.setup.cfg.run_dir)
 
 
-def check_newest_step(steps_dir: Path) -> None:
-    """Resume from the newest step on disk or stop naming it: never an older one silently
-    (Orbax itself may skip a step whose folders were lost)."""
-    if "://" in str(steps_dir) or not steps_dir.is_dir():
-        return
-    steps = sorted((int(p.name) for p in steps_dir.iterdir() if p.name.isdigit() and p.is_dir()),
-                   reverse=True)
-    if steps:
-        checkpoint.check_complete(steps_dir / str(steps[0]),
-                                  older=[steps_dir / str(s) for s in steps[1:]])
-
-
 def _run(job: Job) -> dict:
     setup, cfg = job.setup, job.setup.cfg
     run_dir = Path(cfg.run_dir)
@@ -387,7 +375,9 @@ def _run(job: Job) -> dict:
     state = init_state(setup)
     start, data_state = 0, None
     latest = mngr.latest_step()
-    check_newest_step(Path(str(mngr.directory)))
+    # Orbax itself may skip a step whose folders were lost: resume from the newest on disk or
+    # stop naming it, never from an older one silently.
+    checkpoint.newest_step_dir(Path(str(mngr.directory)))
     if latest is not None:
         state, data_state = checkpoint.restore_state(mngr, latest, state)
         start = int(latest)
@@ -467,7 +457,7 @@ def _run(job: Job) -> dict:
     if cfg.export and not preempted and steps > 0:
         if best is None:
             summary["hf_dir"] = str(export_state(setup, state, run_dir / "hf",
-                                                 id2label_of(label_meta(job.label_names))))
+                                                 id2label_of(job.label_names)))
         elif best.step >= 0 and jax.process_index() == 0:
             summary["hf_dir"] = str(export_checkpoint(run_dir / BEST_DIR, run_dir / "hf"))
     if jax.process_index() == 0:
@@ -540,9 +530,8 @@ def label_meta(label_names: tuple[str, ...] | None) -> dict:
     return {"label_names": list(label_names)} if label_names else {}
 
 
-def id2label_of(meta: dict) -> dict[int, str] | None:
-    names = meta.get("label_names")
-    return {i: str(name) for i, name in enumerate(names)} if names else None
+def id2label_of(label_names: Sequence[str] | None) -> dict[int, str] | None:
+    return {i: str(name) for i, name in enumerate(label_names)} if label_names else None
 
 
 def export_state(setup: Setup, state: state_lib.TrainState, out_dir: Path,
@@ -567,7 +556,8 @@ def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
     exported = checkpoint.read_exported_params(step_dir)
     meta = checkpoint.read_meta(step_dir)
     return write_model_dir(model, params, out_dir, tokenizer_dir=tok, exported=exported,
-                           exported_by=meta.get("exported_by"), id2label=id2label_of(meta))
+                           exported_by=meta.get("exported_by"),
+                           id2label=id2label_of(meta.get("label_names")))
 
 
 def start_run_dir(setup: Setup) -> None:

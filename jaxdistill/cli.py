@@ -68,9 +68,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({k: report[k] for k in ("model", "task", "report", "plot")}
                          | {"rows": report["rows"]}))
         return 0
+    if cfg.tasks or _is_multitask(args.model):
+        from jaxdistill.train import multitask
+
+        print(json.dumps(multitask.evaluate_model(args.model, cfg)))
+        return 0
     print(json.dumps(finetune.evaluate_model(args.model, cfg.task, cfg.seq_len,
                                              cfg.eval_batch_size, split=args.split)))
     return 0
+
+
+def _is_multitask(model_ref: str) -> bool:
+    """A multi-task checkpoint (spans in its metadata) or its export (tasks.json)."""
+    from pathlib import Path
+
+    from jaxdistill import checkpoint
+    from jaxdistill.errors import UserError
+
+    path = Path(model_ref).expanduser()
+    if (path / "tasks.json").is_file():
+        return True
+    try:
+        return bool(checkpoint.read_meta(checkpoint.find_step_dir(path)).get("tasks"))
+    except (UserError, OSError, ValueError):
+        return False  # not a checkpoint: the single-task path names what is wrong
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
@@ -79,6 +100,8 @@ def cmd_augment(args: argparse.Namespace) -> int:
     cfg = config.load_augment(args.config, args.overrides)
     if isinstance(cfg, config.TangAugmentConfig):
         from jaxdistill.teacher_data import tang_augment as augment
+    elif isinstance(cfg, config.EnsembleTargetsConfig):
+        from jaxdistill.teacher_data import ensemble as augment
     else:
         from jaxdistill.teacher_data import tinybert_augment as augment
     print(json.dumps(augment.run(cfg)))
@@ -125,7 +148,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxdistill.config import AugmentConfig, FinetuneConfig, PretrainConfig, TangAugmentConfig
+    from jaxdistill.config import (AugmentConfig, EnsembleTargetsConfig, FinetuneConfig,
+                                   PretrainConfig, TangAugmentConfig)
 
     parser = argparse.ArgumentParser(
         prog="jaxdistill",
@@ -169,11 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. task.name=sst2")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("augment", help="data augmentation of a task's training set (TinyBERT; "
-                                       "method=tang: Tang et al., teacher-labelled)",
+    p = sub.add_parser("augment", help="teacher-made training sets of a task: TinyBERT's "
+                                       "augmentation; method=tang: Tang et al.'s, teacher-"
+                                       "labelled; method=ensemble: MT-DNN's soft targets",
                        formatter_class=fmt,
                        epilog=_keys_epilog(AugmentConfig) + "\n\nwith method: tang\n"
-                       + _keys_epilog(TangAugmentConfig))
+                       + _keys_epilog(TangAugmentConfig) + "\n\nwith method: ensemble\n"
+                       + _keys_epilog(EnsembleTargetsConfig))
     p.add_argument("--config", help="YAML recipe (default: configs/task/augment.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. n=4 p_t=0.4")
     p.set_defaults(func=cmd_augment)

@@ -213,8 +213,9 @@ class PretrainConfig(RunConfig):
 class TaskConfig:
     """A labeled task (jaxdistill/data/tasks.py). `name` picks a preset of columns and metrics.
 
-    source: 'package:rotten_tomatoes', 'package:imdb', 'tfds:glue/sst2' (TFDS on disk), a GLUE
-    task directory (train.tsv + dev.tsv), or one CSV/TSV/JSONL file (split by dev_split).
+    source: 'package:rotten_tomatoes', 'package:imdb', 'package:bbc_news', 'tfds:glue/sst2'
+    (TFDS on disk), a GLUE task directory (train.tsv + dev.tsv), or one CSV/TSV/JSONL file
+    (split by dev_split).
     Empty column/metric keys take the preset's values.
     """
 
@@ -267,6 +268,9 @@ class FinetuneConfig(RunConfig):
     student: StudentConfig = StudentConfig(init="package:minilm")
     method: MethodConfig = MethodConfig(name="finetune")
     task: TaskConfig = TaskConfig()
+    # Multi-task training (method mtdnn): {task id: task keys}, in place of `task`. A task's
+    # `name` defaults to its id; its `augmented` file may carry ensemble soft targets.
+    tasks: dict[str, TaskConfig] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,8 +342,31 @@ class TangAugmentConfig:
     chunk_size: int = 2000  # examples per resumable part of the output
 
 
-AUGMENT_CONFIGS = {"tinybert": AugmentConfig, "tang": TangAugmentConfig}
-AUGMENT_RECIPES = {"tinybert": "task/augment.yaml", "tang": "task/bilstm_augment.yaml"}
+@dataclasses.dataclass(frozen=True)
+class EnsembleTargetsConfig:
+    """`jaxdistill augment` with method: ensemble: MT-DNN's soft targets, the average of
+    several fine-tuned teachers' class probabilities (regression: of their predictions) on
+    every training example, written with the examples; also the dev metrics of each teacher
+    and of the ensemble.
+    """
+
+    _RANGES: ClassVar[dict[str, str]] = {"batch_size": "[1, inf)", "seq_len": "[1, inf)",
+                                          "chunk_size": "[1, inf)"}
+
+    method: str = "ensemble"
+    out: str = "runs/mtdnn/targets/rotten_tomatoes.jsonl"
+    # Fine-tuned classifiers of the task (run dirs' best/, HF directories), e.g. seeds 1..3.
+    teachers: list = dataclasses.field(default_factory=list)
+    task: TaskConfig = TaskConfig()
+    batch_size: int = 128  # teacher forward batch
+    seq_len: int = 48  # teacher input length
+    chunk_size: int = 2000  # examples per resumable part of the output
+
+
+AUGMENT_CONFIGS = {"tinybert": AugmentConfig, "tang": TangAugmentConfig,
+                   "ensemble": EnsembleTargetsConfig}
+AUGMENT_RECIPES = {"tinybert": "task/augment.yaml", "tang": "task/bilstm_augment.yaml",
+                   "ensemble": "task/mtdnn/targets_rotten_tomatoes.yaml"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,6 +416,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise UserError(f"{where}: expected a string, got {value!r}.")
     if tp is dict or origin is dict:
         if isinstance(value, dict):
+            args = typing.get_args(tp)
+            if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+                return {str(k): _section(args[1], k, v, f"{where}.{k}") for k, v in value.items()}
             return dict(value)
         raise UserError(f"{where}: expected a mapping, got {value!r}.")
     if tp is list or origin in (list, tuple):
@@ -396,6 +426,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return tuple(value) if origin is tuple else list(value)
         raise UserError(f"{where}: expected a list, got {value!r}.")
     return value
+
+
+def _section(cls: type, key: Any, value: Any, where: str) -> Any:
+    """One entry of a {name: section} mapping (`tasks.NAME`); its `name` defaults to the key."""
+    if isinstance(value, cls):
+        return value
+    value = dict(value or {}) if isinstance(value, dict) or value is None else value
+    if isinstance(value, dict) and "name" in {f.name for f in dataclasses.fields(cls)}:
+        value.setdefault("name", str(key))
+    return from_dict(cls, value, where)
 
 
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:
@@ -529,6 +569,13 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+@dataclasses.dataclass(frozen=True)
+class _Entries:
+    """While walking an override: a {name: section} mapping, whose keys are free."""
+
+    cls: type
+
+
 def apply_overrides(data: dict, overrides: typing.Sequence[str], cls: type) -> dict:
     data = dict(data)
     for item in overrides:
@@ -536,7 +583,9 @@ def apply_overrides(data: dict, overrides: typing.Sequence[str], cls: type) -> d
         node, node_cls = data, cls
         for i, key in enumerate(keys):
             # Validate the path against the schema as we walk, so a typo is named at once.
-            fields = {f.name: f for f in dataclasses.fields(node_cls)} if node_cls else None
+            entries = isinstance(node_cls, _Entries)
+            fields = ({f.name: f for f in dataclasses.fields(node_cls)}
+                      if node_cls and not entries else None)
             if fields is not None and getattr(node_cls, "_REST", None) and key not in fields:
                 fields = None  # an open section: the model kind validates the rest
             if fields is not None and key not in fields:
@@ -552,6 +601,13 @@ def apply_overrides(data: dict, overrides: typing.Sequence[str], cls: type) -> d
             child = dict(child or {})
             node[key] = child
             hint = typing.get_type_hints(node_cls)[key] if fields is not None else None
+            if entries:
+                hint = node_cls.cls  # the entry `KEY` of a {name: section} mapping
+            elif typing.get_origin(hint) is dict and len(typing.get_args(hint)) == 2 \
+                    and dataclasses.is_dataclass(typing.get_args(hint)[1]):
+                node_cls = _Entries(typing.get_args(hint)[1])
+                node = child
+                continue
             node_cls = hint if dataclasses.is_dataclass(hint) else None
             node = child
     return data

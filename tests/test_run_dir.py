@@ -64,3 +64,9 @@ def test_one_run_per_run_dir_and_a_crashed_owner_does_not_block(tmp_path, tiny):
     proc = run_cli(*_args(run_dir, tiny, "steps=8"))
     assert f"taking over the lock of process {dead}" in proc.stdout + proc.stderr
     assert not lock.exists()
+
+    # Another model (here another head: BBC News has 5 labels) cannot resume these checkpoints.
+    other = run_cli(*_args(run_dir, tiny, "steps=8", "task.name=bbc_news"), check=False)
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-2000:]
+    message = " ".join(other.stderr.split())
+    assert "holds checkpoints of another model (num_labels 2 there, 5 now)" in message

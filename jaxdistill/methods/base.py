@@ -45,6 +45,9 @@ class Method(abc.ABC):
     # Whether the loss weights the label term by `batch["labeled"]`: training data may then hold
     # rows without a gold label (teacher-labelled augmentation). Other methods refuse such data.
     trains_on_unlabeled_rows: ClassVar[bool] = False
+    # Whether it trains one student on several tasks (`tasks` in the recipe; batches carry the
+    # task's span of the shared output layer, data/tasks/multitask.py). Others train on `task`.
+    multi_task: ClassVar[bool] = False
 
     # --- the models it needs --------------------------------------------------------------------
     @classmethod

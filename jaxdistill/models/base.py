@@ -185,6 +185,20 @@ class Model(abc.ABC):
                             f"{', '.join(self.HEADS)}); pick a method that needs one of those.")
         return self.replace(head=head, num_labels=num_labels or self.config.num_labels)
 
+    def label_slice(self, params: dict, start: int, stop: int) -> tuple["Model", dict]:
+        """This classifier with classes start..stop-1 only, and its params: one task's head of a
+        multi-task classifier whose tasks share one output layer. Every kind names its output
+        axis 'labels' in `logical_axes`, so the cut needs no knowledge of the kind."""
+        def cut(spec: Any, x: Any) -> Any:
+            names = tuple(spec) if spec is not None else ()
+            if "labels" not in names:
+                return x
+            return np.take(np.asarray(x), np.arange(start, stop), axis=names.index("labels"))
+
+        is_spec = lambda s: isinstance(s, jax.sharding.PartitionSpec) or s is None  # noqa: E731
+        sliced = jax.tree.map(cut, self.logical_axes(), params, is_leaf=is_spec)
+        return self.with_head("classifier", stop - start), sliced
+
     def runtime(self, **options: Any) -> "Model":
         """Execution options this kind has (dtype, dropout, scan...); the rest are ignored."""
         return self.replace(**{k: v for k, v in options.items() if k in self.RUNTIME_FIELDS})

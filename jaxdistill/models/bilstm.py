@@ -172,6 +172,7 @@ class Bilstm(base.Model):
         shapes = jax.eval_shape(self.init, jax.random.key(0))
         axes = jax.tree.map(lambda x: P(*([None] * x.ndim)), shapes)
         axes["embed"]["table"] = P("vocab", None)
+        axes["classifier"]["out"] = {"kernel": P(None, "labels"), "bias": P("labels")}
         return axes
 
     def apply(self, params: dict, batch: base.Batch, *, wants: Wants = NOTHING,

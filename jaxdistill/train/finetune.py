@@ -88,10 +88,27 @@ def make_predict(model: Model, params_sh: Any, mesh: jax.sharding.Mesh):
                    out_shardings=sharding.replicated(mesh)), batch_sh
 
 
+def placed_predict(model: Model, params: Any):
+    """(predict, batch shardings, params on the devices, mesh) for evaluating a loaded model on
+    every local device."""
+    mesh = sharding.make_mesh(config_lib.MeshConfig())
+    params_sh = sharding.shardings_for(model.logical_axes(), params, mesh)
+    predict, batch_sh = make_predict(model, params_sh, mesh)
+    return predict, batch_sh, jax.device_put(params, params_sh), mesh
+
+
 def evaluate_arrays(predict, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray],
                     batch_size: int, num_labels: int, metric_names: tuple[str, ...]
                     ) -> tuple[dict[str, float], float]:
     """(metrics over the whole set, examples/s of the forward passes)."""
+    logits, seconds = set_logits(predict, batch_sh, params, arrays, batch_size)
+    return score_logits(logits, arrays["labels"], num_labels, metric_names), \
+        len(logits) / max(seconds, 1e-9)
+
+
+def set_logits(predict, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray],
+               batch_size: int) -> tuple[np.ndarray, float]:
+    """(logits of every row of `arrays`, seconds spent in the forward passes)."""
     logits, seconds = [], 0.0
     for batch in tasks.eval_batches(arrays, batch_size):
         weights = batch.pop("weights")
@@ -100,10 +117,13 @@ def evaluate_arrays(predict, batch_sh: dict, params: Any, arrays: dict[str, np.n
         out = np.asarray(jax.device_get(predict(params, inputs)))
         seconds += time.perf_counter() - t0
         logits.append(out[weights > 0])
-    logits = np.concatenate(logits)
+    return np.concatenate(logits), seconds
+
+
+def score_logits(logits: np.ndarray, labels: np.ndarray, num_labels: int,
+                 metric_names: tuple[str, ...]) -> dict[str, float]:
     preds = task_metrics.predictions_from_logits(logits, num_labels)
-    values = task_metrics.compute(metric_names, preds, arrays["labels"][:len(preds)])
-    return values, len(preds) / max(seconds, 1e-9)
+    return task_metrics.compute(metric_names, preds, labels[:len(preds)])
 
 
 class DevEvaluator:
@@ -137,7 +157,7 @@ def build_roles(cfg: FinetuneConfig, num_labels: int,
     if any(head != "classifier" for head in heads.values()):
         raise UserError(f"method '{cfg.method.name}' (options {cfg.method.options}) is not a task "
                         f"method; use finetune, kd, pkd, or tinybert with stage task_intermediate "
-                        f"or task_prediction.")
+                        f"or task_prediction (mtdnn for several tasks).")
     return loop.build_roles(cfg, num_labels=num_labels, teacher_hint=TEACHER_HINT, texts=texts)
 
 
@@ -163,6 +183,10 @@ def check_train_arrays(cfg: FinetuneConfig, method: Any, train: dict[str, np.nda
 def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune or distil to the end; returns a summary with the best dev metric."""
     config_lib.check_ranges(cfg)  # also for a config built in code
+    if method_class(cfg.method.name).multi_task or cfg.tasks:
+        from jaxdistill.train import multitask
+
+        return multitask.run(cfg)
     task = tasks.load_task(cfg.task)
     roles = build_roles(cfg, task.num_labels, [(ex.text_a, ex.text_b) for ex in task.train])
     tok = roles.tokenizer_dir
@@ -211,10 +235,7 @@ def evaluate_model(model_ref: str, task_cfg: config_lib.TaskConfig, seq_len: int
         raise UserError(f"{model_ref} has no tokenizer files (vocab.txt or tokenizer.json).")
     examples = task.dev if split == "dev" else task.train
     arrays = tasks.encode(examples, tok, seq_len, task.num_labels == 1)
-    mesh = sharding.make_mesh(config_lib.MeshConfig())
-    params_sh = sharding.shardings_for(model.logical_axes(), params, mesh)
-    params = jax.device_put(params, params_sh)
-    predict, batch_sh = make_predict(model, params_sh, mesh)
+    predict, batch_sh, params, mesh = placed_predict(model, params)
     with mesh:
         evaluate_arrays(predict, batch_sh, params, {k: v[:batch_size] for k, v in arrays.items()},
                         batch_size, task.num_labels, task.metrics)  # compile outside the timing

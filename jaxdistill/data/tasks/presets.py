@@ -53,6 +53,11 @@ PRESETS: dict[str, TaskPreset] = {
         "imdb", "package:imdb", "text", None, "label", 2, ("negative", "positive"),
         ("accuracy", "f1"), "accuracy", tfds_text=("text", None), tfds_dev_split="test",
         glue=False, clean_html=True),
+    # News articles (title, then the text) by topic; the labels are the package's folder names.
+    "bbc_news": TaskPreset(
+        "bbc_news", "package:bbc_news", "text", None, "label", 5,
+        ("business", "entertainment", "politics", "sports", "tech"), ("accuracy",), "accuracy",
+        glue=False),
     # CoLA's train/dev.tsv have no header: source, label, star, sentence.
     "cola": _glue("cola", "sentence", None, "label", _BINARY, ("mcc",), "mcc",
                   ("sentence", None), tsv_index=(3, None, 1)),

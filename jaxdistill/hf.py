@@ -1,5 +1,9 @@
 """Python API over Hugging Face directories: `load(DIR)` gives a callable JAX model, `save` writes one.
 
+Any kind with an HF family (BERT, DistilBERT, MobileBERT) loads from its HF directory; a
+jaxdistill-native directory (e.g. an IB-BERT teacher, which has no HF class) loads too, and
+`save` writes whichever of the two the model's config has.
+
     model = jaxdistill.hf.load("path/to/hf_dir")          # or "package:minilm"
     out = model(input_ids, attention_mask, token_type_ids)
     out.logits, out.hidden_states, out.attentions, out.last_hidden_state
@@ -22,9 +26,10 @@ import numpy as np
 
 from jaxdistill.assets import resolve_model_path
 from jaxdistill.convert.hf_dir import detect_architecture, read_hf_config, read_hf_dir
-from jaxdistill.convert.native import EXPORTED_PARAMS
-from jaxdistill.models.bert import Bert, BertConfig
-from jaxdistill.models.base import Wants
+from jaxdistill import models
+from jaxdistill.convert.native import EXPORTED_PARAMS, is_native_dir, read_native_dir
+from jaxdistill.errors import UserError
+from jaxdistill.models.base import Model, Wants, cast_floats
 
 
 @flax.struct.dataclass
@@ -39,7 +44,7 @@ class ModelOutputs:
     exit_layers: Any = None  # with `speed`: the 1-based layer each row exited at
 
 
-def _forward(model: Bert, params: dict, input_ids, attention_mask, token_type_ids,
+def _forward(model: Model, params: dict, input_ids, attention_mask, token_type_ids,
              wants: Wants) -> ModelOutputs:
     batch = {"input_ids": input_ids, "attention_mask": attention_mask,
              "token_type_ids": token_type_ids}
@@ -51,19 +56,23 @@ def _forward(model: Bert, params: dict, input_ids, attention_mask, token_type_id
 
 
 @functools.lru_cache(maxsize=32)
-def _jitted_forward(config: BertConfig):
+def _jitted_forward(config: Any):
     """One jitted forward per config, so models of the same architecture share compilations."""
-    return jax.jit(functools.partial(_forward, Bert(config)), static_argnames=("wants",))
+    return jax.jit(functools.partial(_forward, _model(config)), static_argnames=("wants",))
+
+
+def _model(config: Any) -> Model:
+    return models.model_class(config.kind)(config)
 
 
 class HFModel:
-    """A BERT-family model with its params; calling it runs one jitted forward pass.
+    """A model (BERT family, MobileBERT) with its params; calling it runs one jitted forward.
 
     architecture: the HF class it was loaded from (and is saved as). source_dir: where its
     tokenizer files are copied from on `save`.
     """
 
-    def __init__(self, config: BertConfig, params: dict, *, architecture: str | None = None,
+    def __init__(self, config: Any, params: dict, *, architecture: str | None = None,
                  source_dir: str | os.PathLike | None = None,
                  id2label: dict[int, str] | None = None):
         self.config = config
@@ -71,7 +80,7 @@ class HFModel:
         self.architecture = architecture
         self.source_dir = Path(source_dir) if source_dir is not None else None
         self.id2label = id2label
-        self.model = Bert(config)
+        self.model = _model(config)
         self._jitted = _jitted_forward(config)
         self.early_exit = None  # FastBERT's exit branches, when the directory has them
         self.exported, self.exported_by = {}, {}  # what `save` writes beside the model
@@ -104,7 +113,8 @@ class HFModel:
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"HFModel({self.architecture or c.flavor}, layers={c.num_layers}, "
+        return (f"HFModel({self.architecture or getattr(c, 'flavor', c.kind)}, "
+                f"layers={c.num_layers}, "
                 f"hidden={c.hidden_size}, heads={c.num_heads}, head={c.head!r})")
 
 
@@ -118,15 +128,20 @@ def _ids(x: Any) -> jax.Array | None:
 
 def load(path: str | os.PathLike, head: str = "auto", *, rng: jax.Array | None = None,
          num_labels: int | None = None, **overrides: Any) -> HFModel:
-    """Loads an HF BERT/DistilBERT directory (or `package:minilm`); see `read_hf_dir` for options."""
+    """Loads an HF BERT/DistilBERT/MobileBERT directory (or `package:minilm`), or a
+    jaxdistill-native one; see `read_hf_dir` for options."""
     path = resolve_model_path(str(path))
-    cfg, params = read_hf_dir(path, head, rng=rng, num_labels=num_labels, **overrides)
-    hf = read_hf_config(path)
-    arch, family, file_head = detect_architecture(hf)
-    if cfg.head != file_head or arch not in family.EXPORT_ARCHITECTURE.values():
-        # A different head was asked for, or BertForPreTraining (saved as BertForMaskedLM:
-        # we keep no NSP head): save as the class that holds what we have.
-        arch = family.EXPORT_ARCHITECTURE[cfg.head]
+    if is_native_dir(path):
+        cfg, params, hf = _read_native(path, head, rng, num_labels, overrides)
+        arch = None
+    else:
+        cfg, params = read_hf_dir(path, head, rng=rng, num_labels=num_labels, **overrides)
+        hf = read_hf_config(path)
+        arch, family, file_head = detect_architecture(hf)
+        if cfg.head != file_head or arch not in family.EXPORT_ARCHITECTURE.values():
+            # A different head was asked for, or BertForPreTraining (saved as BertForMaskedLM:
+            # we keep no NSP head): save as the class that holds what we have.
+            arch = family.EXPORT_ARCHITECTURE[cfg.head]
     id2label = hf.get("id2label") if cfg.head == "classifier" else None
     params = jax.tree.map(jnp.asarray, params)
     model = HFModel(cfg, params, architecture=arch, source_dir=path,
@@ -141,8 +156,32 @@ def load(path: str | os.PathLike, head: str = "auto", *, rng: jax.Array | None =
     return model
 
 
+def _read_native(path: Path, head: str, rng: jax.Array | None, num_labels: int | None,
+                 overrides: dict) -> tuple[Any, dict, dict]:
+    """(config, params, config.json) of a native directory, with `load`'s options applied."""
+    import json
+
+    from jaxdistill.loading import with_head
+
+    model, params = read_native_dir(path)
+    bad = sorted(set(overrides) - set(model.RUNTIME_FIELDS))
+    if bad:
+        raise UserError(f"Cannot override {', '.join(bad)} when loading a checkpoint; allowed: "
+                        f"{', '.join(model.RUNTIME_FIELDS)}.")
+    if head != "auto" or num_labels is not None:
+        model, params = with_head(model, params, model.config.head if head == "auto" else head,
+                                  rng, num_labels)
+    try:
+        run = model.replace(**overrides)
+    except ValueError as e:
+        raise UserError(f"Invalid load option: {e}.") from e
+    params = cast_floats(run.from_canonical(model.canonical(params)), run.config.param_dtype)
+    return run.config, params, json.loads((path / "config.json").read_text())
+
+
 def save(model: HFModel, path: str | os.PathLike) -> Path:
-    """Writes `model` as an HF directory (config.json, model.safetensors, tokenizer files)."""
+    """Writes `model` as an HF directory (config.json, model.safetensors, tokenizer files), or
+    as the jaxdistill-native directory when its config has no HF class."""
     from jaxdistill.convert import write_model_dir
 
     return write_model_dir(model.model, model.params, path, tokenizer_dir=model.source_dir,

@@ -130,3 +130,41 @@ def loss_of(method, params, student_out, teacher_out, batch):
 
 def heads(method) -> dict:
     return type(method).roles(method.options)
+
+
+# --- golden tests against transformers (PyTorch, eager attention) ---------------------------
+
+
+def torch_outputs(model, ids, mask, types):
+    """(logits, hidden_states, attentions) of a transformers model (types None: not passed)."""
+    import torch
+
+    kw = {} if types is None else {"token_type_ids": torch.tensor(types)}
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                    output_hidden_states=True, output_attentions=True, **kw)
+    logits = getattr(out, "logits", None)
+    if logits is None:
+        logits = getattr(out, "prediction_logits", None)  # *ForPreTraining
+    return logits, out.hidden_states, out.attentions
+
+
+def assert_matches_torch(ours, theirs, mask, what: str, tol: float = 1e-4) -> None:
+    """Max abs diff < tol on logits, every hidden state and every attention map (`ours`: the
+    outputs of `jaxdistill.hf.load(...)(...)`, `theirs`: `torch_outputs`)."""
+    t_logits, t_hidden, t_attn = theirs
+    if t_logits is None:
+        assert ours.logits is None, what
+    else:
+        np.testing.assert_allclose(np.asarray(ours.logits), t_logits.numpy(), atol=tol, rtol=0,
+                                   err_msg=f"{what}: logits")
+    assert len(ours.hidden_states) == len(t_hidden)
+    for i, (a, b) in enumerate(zip(ours.hidden_states, t_hidden)):
+        np.testing.assert_allclose(np.asarray(a), b.numpy(), atol=tol, rtol=0,
+                                   err_msg=f"{what}: hidden state {i}")
+    assert len(ours.attentions) == len(t_attn)
+    rows = mask.astype(bool)[:, None, :, None]  # compare at non-padded query rows
+    for i, (a, b) in enumerate(zip(ours.attentions, t_attn)):
+        assert a.shape == tuple(b.shape)
+        diff = np.where(rows, np.abs(np.asarray(a) - b.numpy()), 0.0)
+        assert diff.max() < tol, f"{what}: attention {i} differs by {diff.max()}"

@@ -10,9 +10,12 @@ from jaxdistill.errors import UserError
 
 
 def test_every_shipped_recipe_validates():
+    from jaxdistill.methods import method_class, parse_options
+
     for path in sorted(config.CONFIG_DIR.glob("*.yaml")):
         cfg = config.load(PretrainConfig, path)
         assert cfg.steps > 0 and cfg.batch_size > 0, path
+        parse_options(method_class(cfg.method.name), cfg.method.options)  # e.g. phases
 
 
 def test_every_task_recipe_validates_and_builds_its_method():

@@ -19,6 +19,8 @@ import jax  # noqa: E402
 from flax.traverse_util import flatten_dict  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
+from helpers import assert_matches_torch as _assert_close  # noqa: E402
+from helpers import torch_outputs as _torch_outputs  # noqa: E402
 from jaxdistill import assets, hf  # noqa: E402
 from jaxdistill.convert import read_hf_dir, write_hf_dir  # noqa: E402
 from jaxdistill.errors import UserError  # noqa: E402
@@ -83,37 +85,6 @@ def _batch(distil: bool):
     ids[mask == 0] = 0
     types = None if distil else (np.arange(9)[None, :] >= 4).astype(np.int64).repeat(3, axis=0)
     return ids, mask, types
-
-
-def _torch_outputs(model, ids, mask, types):
-    kw = {} if types is None else {"token_type_ids": torch.tensor(types)}
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                    output_hidden_states=True, output_attentions=True, **kw)
-    logits = getattr(out, "logits", None)
-    if logits is None:
-        logits = getattr(out, "prediction_logits", None)  # BertForPreTraining
-    return logits, out.hidden_states, out.attentions
-
-
-def _assert_close(ours, theirs, mask, what: str) -> None:
-    """Max abs diff < TOL on logits, every hidden state and every attention map."""
-    t_logits, t_hidden, t_attn = theirs
-    if t_logits is None:
-        assert ours.logits is None, what
-    else:
-        np.testing.assert_allclose(np.asarray(ours.logits), t_logits.numpy(), atol=TOL, rtol=0,
-                                   err_msg=f"{what}: logits")
-    assert len(ours.hidden_states) == len(t_hidden)
-    for i, (a, b) in enumerate(zip(ours.hidden_states, t_hidden)):
-        np.testing.assert_allclose(np.asarray(a), b.numpy(), atol=TOL, rtol=0,
-                                   err_msg=f"{what}: hidden state {i}")
-    assert len(ours.attentions) == len(t_attn)
-    rows = mask.astype(bool)[:, None, :, None]  # compare at non-padded query rows
-    for i, (a, b) in enumerate(zip(ours.attentions, t_attn)):
-        assert a.shape == tuple(b.shape)
-        diff = np.where(rows, np.abs(np.asarray(a) - b.numpy()), 0.0)
-        assert diff.max() < TOL, f"{what}: attention {i} differs by {diff.max()}"
 
 
 def _load_torch(arch_or_auto, path):

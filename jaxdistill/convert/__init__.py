@@ -1,12 +1,14 @@
 """Model directories in and out: Hugging Face per family, jaxdistill-native for the rest.
 
 `HF_KINDS` names the model kinds with a Hugging Face counterpart (a mapping table per family in
-this package: bert.py, distilbert.py); every other kind exports to the documented native
-directory of native.py. `read_model_dir` / `write_model_dir` pick the right one.
+this package: bert.py, distilbert.py, mobilebert.py); every other kind, and a config of such a
+kind that no HF class computes (IB-BERT, the MobileBERT teacher), exports to the documented
+native directory of native.py. `read_model_dir` / `write_model_dir` pick the right one.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from jaxdistill.convert.hf_dir import (
     TOKENIZER_FILES,
     copy_tokenizer,
     detect_architecture,
+    family_for,
     read_hf_config,
     read_hf_dir,
     read_tensors,
@@ -27,8 +30,10 @@ from jaxdistill.convert.native import (EXPORTED_INFO, EXPORTED_PARAMS, is_native
                                       read_native_dir, read_params_file, write_native_dir,
                                       write_params_file)
 
+log = logging.getLogger(__name__)
+
 # Kinds whose config is what hf_dir's families read and write.
-HF_KINDS = ("bert",)
+HF_KINDS = ("bert", "mobilebert")
 
 
 def read_model_dir(path: str | os.PathLike, head: str = "auto", rng=None
@@ -50,10 +55,14 @@ def write_model_dir(model: models.Model, params: dict, out_dir: str | os.PathLik
     written beside the model as EXPORTED_PARAMS (`write_params_file`), with EXPORTED_INFO
     (`exported_by`: the method and options that made them).
     """
-    if model.kind in HF_KINDS:
+    if model.kind in HF_KINDS and family_for(model.config) is not None:
         out = write_hf_dir(model.config, params, out_dir,
                            tokenizer_dir=tokenizer_dir, id2label=id2label)
     else:
+        if model.kind in HF_KINDS:
+            log.warning("This '%s' configuration has no Hugging Face class (e.g. IB-BERT: "
+                        "q/k/v read the block input); writing the jaxdistill-native "
+                        "directory %s.", model.kind, out_dir)
         out = write_native_dir(model, params, out_dir, id2label=id2label)
         if tokenizer_dir is not None:
             copy_tokenizer(tokenizer_dir, out)
@@ -65,6 +74,7 @@ def write_model_dir(model: models.Model, params: dict, out_dir: str | os.PathLik
 
 
 __all__ = ["EXPORTED_INFO", "EXPORTED_PARAMS", "FAMILIES", "HF_KINDS", "SUPPORTED",
-           "TOKENIZER_FILES", "copy_tokenizer", "detect_architecture", "is_native_dir",
-           "read_hf_config", "read_hf_dir", "read_model_dir", "read_params_file", "read_tensors",
-           "write_hf_dir", "write_model_dir", "write_params_file"]
+           "TOKENIZER_FILES", "copy_tokenizer", "detect_architecture", "family_for",
+           "is_native_dir", "read_hf_config", "read_hf_dir", "read_model_dir",
+           "read_params_file", "read_tensors", "write_hf_dir", "write_model_dir",
+           "write_params_file"]

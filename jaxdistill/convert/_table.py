@@ -1,7 +1,9 @@
 """Shared mechanics of the per-family mapping tables (HF tensor name <-> our param path).
 
-A family module (bert.py, distilbert.py) only lists `Entry` rows and a few config hooks; reading,
-writing, shape checks, prefixes, old LayerNorm names and tied decoders are handled here once.
+A family module (bert.py, distilbert.py, mobilebert.py) only lists `Entry` rows and a few config
+hooks; reading, writing, shape checks, prefixes, old LayerNorm names and tied decoders are
+handled here once. Tables describe a model's canonical (per-layer) params; the model of the
+config's kind (`models.REGISTRY`) gives their shapes, fresh heads and the scanned layout.
 """
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from jaxdistill import models
 from jaxdistill.errors import UserError
-from jaxdistill.models.bert import (ACTIVATIONS, BertConfig, init_params, stack_layers,
-                                    unstack_layers)
+from jaxdistill.models.bert import ACTIVATIONS
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,34 @@ def label_fields(count: int, id2label: dict[int, str] | None) -> dict[str, Any]:
             "label2id": {v: k for k, v in sorted(id2label.items())}}
 
 
+def export_config(fields: dict[str, Any], cfg: Any,
+                  id2label: dict[int, str] | None) -> dict[str, Any]:
+    """A family's config.json fields completed with what every family writes: tied output
+    embeddings, float32 weights and the labels (for every head, as transformers does, so that
+    num_labels survives a round trip)."""
+    return {**fields, "tie_word_embeddings": True, "dtype": "float32",
+            **label_fields(cfg.num_labels, id2label)}
+
+
+def params_io(table: Callable[[Any], list[Entry]], base_prefix: str,
+              tied: list[tuple[str, str]]) -> tuple[Callable[..., dict], Callable[..., dict]]:
+    """A family's (params_from_hf, params_to_hf) over its `table(cfg)`, base-model prefix and
+    (decoder, embedding) ties, which are checked only when the model keeps its MLM head."""
+
+    def params_from_hf(tensors: dict[str, np.ndarray], cfg: Any,
+                       init: Callable[[], dict] | None = None) -> dict:
+        """HF tensors (with or without the base prefix) -> nested params (stacked when
+        cfg.scan_layers); `init` gives fresh params for head tensors the checkpoint lacks."""
+        pairs = tied if cfg.head == "mlm" else ()  # a dropped MLM head is not checked
+        return read_params(tensors, cfg, table(cfg), base_prefix, pairs, init)
+
+    def params_to_hf(params: dict, cfg: Any) -> dict[str, np.ndarray]:
+        """Nested params (either layout) -> HF tensors as the family's export class names them."""
+        return write_params(params, cfg, table(cfg), base_prefix)
+
+    return params_from_hf, params_to_hf
+
+
 def normalise_names(tensors: dict[str, np.ndarray], base_prefix: str) -> dict[str, np.ndarray]:
     """Strips the base-model prefix and renames old LayerNorm `gamma`/`beta` to `weight`/`bias`."""
     out = {}
@@ -93,10 +123,15 @@ def normalise_names(tensors: dict[str, np.ndarray], base_prefix: str) -> dict[st
     return out
 
 
-def expected_shapes(cfg: BertConfig) -> dict[Path, tuple[int, ...]]:
-    """Shapes of every parameter of the per-layer (unscanned) model, without allocating it."""
-    flat_cfg = cfg.replace(scan_layers=False, remat="none")
-    shapes = jax.eval_shape(lambda: init_params(flat_cfg, jax.random.key(0)))
+def model_of(cfg: Any) -> models.Model:
+    """The model of a config (any registered kind)."""
+    return models.REGISTRY[cfg.kind](cfg)
+
+
+def expected_shapes(cfg: Any) -> dict[Path, tuple[int, ...]]:
+    """Shapes of every parameter of the per-layer (canonical) model, without allocating it."""
+    model = model_of(cfg)
+    shapes = jax.eval_shape(lambda: model.canonical(model.init(jax.random.key(0))))
     return {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()}
 
 
@@ -108,12 +143,12 @@ def _check_table(table: list[Entry], shapes: dict[Path, tuple[int, ...]]) -> Non
                            f"{set(shapes) - paths}, extra {paths - set(shapes)}")
 
 
-def _missing(e: Entry, cfg: BertConfig, base_prefix: str, can_init: bool) -> None:
+def _missing(e: Entry, cfg: Any, base_prefix: str, can_init: bool) -> None:
     """Raises for a tensor the checkpoint lacks, unless it is a head part we may initialise."""
     if not e.head:
         raise UserError(f"The checkpoint has no tensor '{e.hf}' (looked for it with and without "
-                        f"the '{base_prefix}' prefix), which a {cfg.flavor} model with head "
-                        f"'{cfg.head}' needs.")
+                        f"the '{base_prefix}' prefix), which a {getattr(cfg, 'flavor', cfg.kind)} "
+                        f"model with head '{cfg.head}' needs.")
     part = "pooler" if e.path[0] == "pooler" else f"'{cfg.head}' head"
     if not can_init:
         raise UserError(f"The checkpoint has no {part} (tensor '{e.hf}' is missing). Load it with "
@@ -134,7 +169,7 @@ def _checked(name: str, value: np.ndarray, e: Entry, want: tuple[int, ...]) -> n
 
 def read_params(
     tensors: dict[str, np.ndarray],
-    cfg: BertConfig,
+    cfg: Any,
     table: list[Entry],
     base_prefix: str,
     tied: Iterable[tuple[str, str]] = (),
@@ -168,16 +203,16 @@ def read_params(
             raise UserError(f"Tensor '{decoder}' differs from '{target}': untied output embeddings "
                             f"are not supported (jaxdistill ties the MLM decoder to the word "
                             f"embeddings).")
-    params = unflatten_dict(flat)
-    return stack_layers(params, cfg.num_layers) if cfg.scan_layers else params
+    return model_of(cfg).from_canonical(unflatten_dict(flat))
 
 
-def write_params(params: dict, cfg: BertConfig, table: list[Entry],
+def write_params(params: dict, cfg: Any, table: list[Entry],
                  base_prefix: str) -> dict[str, np.ndarray]:
     """Nested params (per-layer or scanned layout) -> HF tensors in float32, contiguous."""
-    if "layers" in params.get("encoder", {}):
-        params = unstack_layers(params, cfg.num_layers)
-    flat = flatten_dict(params)
+    model = model_of(cfg)
+    if "layers" in params.get("encoder", {}) and not getattr(cfg, "scan_layers", True):
+        model = model.runtime(scan_layers=True)  # stacked params under a per-layer config
+    flat = flatten_dict(model.canonical(params))
     _check_table(table, {k: () for k in flat})
     prefix = base_prefix if cfg.head != "none" else ""  # a bare base model is saved unprefixed
     out = {}

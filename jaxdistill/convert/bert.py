@@ -5,9 +5,7 @@ without the `bert.` prefix.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from jaxdistill.convert import _table
 from jaxdistill.convert._table import Entry, embedding, layer_norm, linear
@@ -15,6 +13,7 @@ from jaxdistill.errors import UserError
 from jaxdistill.models.bert import BertConfig
 
 MODEL_TYPE = "bert"
+KIND = "bert"  # the model kind whose config this family reads and writes
 BASE_PREFIX = "bert."
 # Architecture name -> the head our model gives it. BertForPreTraining's NSP head is dropped.
 ARCHITECTURES = {
@@ -27,6 +26,11 @@ EXPORT_ARCHITECTURE = {"none": "BertModel", "mlm": "BertForMaskedLM",
                        "classifier": "BertForSequenceClassification"}
 WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
 TIED = [("cls.predictions.decoder.weight", WORD_EMBEDDINGS)]
+
+
+def exports(cfg: Any) -> bool:
+    """Whether this family writes `cfg` (a 'bert'-flavoured BERT config)."""
+    return cfg.kind == KIND and cfg.flavor == "bert"
 
 
 def table(cfg: BertConfig) -> list[Entry]:
@@ -112,21 +116,8 @@ def config_to_hf(cfg: BertConfig, id2label: dict[int, str] | None = None) -> dic
         "layer_norm_eps": cfg.layer_norm_eps,
         "pad_token_id": cfg.pad_token_id,
         "position_embedding_type": "absolute",
-        "tie_word_embeddings": True,
-        "dtype": "float32",
     }
-    # Written for every head (as transformers does) so that num_labels survives a round trip.
-    out.update(_table.label_fields(cfg.num_labels, id2label))
-    return out
+    return _table.export_config(out, cfg, id2label)
 
 
-def params_from_hf(tensors: dict[str, np.ndarray], cfg: BertConfig,
-                   init: Callable[[], dict] | None = None) -> dict:
-    """HF tensors (with or without `bert.`) -> nested params (stacked when cfg.scan_layers)."""
-    tied = TIED if cfg.head == "mlm" else ()  # a dropped MLM head is not checked
-    return _table.read_params(tensors, cfg, table(cfg), BASE_PREFIX, tied, init)
-
-
-def params_to_hf(params: dict, cfg: BertConfig) -> dict[str, np.ndarray]:
-    """Nested params (either layout) -> HF tensors as `EXPORT_ARCHITECTURE[cfg.head]` names them."""
-    return _table.write_params(params, cfg, table(cfg), BASE_PREFIX)
+params_from_hf, params_to_hf = _table.params_io(table, BASE_PREFIX, TIED)

@@ -5,9 +5,7 @@ transformers (not a config field), so only models with that epsilon export as Di
 """
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from jaxdistill.convert import _table
 from jaxdistill.convert._table import Entry, embedding, layer_norm, linear
@@ -15,6 +13,7 @@ from jaxdistill.errors import UserError
 from jaxdistill.models.bert import BertConfig
 
 MODEL_TYPE = "distilbert"
+KIND = "bert"  # the model kind whose config this family reads and writes
 BASE_PREFIX = "distilbert."
 LAYER_NORM_EPS = 1e-12  # hard-coded in transformers' DistilBERT
 ARCHITECTURES = {
@@ -25,6 +24,11 @@ ARCHITECTURES = {
 EXPORT_ARCHITECTURE = {v: k for k, v in ARCHITECTURES.items()}
 WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
 TIED = [("vocab_projector.weight", WORD_EMBEDDINGS)]
+
+
+def exports(cfg: Any) -> bool:
+    """Whether this family writes `cfg` (a 'distilbert'-flavoured BERT config)."""
+    return cfg.kind == KIND and cfg.flavor == "distilbert"
 
 
 def table(cfg: BertConfig) -> list[Entry]:
@@ -104,21 +108,8 @@ def config_to_hf(cfg: BertConfig, id2label: dict[int, str] | None = None) -> dic
         "sinusoidal_pos_embds": False,
         "initializer_range": cfg.initializer_range,
         "pad_token_id": cfg.pad_token_id,
-        "tie_word_embeddings": True,
-        "dtype": "float32",
     }
-    # Written for every head (as transformers does) so that num_labels survives a round trip.
-    out.update(_table.label_fields(cfg.num_labels, id2label))
-    return out
+    return _table.export_config(out, cfg, id2label)
 
 
-def params_from_hf(tensors: dict[str, np.ndarray], cfg: BertConfig,
-                   init: Callable[[], dict] | None = None) -> dict:
-    """HF tensors (with or without `distilbert.`) -> nested params (stacked when cfg.scan_layers)."""
-    tied = TIED if cfg.head == "mlm" else ()  # a dropped MLM head is not checked
-    return _table.read_params(tensors, cfg, table(cfg), BASE_PREFIX, tied, init)
-
-
-def params_to_hf(params: dict, cfg: BertConfig) -> dict[str, np.ndarray]:
-    """Nested params (either layout) -> HF tensors as `EXPORT_ARCHITECTURE[cfg.head]` names them."""
-    return _table.write_params(params, cfg, table(cfg), BASE_PREFIX)
+params_from_hf, params_to_hf = _table.params_io(table, BASE_PREFIX, TIED)

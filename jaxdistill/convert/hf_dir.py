@@ -1,4 +1,10 @@
-"""Hugging Face model directories (config.json + weights + tokenizer files) <-> (BertConfig, params).
+"""Hugging Face model directories (config.json + weights + tokenizer files) <-> (config, params).
+
+A family module per HF model type (bert.py, distilbert.py, mobilebert.py) exposes MODEL_TYPE,
+KIND (the model kind whose config it reads and writes), ARCHITECTURES (HF class -> our head),
+EXPORT_ARCHITECTURE (head -> HF class), `exports(cfg)` (whether it writes that config), `table`,
+`config_from_hf`, `config_to_hf`, `params_from_hf` and `params_to_hf`; the kind's `Model`
+gives shapes, fresh heads, the layer layout and the options a load may override.
 
 The weights are read with `safetensors.numpy` (torch is only needed for `pytorch_model.bin`), and
 written as one `model.safetensors` with metadata {"format": "pt"} so that transformers' PyTorch
@@ -6,7 +12,7 @@ written as one `model.safetensors` with metadata {"format": "pt"} so that transf
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import logging
 import os
@@ -19,23 +25,22 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jaxdistill import models
 from jaxdistill.assets import resolve_model_path
 from jaxdistill.convert import bert as bert_family
 from jaxdistill.convert import distilbert as distilbert_family
+from jaxdistill.convert import mobilebert as mobilebert_family
 from jaxdistill.errors import UserError
-from jaxdistill.models.bert import HEADS, BertConfig, host_init
 
 log = logging.getLogger(__name__)
 
-FAMILIES: dict[str, ModuleType] = {"bert": bert_family, "distilbert": distilbert_family}
+FAMILIES: dict[str, ModuleType] = {"bert": bert_family, "distilbert": distilbert_family,
+                                   "mobilebert": mobilebert_family}
 # Architecture name -> (family module, head our model gives it).
 SUPPORTED: dict[str, tuple[ModuleType, str]] = {
     arch: (fam, head) for fam in FAMILIES.values() for arch, head in fam.ARCHITECTURES.items()}
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json")
-# BertConfig fields a caller may change at load time: they do not change the weights' shapes.
-LOAD_OVERRIDES = ("dtype", "param_dtype", "scan_layers", "remat", "hidden_dropout",
-                  "attention_dropout", "classifier_dropout")
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_BIN = "pytorch_model.bin"
@@ -85,8 +90,9 @@ def detect_architecture(hf: dict[str, Any],
     return name, family, "none"
 
 
-def family_for(cfg: BertConfig) -> ModuleType:
-    return FAMILIES[cfg.flavor]
+def family_for(cfg: Any) -> ModuleType | None:
+    """The family that exports `cfg` as a Hugging Face class, None when none can."""
+    return next((f for f in FAMILIES.values() if f.exports(cfg)), None)
 
 
 # ----------------------------------------------------------------------------------------- read
@@ -167,25 +173,27 @@ def read_hf_dir(
     rng: jax.Array | None = None,
     num_labels: int | None = None,
     **overrides: Any,
-) -> tuple[BertConfig, dict]:
-    """Reads an HF BERT/DistilBERT directory into (BertConfig, params).
+) -> tuple[Any, dict]:
+    """Reads an HF BERT/DistilBERT/MobileBERT directory into (our config, params).
 
     head: 'auto' keeps the checkpoint's head; 'none', 'mlm', 'classifier' ask for one. A head the
       checkpoint lacks is initialised from `rng` when given, else it is an error.
     num_labels: label count for a classifier head (default: the checkpoint's).
-    overrides: execution options (dtype, param_dtype, scan_layers, remat, dropouts).
+    overrides: execution options (the kind's RUNTIME_FIELDS: dtype, param_dtype, scan_layers,
+      remat, dropouts).
     """
     path = resolve_model_path(str(path))
     hf = read_hf_config(path)
     _, family, file_head = detect_architecture(hf, str(path / "config.json"))
+    kind = models.REGISTRY[family.KIND]
     if head == "auto":
         head = file_head
-    elif head not in HEADS:
-        raise UserError(f"head={head!r}: expected 'auto' or one of {', '.join(HEADS)}.")
-    bad = sorted(set(overrides) - set(LOAD_OVERRIDES))
+    elif head not in kind.HEADS:
+        raise UserError(f"head={head!r}: expected 'auto' or one of {', '.join(kind.HEADS)}.")
+    bad = sorted(set(overrides) - set(kind.RUNTIME_FIELDS))
     if bad:
         raise UserError(f"Cannot override {', '.join(bad)} when loading a checkpoint; allowed: "
-                        f"{', '.join(LOAD_OVERRIDES)}.")
+                        f"{', '.join(kind.RUNTIME_FIELDS)}.")
     try:
         cfg = family.config_from_hf(hf, head)
     except UserError as e:
@@ -193,12 +201,12 @@ def read_hf_dir(
     if num_labels is not None:
         if int(num_labels) < 1:
             raise UserError(f"num_labels={num_labels}: a classifier needs at least one label.")
-        cfg = cfg.replace(num_labels=int(num_labels))
+        cfg = dataclasses.replace(cfg, num_labels=int(num_labels))
     try:
-        cfg = cfg.replace(**overrides)
+        cfg = dataclasses.replace(cfg, **overrides)
     except ValueError as e:
         raise UserError(f"Invalid load option: {e}.") from e
-    init = None if rng is None else functools.partial(host_init, cfg.replace(num_layers=0), rng)
+    init = None if rng is None else (lambda: kind(cfg).fresh_host_params(rng))
     tensors = read_tensors(path)
     try:
         params = family.params_from_hf(tensors, cfg, init)
@@ -237,7 +245,7 @@ def copy_tokenizer(tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike)
 
 
 def write_hf_dir(
-    cfg: BertConfig,
+    cfg: Any,
     params: dict,
     out_dir: str | os.PathLike,
     tokenizer_dir: str | os.PathLike | None = None,
@@ -248,6 +256,10 @@ def write_hf_dir(
     from safetensors.numpy import save_file
 
     family = family_for(cfg)
+    if family is None:
+        raise UserError(f"A '{cfg.kind}' model of this configuration has no Hugging Face class; "
+                        f"write it with convert.write_model_dir (the jaxdistill-native "
+                        f"directory).")
     hf_config = family.config_to_hf(cfg, id2label)
     tensors = family.params_to_hf(nn.unbox(params), cfg)
     out = Path(out_dir)

@@ -48,6 +48,9 @@ class Method(abc.ABC):
     # Whether it trains one student on several tasks (`tasks` in the recipe; batches carry the
     # task's span of the shared output layer, data/tasks/multitask.py). Others train on `task`.
     multi_task: ClassVar[bool] = False
+    # Whether `loss` takes `step=` (the optimizer updates done before this one, a traced int32
+    # scalar): losses that follow a schedule of phases (MobileBERT's progressive transfer).
+    reads_step: ClassVar[bool] = False
 
     # --- the models it needs --------------------------------------------------------------------
     @classmethod
@@ -95,6 +98,14 @@ class Method(abc.ABC):
         """Model FLOPs per token of the method's own layers (forward), for MFU accounting."""
         del seq_len
         return 0.0
+
+    def update_scale(self, step: jax.Array, params: dict) -> Any:
+        """Per-parameter multipliers of this step's update, a pytree shaped like `params`
+        ({'student', 'method'}) whose leaves broadcast against theirs, or None (all 1). A 0 also
+        keeps the parameter's gradient out of the optimizer: the parameter is frozen this step.
+        Pure; traced inside the step (MobileBERT's layer-wise learning rates)."""
+        del step, params
+        return None
 
     # --- the loss -------------------------------------------------------------------------------
     @abc.abstractmethod

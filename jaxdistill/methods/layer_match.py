@@ -14,8 +14,7 @@ import collections
 import dataclasses
 import math
 
-from jaxdistill.config import from_dict
-from jaxdistill.errors import UserError
+from jaxdistill.config import entries_of
 
 FEATURES = ("embeddings", "hidden", "attention", "cls", "weights")
 LOSSES = ("mse",)
@@ -58,18 +57,7 @@ class LayerMatch:
 
 def parse_matches(items, where: str = "matches") -> tuple[LayerMatch, ...]:
     """A YAML list of {feature, student, teacher, ...} (or LayerMatch objects) as typed matches."""
-    if isinstance(items, (str, dict)):
-        raise ValueError(f"{where}: expected a list of {{feature, student, teacher}} entries")
-    out = []
-    for i, item in enumerate(items):
-        if isinstance(item, LayerMatch):
-            out.append(item)
-            continue
-        try:
-            out.append(from_dict(LayerMatch, item, where=f"{where}[{i}]"))
-        except UserError as e:
-            raise ValueError(str(e)) from None
-    return tuple(out)
+    return entries_of(LayerMatch, items, where, "{feature, student, teacher}")
 
 
 def check_no_duplicates(matches: tuple[LayerMatch, ...], where: str = "matches") -> None:

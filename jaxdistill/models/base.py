@@ -199,6 +199,26 @@ class Model(abc.ABC):
         sliced = jax.tree.map(cut, self.logical_axes(), params, is_leaf=is_spec)
         return self.with_head("classifier", stop - start), sliced
 
+    def layer_ids(self) -> dict:
+        """Per parameter (nested like `init`'s output): the 0-based encoder layer it belongs to,
+        -1 for the rest (embeddings, pooler, heads); for layers stacked on a leading 'layers'
+        axis (scan), an int array over that axis. Read from the names every kind uses:
+        `layer_{i}` path components and the 'layers' logical axis."""
+        from flax.traverse_util import flatten_dict, unflatten_dict
+
+        shapes = flatten_dict(jax.eval_shape(self.init, jax.random.key(0)))
+        specs = flatten_dict(self.logical_axes())
+        out = {}
+        for path, leaf in shapes.items():
+            spec = tuple(specs.get(path) or ())
+            if spec and spec[0] == "layers":
+                out[path] = np.arange(leaf.shape[0])
+                continue
+            numbered = [int(p[len("layer_"):]) for p in path
+                        if p.startswith("layer_") and p[len("layer_"):].isdigit()]
+            out[path] = numbered[0] if numbered else -1
+        return unflatten_dict(out)
+
     def runtime(self, **options: Any) -> "Model":
         """Execution options this kind has (dtype, dropout, scan...); the rest are ignored."""
         return self.replace(**{k: v for k, v in options.items() if k in self.RUNTIME_FIELDS})
@@ -289,6 +309,26 @@ def fill_params(template: Any, source: Any, fallback: Any, path: tuple[str, ...]
 
 def _get(tree: Any, key: str) -> Any:
     return tree.get(key) if isinstance(tree, Mapping) else None
+
+
+def host_draw(shapes: Any, std: float, dtype: Any, rng: jax.Array) -> dict:
+    """Host NumPy params of the pytree of `shapes`, drawn from a seed taken from `rng`, in the
+    scheme of our modules and transformers' `_init_weights`: kernels and embeddings ~
+    normal(std), norm scales 1, the rest (biases) 0. Cheaper than compiling a model's `init`
+    for the few tensors a loaded checkpoint lacks (heads, pooler)."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)  # typed key (jax.random.key) -> its uint32 words
+    gen = np.random.default_rng(np.asarray(rng).astype(np.uint32).ravel().tolist())
+    flat = {}
+    for path, leaf in sorted(flatten_dict(shapes).items()):
+        if path[-1] in ("kernel", "embedding"):
+            value = gen.normal(0.0, std, leaf.shape)
+        else:
+            value = np.ones(leaf.shape) if path[-1] == "scale" else np.zeros(leaf.shape)
+        flat[path] = value.astype(jnp.dtype(dtype))
+    return unflatten_dict(flat)
 
 
 def cast_floats(params: Any, dtype: Any) -> Any:

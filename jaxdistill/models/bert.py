@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxdistill.errors import UserError
 from jaxdistill.models import base
@@ -86,21 +83,22 @@ class BertConfig:
             raise ValueError(f"kind={self.kind!r}: a BertConfig is of kind 'bert'")
         if self.flavor not in FLAVORS:
             raise ValueError(f"flavor={self.flavor!r}: expected one of {FLAVORS}")
-        if self.head not in HEADS:
-            raise ValueError(f"head={self.head!r}: expected one of {HEADS}")
+        check_choices(self)
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act={self.hidden_act!r}: expected one of {sorted(ACTIVATIONS)}")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat={self.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
         if self.flavor == "distilbert" and self.type_vocab_size:
             raise ValueError("DistilBERT has no token types: type_vocab_size must be 0")
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def pooling(self) -> str | None:
+        """'tanh' (BERT's pooler on the first token), or None: DistilBERT has no pooler and
+        BertForMaskedLM none either."""
+        return "tanh" if self.flavor == "bert" and self.head != "mlm" else None
 
     def replace(self, **changes: Any) -> "BertConfig":
         return dataclasses.replace(self, **changes)
@@ -113,9 +111,19 @@ class BertConfig:
         return layers * per_layer + (emb if with_embeddings else 0)
 
 
-def _dense(features: int, axes: tuple[str, str], cfg: BertConfig, name: str) -> nn.Dense:
+def check_choices(cfg: Any) -> None:
+    """ValueErrors for the named choices every BERT-shaped config has: head, hidden_act, remat."""
+    for key, choices in (("head", HEADS), ("hidden_act", sorted(ACTIVATIONS)),
+                         ("remat", sorted(REMAT_POLICIES))):
+        if getattr(cfg, key) not in choices:
+            raise ValueError(f"{key}={getattr(cfg, key)!r}: expected one of {choices}")
+
+
+def _dense(features: int, axes: tuple[str, str], cfg: BertConfig, name: str,
+           use_bias: bool = True) -> nn.Dense:
     return nn.Dense(
         features,
+        use_bias=use_bias,
         dtype=jnp.dtype(cfg.dtype),
         param_dtype=jnp.dtype(cfg.param_dtype),
         kernel_init=nn.with_logical_partitioning(
@@ -125,9 +133,9 @@ def _dense(features: int, axes: tuple[str, str], cfg: BertConfig, name: str) -> 
     )
 
 
-def _layer_norm(cfg: BertConfig, name: str) -> nn.LayerNorm:
+def _layer_norm(cfg: BertConfig, name: str, eps: float | None = None) -> nn.LayerNorm:
     return nn.LayerNorm(
-        epsilon=cfg.layer_norm_eps,
+        epsilon=cfg.layer_norm_eps if eps is None else eps,
         dtype=jnp.dtype(cfg.dtype),
         param_dtype=jnp.dtype(cfg.param_dtype),
         scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
@@ -136,10 +144,12 @@ def _layer_norm(cfg: BertConfig, name: str) -> nn.LayerNorm:
     )
 
 
-def _embed(num: int, axes: tuple[str | None, str], cfg: BertConfig, name: str) -> nn.Embed:
+def _embed(num: int, axes: tuple[str | None, str], cfg: BertConfig, name: str,
+           features: int | None = None) -> nn.Embed:
+    """An embedding table of `features` columns (default: the hidden size)."""
     return nn.Embed(
         num,
-        cfg.hidden_size,
+        cfg.hidden_size if features is None else features,
         dtype=jnp.dtype(cfg.dtype),
         param_dtype=jnp.dtype(cfg.param_dtype),
         embedding_init=nn.with_logical_partitioning(
@@ -160,17 +170,26 @@ class Embeddings(nn.Module):
         # scatter-add (exact sums, native atomics) rather than a bf16 one, which took 46 ms of a
         # 200 ms BERT-base -> TinyBERT6 step on an H100 (benchmarks/RESULTS.md).
         x = jnp.take(word.embedding, input_ids, axis=0).astype(dtype)
-        # Positions are 0..T-1 for every row: a slice, whose gradient is a sum over the batch.
-        position = _embed(cfg.max_position_embeddings, (None, "embed"), cfg, "position")
-        x = x + position.embedding[:input_ids.shape[-1]].astype(dtype)[None]
-        if cfg.type_vocab_size:
-            # A one-hot matmul: a scatter-add of B*T rows into 2 table rows serialises on
-            # atomics (104 ms of that 200 ms step).
-            token_type = _embed(cfg.type_vocab_size, (None, "embed"), cfg, "token_type")
-            one_hot = jax.nn.one_hot(token_type_ids, cfg.type_vocab_size, dtype=dtype)
-            x = x + jnp.einsum("btk,kh->bth", one_hot, token_type.embedding.astype(dtype))
+        x = add_positions_and_types(x, token_type_ids, cfg)
         x = _layer_norm(cfg, "norm")(x)
         return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+
+
+def add_positions_and_types(x: jax.Array, token_type_ids: jax.Array, cfg: Any) -> jax.Array:
+    """x [B, T, hidden] plus learned position embeddings (and token-type embeddings when the
+    config has types), as tables `position` / `token_type` of the calling embeddings module
+    (call it inside that module's compact method)."""
+    dtype = jnp.dtype(cfg.dtype)
+    # Positions are 0..T-1 for every row: a slice, whose gradient is a sum over the batch.
+    position = _embed(cfg.max_position_embeddings, (None, "embed"), cfg, "position")
+    x = x + position.embedding[:x.shape[1]].astype(dtype)[None]
+    if cfg.type_vocab_size:
+        # A one-hot matmul: a scatter-add of B*T rows into 2 table rows serialises on
+        # atomics (104 ms of that 200 ms step).
+        token_type = _embed(cfg.type_vocab_size, (None, "embed"), cfg, "token_type")
+        one_hot = jax.nn.one_hot(token_type_ids, cfg.type_vocab_size, dtype=dtype)
+        x = x + jnp.einsum("btk,kh->bth", one_hot, token_type.embedding.astype(dtype))
+    return x
 
 
 class SelfAttention(nn.Module):
@@ -185,23 +204,35 @@ class SelfAttention(nn.Module):
         q = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "query")(x))
         k = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "key")(x))
         v = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "value")(x))
-        scores = probs = None
-        need_dropout = cfg.attention_dropout > 0 and not deterministic
-        if self.capture.attention_scores or self.capture.attention_probs or need_dropout:
-            # Heads-major layout once, so both attention matmuls are plain batched GEMMs
-            # (measured on CPU: one attention block 58 ms -> 38 ms at the demo shapes).
-            qh, kh, vh = (jnp.swapaxes(y, 1, 2) for y in (q, k, v))  # [B, heads, T, D]
-            scores = jnp.einsum("bhqd,bhkd->bhqk", qh, kh) / jnp.sqrt(cfg.head_dim).astype(q.dtype)
-            masked = jnp.where(key_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(masked, axis=-1)
-            dropped = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-            context = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", dropped.astype(v.dtype), vh), 1, 2)
-        else:
-            # No intermediates wanted: let XLA (or cuDNN on GPU) pick a fused attention.
-            context = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
+        context, scores, probs = attend(q, k, v, key_mask, self.capture, cfg.attention_dropout,
+                                        deterministic)
         out = _dense(cfg.hidden_size, ("heads", "embed"), cfg, "out")(context.reshape(b, t, -1))
-        return out, (scores if self.capture.attention_scores else None), (
-            probs if self.capture.attention_probs else None)
+        return out, scores, probs
+
+
+def attend(q, k, v, key_mask, capture: Wants, dropout: float, deterministic: bool):
+    """Scaled dot-product attention of [B, T, heads, D] q/k/v under a [B, 1, 1, T] key mask:
+    (context [B, T, heads, D], scores, probs), the last two None unless `capture` asks.
+
+    Called inside a module's compact method (its attention dropout becomes that module's).
+    scores are scaled and unmasked; probs use a float32 softmax over finfo.min-masked scores.
+    """
+    scores = probs = None
+    need_dropout = dropout > 0 and not deterministic
+    if capture.attention_scores or capture.attention_probs or need_dropout:
+        # Heads-major layout once, so both attention matmuls are plain batched GEMMs
+        # (measured on CPU: one attention block 58 ms -> 38 ms at the demo shapes).
+        qh, kh, vh = (jnp.swapaxes(y, 1, 2) for y in (q, k, v))  # [B, heads, T, D]
+        scores = jnp.einsum("bhqd,bhkd->bhqk", qh, kh) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+        masked = jnp.where(key_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(masked, axis=-1)
+        dropped = nn.Dropout(dropout)(probs, deterministic=deterministic)
+        context = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", dropped.astype(v.dtype), vh), 1, 2)
+    else:
+        # No intermediates wanted: let XLA (or cuDNN on GPU) pick a fused attention.
+        context = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
+    return (context, scores if capture.attention_scores else None,
+            probs if capture.attention_probs else None)
 
 
 class TransformerLayer(nn.Module):
@@ -227,30 +258,37 @@ class TransformerLayer(nn.Module):
 
 
 class _ScanBody(nn.Module):
-    """Adapts TransformerLayer to nn.scan's (carry, xs) -> (carry, ys) signature."""
+    """Adapts a layer (`layer_cls`) to nn.scan's (carry, xs) -> (carry, ys) signature."""
 
     cfg: BertConfig
     capture: Wants
     deterministic: bool
+    layer_cls = TransformerLayer  # class attribute, not a field: a subclass names its layer
 
     @nn.compact
     def __call__(self, x, key_mask):
-        layer_cls = _maybe_remat(self.cfg)
+        layer_cls = _maybe_remat(self.cfg, self.layer_cls)
         y, scores, probs = layer_cls(self.cfg, self.capture, self.deterministic, name="layer")(
             x, key_mask)
         return y, (y if self.capture.hidden_states else None, scores, probs)
 
 
-def _maybe_remat(cfg: BertConfig):
+def _maybe_remat(cfg: BertConfig, layer_cls=TransformerLayer):
     if cfg.remat == "none":
-        return TransformerLayer
-    return nn.remat(TransformerLayer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+        return layer_cls
+    return nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
 
 
 class Encoder(nn.Module):
+    """`cfg.num_layers` layers (`layer_cls`, called `(cfg, capture, deterministic)(x, key_mask)
+    -> (x, scores, probs)`), unrolled or scanned; another architecture subclasses it with its
+    own `layer_cls` and `scan_body` and gets the same parameter layout and captures."""
+
     cfg: BertConfig
     capture: Wants
     deterministic: bool
+    layer_cls = TransformerLayer
+    scan_body = _ScanBody
 
     @nn.compact
     def __call__(self, x, key_mask):
@@ -258,7 +296,7 @@ class Encoder(nn.Module):
         cfg, cap = self.cfg, self.capture
         if cfg.scan_layers:
             scanned = nn.scan(
-                _ScanBody,
+                self.scan_body,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=nn.broadcast,
@@ -267,7 +305,7 @@ class Encoder(nn.Module):
             )(cfg, cap, self.deterministic, name="layers")
             x, (hs, scores, probs) = scanned(x, key_mask)
             return x, hs, scores, probs
-        layer_cls = _maybe_remat(cfg)
+        layer_cls = _maybe_remat(cfg, self.layer_cls)
         hs, scores, probs = [], [], []
         for i in range(cfg.num_layers):
             x, s, p = layer_cls(cfg, cap.for_layer(i), self.deterministic, name=f"layer_{i}")(
@@ -279,7 +317,12 @@ class Encoder(nn.Module):
 
 
 class MlmHead(nn.Module):
-    """Transform + LayerNorm, then a decoder tied to the word embeddings plus a bias."""
+    """Transform + LayerNorm, then a decoder tied to the word embeddings plus a bias.
+
+    A word table narrower than the hidden size (MobileBERT's 128-d embeddings) decodes the first
+    `table width` features; the rest go through an untied `extra` kernel [hidden - width, vocab],
+    i.e. logits = h @ cat[table^T; extra] + bias.
+    """
 
     cfg: BertConfig
 
@@ -292,7 +335,11 @@ class MlmHead(nn.Module):
                           (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
         # During init the table arrives boxed with its logical axes; the decoder only needs values.
         table = nn.unbox(word_table) if isinstance(word_table, nn.Partitioned) else word_table
-        logits = jnp.einsum("...h,vh->...v", x, table.astype(x.dtype))
+        width = table.shape[-1]
+        logits = jnp.einsum("...h,vh->...v", x[..., :width], table.astype(x.dtype))
+        if width < cfg.hidden_size:
+            logits = logits + _dense(cfg.vocab_size, ("embed", "vocab"), cfg, "extra",
+                                     use_bias=False)(x[..., width:])
         return logits + bias.astype(logits.dtype)
 
 
@@ -305,7 +352,7 @@ class Classifier(nn.Module):
     def __call__(self, pooled, cls, deterministic: bool):
         cfg = self.cfg
         drop = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout
-        if cfg.flavor == "distilbert":
+        if getattr(cfg, "flavor", None) == "distilbert":  # other kinds: the pooled vector
             x = jax.nn.relu(_dense(cfg.hidden_size, ("embed", "embed_out"), cfg, "pre_classifier")(cls))
         else:
             x = pooled
@@ -314,9 +361,17 @@ class Classifier(nn.Module):
 
 
 class BertModel(nn.Module):
-    """Encoder plus the head named by `cfg.head` ('none', 'mlm', 'classifier')."""
+    """Encoder plus the head named by `cfg.head` ('none', 'mlm', 'classifier').
+
+    Another BERT-shaped architecture subclasses it with its own `embeddings_cls` (called
+    `(cfg)(input_ids, token_type_ids, deterministic)`, holding the table `word/embedding`) and
+    `encoder_cls` (an `Encoder`); its config's `pooling` says what `pooled` is: 'tanh'
+    (tanh(pooler(first token))), 'first' (the first token) or None.
+    """
 
     cfg: BertConfig
+    embeddings_cls = Embeddings
+    encoder_cls = Encoder
 
     @nn.compact
     def __call__(
@@ -335,19 +390,21 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         input_ids = nn.with_logical_constraint(input_ids, ("batch", "length"))
-        embeddings = Embeddings(cfg, name="embeddings")
+        embeddings = self.embeddings_cls(cfg, name="embeddings")
         x = embeddings(input_ids, token_type_ids, deterministic)
         key_mask = attention_mask[:, None, None, :] > 0  # [B, 1, 1, T], broadcast over heads/queries
-        last, layer_hs, scores, probs = Encoder(cfg, capture, deterministic, name="encoder")(
-            x, key_mask)
+        last, layer_hs, scores, probs = self.encoder_cls(cfg, capture, deterministic,
+                                                         name="encoder")(x, key_mask)
         hidden_states = None
         if capture.hidden_states:
             hidden_states = ((x,) + layer_hs if isinstance(layer_hs, tuple)
                              else jnp.concatenate([x[None], layer_hs]))
 
         pooled = logits = None
-        if cfg.flavor == "bert" and cfg.head != "mlm":  # BertForMaskedLM has no pooler
-            pooled = jnp.tanh(_dense(cfg.hidden_size, ("embed", "embed_out"), cfg, "pooler")(last[:, 0]))
+        if cfg.pooling is not None:
+            pooled = last[:, 0]
+            if cfg.pooling == "tanh":
+                pooled = jnp.tanh(_dense(cfg.hidden_size, ("embed", "embed_out"), cfg, "pooler")(pooled))
         if cfg.head == "mlm":
             feats = last
             if masked_positions is not None:
@@ -378,39 +435,27 @@ def unstack_layers(params: dict, num_layers: int) -> dict:
 
 def init_params(cfg: BertConfig, rng: jax.Array, seq_len: int = 8) -> dict:
     """Unboxed random parameters (no logical-axis metadata) for `cfg`."""
-    ids = jnp.zeros((1, seq_len), jnp.int32)
-    return nn.unbox(BertModel(cfg).init(rng, ids)["params"])
+    return module_params(BertModel(cfg), rng, seq_len)
 
 
 def logical_axes(cfg: BertConfig, seq_len: int = 8) -> Any:
     """Pytree of logical axis names (PartitionSpec of names) matching `init_params(cfg)`."""
-    ids = jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
-    boxed = jax.eval_shape(lambda: BertModel(cfg).init(jax.random.key(0), jnp.zeros(ids.shape, ids.dtype)))
+    return module_axes(BertModel(cfg), seq_len)
+
+
+def _init_ids(module: nn.Module, seq_len: int) -> jax.Array:
+    return jnp.zeros((1, min(seq_len, module.cfg.max_position_embeddings)), jnp.int32)
+
+
+def module_params(module: nn.Module, rng: jax.Array, seq_len: int = 8) -> dict:
+    """Unboxed random parameters of a `BertModel`-shaped module (called on token ids)."""
+    return nn.unbox(module.init(rng, _init_ids(module, seq_len))["params"])
+
+
+def module_axes(module: nn.Module, seq_len: int = 8) -> Any:
+    """Logical axis names (PartitionSpecs) of `module_params(module)`, without allocating it."""
+    boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), _init_ids(module, seq_len)))
     return nn.get_partition_spec(boxed["params"])
-
-
-
-def host_init(cfg: BertConfig, rng: jax.Array) -> dict:
-    """Random params drawn with NumPy from a seed taken from `rng`, in the model's init scheme.
-
-    Weights ~ normal(initializer_range), biases 0, LayerNorm scales 1: what both our modules
-    and transformers' `_init_weights` do. Used for the parts a loaded checkpoint lacks (heads,
-    pooler), where compiling the model's `init` would cost seconds for a few small tensors.
-    """
-    if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        rng = jax.random.key_data(rng)  # typed key (jax.random.key) -> its uint32 words
-    gen = np.random.default_rng(np.asarray(rng).astype(np.uint32).ravel().tolist())
-    dtype = jnp.dtype(cfg.param_dtype)
-    flat_cfg = cfg.replace(scan_layers=False, remat="none")
-    shapes = flatten_dict(jax.eval_shape(lambda: init_params(flat_cfg, jax.random.key(0))))
-    flat = {}
-    for path, leaf in sorted(shapes.items()):
-        if path[-1] in ("kernel", "embedding"):
-            value = gen.normal(0.0, cfg.initializer_range, leaf.shape)
-        else:
-            value = np.ones(leaf.shape) if path[-1] == "scale" else np.zeros(leaf.shape)
-        flat[path] = value.astype(dtype)
-    return unflatten_dict(flat)
 
 
 def matmul_params(cfg: BertConfig, mlm_positions: int | None = None, seq: int = 1) -> float:
@@ -435,36 +480,31 @@ _COPY_SAME = ("hidden_size", "num_heads", "intermediate_size", "vocab_size",
               "max_position_embeddings")
 
 
-@base.register
-class Bert(base.Model):
-    """BERT, TinyBERT, MiniLM and DistilBERT (`flavor`) behind the Model interface."""
+class EncoderModel(base.Model):
+    """What the BERT-shaped kinds (bert, mobilebert) share behind the Model interface: a
+    `BertModel`-shaped Flax module (`Module(config)`), token ids + mask + token types in, the
+    `encoder/layer_{i}` layout (stacked with scan_layers), the word table at
+    `embeddings/word/embedding`, and cheap host draws of everything but the layers."""
 
-    kind = "bert"
-    Config = BertConfig
+    Module: ClassVar[type[nn.Module]]
     HEADS = HEADS
     RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "hidden_dropout",
                       "attention_dropout", "classifier_dropout")
     INHERITED_FIELDS = ("vocab_size", "max_position_embeddings", "type_vocab_size",
                         "layer_norm_eps", "pad_token_id")
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: Any):
         super().__init__(config)
-        self.module = BertModel(config)
-
-    @classmethod
-    def student_defaults(cls, fields: dict) -> dict:
-        # DistilBERT has no token types; a BERT student of a DistilBERT teacher gets BERT's two.
-        distil = fields.get("flavor") == "distilbert"
-        return {**fields, "type_vocab_size": 0 if distil else fields.get("type_vocab_size") or 2}
+        self.module = self.Module(config)
 
     def input_spec(self) -> dict[str, int]:
         return {"input_ids": 2, "attention_mask": 2, "token_type_ids": 2}
 
     def init(self, rng: jax.Array) -> dict:
-        return init_params(self.config, rng)
+        return module_params(self.module, rng)
 
     def logical_axes(self) -> Any:
-        return logical_axes(self.config)
+        return module_axes(self.module)
 
     def max_seq_len(self) -> int | None:
         return self.config.max_position_embeddings
@@ -476,6 +516,36 @@ class Bert(base.Model):
             batch.get("token_type_ids"), capture=wants, deterministic=not train,
             masked_positions=batch["masked_positions"] if wants.logits_at_masked else None,
             rngs=rngs)
+
+    def word_embeddings(self, params: dict) -> Any:
+        return params["embeddings"]["word"]["embedding"]
+
+    def fresh_host_params(self, rng: jax.Array) -> dict:
+        # Embeddings, pooler and head only: the layers of a loaded checkpoint are never missing.
+        cfg = self.config.replace(num_layers=0, scan_layers=False, remat="none")
+        shapes = jax.eval_shape(lambda: module_params(self.Module(cfg), jax.random.key(0)))
+        return base.host_draw(shapes, cfg.initializer_range, cfg.param_dtype, rng)
+
+    def canonical(self, params: dict) -> dict:
+        return unstack_layers(params, self.config.num_layers) if self.config.scan_layers else params
+
+    def from_canonical(self, params: dict) -> dict:
+        return stack_layers(params, self.config.num_layers) if self.config.scan_layers else params
+
+
+@base.register
+class Bert(EncoderModel):
+    """BERT, TinyBERT, MiniLM and DistilBERT (`flavor`) behind the Model interface."""
+
+    kind = "bert"
+    Config = BertConfig
+    Module = BertModel
+
+    @classmethod
+    def student_defaults(cls, fields: dict) -> dict:
+        # DistilBERT has no token types; a BERT student of a DistilBERT teacher gets BERT's two.
+        distil = fields.get("flavor") == "distilbert"
+        return {**fields, "type_vocab_size": 0 if distil else fields.get("type_vocab_size") or 2}
 
     def forward_flops_per_token(self, seq_len: int, predictions_per_seq: int | None = None) -> float:
         return forward_flops_per_token(self.config, seq_len, predictions_per_seq)
@@ -507,19 +577,6 @@ class Bert(base.Model):
             pooled = jnp.tanh(_dense(cfg.hidden_size, ("embed", "embed_out"), cfg, "pooler").apply(
                 {"params": params["pooler"]}, last[:, 0]))
         return Classifier(cfg).apply({"params": params["classifier"]}, pooled, last[:, 0], True)
-
-    def word_embeddings(self, params: dict) -> Any:
-        return params["embeddings"]["word"]["embedding"]
-
-    def fresh_host_params(self, rng: jax.Array) -> dict:
-        # Embeddings, pooler and head only: the layers of a loaded checkpoint are never missing.
-        return host_init(self.config.replace(num_layers=0), rng)
-
-    def canonical(self, params: dict) -> dict:
-        return unstack_layers(params, self.config.num_layers) if self.config.scan_layers else params
-
-    def from_canonical(self, params: dict) -> dict:
-        return stack_layers(params, self.config.num_layers) if self.config.scan_layers else params
 
     def copy_layers_from(self, teacher: base.Model, teacher_params: dict,
                          layers: tuple[int, ...], fallback: dict | None) -> dict:

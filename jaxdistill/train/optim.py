@@ -11,6 +11,7 @@ from jaxdistill.config import OptimizerConfig
 from jaxdistill.errors import UserError
 
 SCHEDULES = ("linear", "cosine", "constant")
+OPTIMIZERS = ("adamw", "lamb")
 
 
 def warmup_steps(cfg: OptimizerConfig, total_steps: int) -> int:
@@ -47,13 +48,22 @@ def optimizer(cfg: OptimizerConfig, peak_lr: float, total_steps: int,
 
     `params` (arrays or shapes) is needed with `frozen`: the labels are computed from it once.
     """
-    if cfg.name != "adamw":
-        raise UserError(f"optimizer.name={cfg.name!r}: only 'adamw' is supported.")
+    if cfg.name not in OPTIMIZERS:
+        raise UserError(f"optimizer.name={cfg.name!r}: expected one of {', '.join(OPTIMIZERS)}.")
     parts = []
     if cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-    parts.append(optax.adamw(schedule(cfg, peak_lr, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=_decay_mask))
+    lr = schedule(cfg, peak_lr, total_steps)
+    if cfg.name == "adamw":
+        parts.append(optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                                 weight_decay=cfg.weight_decay, mask=_decay_mask))
+    else:
+        # MobileBERT's lamb_optimizer.py: biases and norms get neither weight decay nor the
+        # trust ratio (optax.lamb would apply the ratio to every tensor).
+        parts += [optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+                  optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask),
+                  optax.masked(optax.scale_by_trust_ratio(), _decay_mask),
+                  optax.scale_by_learning_rate(lr)]
     tx = optax.chain(*parts)
     if frozen is None:
         return tx

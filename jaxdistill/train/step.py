@@ -44,13 +44,14 @@ def teacher_forward(ctx: StepContext, teacher_params: dict[str, Any], batch: Bat
 
 
 def loss_fn(params: dict, ctx: StepContext, teacher_out: dict[str, Outputs], batch: Batch,
-            rng: jax.Array) -> tuple[jax.Array, Metrics]:
+            rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
     student_params = freeze(params["student"], ctx.frozen)
     student_out = ctx.student.apply(student_params, batch, wants=ctx.method.wants()[STUDENT],
                                     train=True, rngs={"dropout": rng})
     # The method's own dropout gets a key of its own: the student's stays what it always was.
+    scheduled = {"step": step} if ctx.method.reads_step else {}
     return ctx.method.loss(params["method"], {STUDENT: student_out, **teacher_out}, batch,
-                           rng=jax.random.fold_in(rng, 1))
+                           rng=jax.random.fold_in(rng, 1), **scheduled)
 
 
 def freeze(params: dict, prefixes: tuple[str, ...]) -> dict:
@@ -71,7 +72,7 @@ def _grads(state: TrainState, ctx: StepContext, teacher_params: Any, batch: Batc
     def one(micro: Batch, key: jax.Array):
         teacher_out = teacher_forward(ctx, teacher_params, micro)
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, ctx, teacher_out, micro, key)
+            state.params, ctx, teacher_out, micro, key, state.step)
         return grads, {"loss": loss, **terms}
 
     if ctx.grad_accum == 1:
@@ -94,7 +95,14 @@ def train_step(state: TrainState, teacher_params: Any, batch: Batch, ctx: StepCo
                ) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     grads, metrics = _grads(state, ctx, teacher_params, batch, rng)
+    scale = ctx.method.update_scale(state.step, state.params)
+    if scale is not None:
+        # A parameter scaled to 0 this step is frozen: no gradient reaches the clip norm or the
+        # optimizer's moments, and its update is 0 (MobileBERT's layer-wise gate).
+        grads = jax.tree.map(lambda g, s: jnp.where(s > 0, g, jnp.zeros_like(g)), grads, scale)
     updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
+    if scale is not None:
+        updates = jax.tree.map(lambda u, s: (u * s).astype(u.dtype), updates, scale)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": ctx.lr_schedule(state.step)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -20,7 +20,8 @@ inside any phase is exact):
                 sub-phase warms up again (`get_background_lr`, `phase_warmup`);
   joint         every layer's transfer loss at once, the encoder trains, the rest frozen;
   distillation  pretraining distillation of the whole student.
-A phase's `steps` is its length; the last phase may leave it out and run to the end of the run.
+A phase's `steps` is its length; the last phase may leave it out and run to the end of the run
+(a run longer than its schedule keeps the last phase's rule).
 `train_embeddings` lets the non-encoder parameters train with layer 0 during the transfer
 phases: for a teacher whose embeddings the student cannot copy (a BERT teacher rather than
 IB-BERT, whose embedding the paper copies into the student and freezes).
@@ -268,11 +269,6 @@ class MobileBert(Method):
         self._starts = np.asarray(starts, np.int64)
         self._lengths = lengths
         self._warm = warm
-
-    def segment_at(self, step: int) -> Segment:
-        """The segment a (host) step falls in; after an ending last phase, the last one."""
-        index = int(np.searchsorted(self._starts, step, side="right")) - 1
-        return self.segments[max(index, 0)]
 
     def _index(self, step: jax.Array) -> jax.Array:
         return jnp.maximum(jnp.searchsorted(jnp.asarray(self._starts[1:]), step, side="right"), 0)

@@ -20,6 +20,8 @@ _COSINE_EPS = 1e-12
 _PROB_FLOOR = 1e-30
 # torch.nn.functional.normalize's default eps: the smallest norm a vector is divided by.
 _NORMALIZE_EPS = 1e-12
+# tf.contrib.layers.layer_norm's variance epsilon (MobileBERT's feature-map transfer).
+_LAYER_NORM_EPS = 1e-12
 
 
 def _f32(x: jax.Array) -> jax.Array:
@@ -192,3 +194,43 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
     """x / max(||x||, eps), written as sqrt(max(|x|^2, eps^2)) so a zero vector's gradient is 0."""
     sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
     return x / jnp.sqrt(jnp.maximum(sq, _NORMALIZE_EPS ** 2))
+
+
+def _layer_norm(x: jax.Array) -> jax.Array:
+    """Per-vector normalisation over the last axis, without parameters."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + _LAYER_NORM_EPS)
+
+
+def feature_map_mse(student: jax.Array, teacher: jax.Array, mask: jax.Array) -> jax.Array:
+    """MobileBERT's feature-map transfer (`run_pretraining.py`): MSE of two [B, T, H] layer
+    outputs, each through a LayerNorm without parameters (`layer_norm(trainable=False)`); the
+    mean runs over the real tokens' elements (`mask` [B, T]; the reference includes padding)."""
+    diff = _layer_norm(_f32(student)) - _layer_norm(_f32(teacher))
+    return _weighted_mean(jnp.square(diff), jnp.asarray(mask)[..., None])
+
+
+def mean_variance_terms(student: jax.Array, teacher: jax.Array, mask: jax.Array
+                        ) -> tuple[jax.Array, jax.Array]:
+    """MobileBERT's optional statistics transfer: (MSE of the per-token means, L1 of the
+    per-token variances) of two [B, T, H] layer outputs over the real tokens (`mask` [B, T])."""
+    s, t = _f32(student), _f32(teacher)
+    s_mean, t_mean = jnp.mean(s, -1), jnp.mean(t, -1)
+    s_var = jnp.mean(jnp.square(s - s_mean[..., None]), -1)
+    t_var = jnp.mean(jnp.square(t - t_mean[..., None]), -1)
+    return (_weighted_mean(jnp.square(t_mean - s_mean), mask),
+            _weighted_mean(jnp.abs(t_var - s_var), mask))
+
+
+def distillation_mlm(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
+                     weights: jax.Array, ground_truth_ratio: float, temperature: float
+                     ) -> jax.Array:
+    """MobileBERT's pretraining distillation: cross entropy against ratio * one-hot + (1 - ratio)
+    * softmax(teacher / T), averaged over the weighted masked positions ([B, P, V] logits,
+    [B, P] labels and weights)."""
+    teacher = jax.nn.softmax(_f32(teacher_logits) / temperature, axis=-1)
+    one_hot = jax.nn.one_hot(labels, student_logits.shape[-1], dtype=jnp.float32)
+    target = ground_truth_ratio * one_hot + (1.0 - ground_truth_ratio) * teacher
+    per_position = -jnp.sum(target * jax.nn.log_softmax(_f32(student_logits), -1), -1)
+    return _weighted_mean(per_position, weights)

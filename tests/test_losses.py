@@ -176,3 +176,31 @@ def test_empty_selection_gives_zero_not_nan():
     none = np.zeros((2, 3), np.float32)
     assert float(losses.kl_div_with_temperature(s, t, 2.0, none)) == 0.0
     assert float(losses.hard_cross_entropy(s, np.zeros((2, 3), np.int32), none)) == 0.0
+
+
+def test_mobilebert_feature_map_statistics_and_distillation_terms_match_references():
+    r = np.random.default_rng(0)
+    b, t, h, v = 2, 5, 8, 11
+    s, te = r.normal(size=(b, t, h)).astype(np.float32), r.normal(size=(b, t, h)).astype(np.float32)
+    mask = np.ones((b, t), np.float32)
+    mask[0, t - 2:] = 0
+    keep = torch.tensor(mask, dtype=torch.bool)
+    ln = lambda x: F.layer_norm(torch.tensor(x), (h,), eps=1e-12)  # noqa: E731
+    ref = ((ln(s) - ln(te)) ** 2).mean(-1).masked_select(keep).mean()
+    np.testing.assert_allclose(losses.feature_map_mse(s, te, mask), ref.numpy(), rtol=1e-5)
+
+    mean_term, var_term = losses.mean_variance_terms(s, te, mask)
+    sm, tm, sv, tv = s.mean(-1), te.mean(-1), s.var(-1), te.var(-1)
+    np.testing.assert_allclose(mean_term, ((tm - sm) ** 2)[mask > 0].mean(), rtol=1e-5)
+    np.testing.assert_allclose(var_term, np.abs(tv - sv)[mask > 0].mean(), rtol=1e-5)
+
+    logits_s, logits_t = r.normal(size=(b, 3, v)), r.normal(size=(b, 3, v)) * 2
+    labels = r.integers(0, v, size=(b, 3))
+    weights = np.array([[1, 1, 0], [1, 0, 0]], np.float32)
+    target = 0.5 * F.one_hot(torch.tensor(labels), v) + 0.5 * torch.softmax(
+        torch.tensor(logits_t) / 2.0, -1)
+    per = F.cross_entropy(torch.tensor(logits_s).reshape(-1, v), target.reshape(-1, v),
+                          reduction="none").reshape(b, 3).numpy()
+    np.testing.assert_allclose(
+        losses.distillation_mlm(logits_s, logits_t, labels, weights, 0.5, 2.0),
+        (per * weights).sum() / weights.sum(), rtol=1e-5)

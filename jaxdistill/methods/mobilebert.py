@@ -47,8 +47,6 @@ from jaxdistill.methods.base import STUDENT, TEACHER, Batch, Method, Metrics, re
 from jaxdistill.models.base import Model, Outputs, Wants
 
 PHASE_KINDS = ("progressive", "joint", "distillation")
-# contrib.layers.layer_norm's variance epsilon.
-_LN_EPS = 1e-12
 _OPEN_END = np.iinfo(np.int32).max
 
 
@@ -155,54 +153,13 @@ def segments(phases: tuple[Phase, ...], num_layers: int) -> list[Segment]:
     return out
 
 
-def background_lr(t: jax.Array, length: int) -> jax.Array:
-    """`distill_util.get_background_lr` inside one progressive sub-phase, t steps in: a linear
-    warmup over its first 10% (0 at t = 0) meeting a slow square-root decay from 1 to 0.9."""
-    if length <= 1:
-        return jnp.ones((), jnp.float32)
-    left = 1.0 - jnp.minimum(t.astype(jnp.float32), length) / length
-    return jnp.minimum(0.1 * jnp.sqrt(left) + 0.9, 10.0 * (1.0 - left))
-
-
-def _layer_norm(x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + _LN_EPS)
-
-
-def feature_map_mse(student: jax.Array, teacher: jax.Array, mask: jax.Array) -> jax.Array:
-    """MSE of two [B, T, H] layer outputs, each normalised per token without parameters; mean over
-    the real tokens' elements."""
-    sq = jnp.mean(jnp.square(_layer_norm(student) - _layer_norm(teacher)), axis=-1)
-    w = mask.astype(jnp.float32)
-    return jnp.sum(sq * w) / jnp.maximum(jnp.sum(w), 1.0)
-
-
-def mean_variance_terms(student: jax.Array, teacher: jax.Array, mask: jax.Array
-                        ) -> tuple[jax.Array, jax.Array]:
-    """(MSE of the per-token means, L1 of the per-token variances) over the real tokens."""
-    s, t = student.astype(jnp.float32), teacher.astype(jnp.float32)
-    s_mean, t_mean = jnp.mean(s, -1), jnp.mean(t, -1)
-    s_var = jnp.mean(jnp.square(s - s_mean[..., None]), -1)
-    t_var = jnp.mean(jnp.square(t - t_mean[..., None]), -1)
-    w = mask.astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(w), 1.0)
-    return (jnp.sum(jnp.square(t_mean - s_mean) * w) / count,
-            jnp.sum(jnp.abs(t_var - s_var) * w) / count)
-
-
-def distillation_mlm(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
-                     weights: jax.Array, ground_truth_ratio: float, temperature: float
-                     ) -> jax.Array:
-    """Cross entropy against ratio * one-hot + (1 - ratio) * softmax(teacher / T), averaged over
-    the weighted masked positions ([B, P, V] logits, [B, P] labels and weights)."""
-    teacher = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
-    one_hot = jax.nn.one_hot(labels, student_logits.shape[-1], dtype=jnp.float32)
-    target = ground_truth_ratio * one_hot + (1.0 - ground_truth_ratio) * teacher
-    per_position = -jnp.sum(target * jax.nn.log_softmax(student_logits.astype(jnp.float32), -1), -1)
-    w = weights.astype(jnp.float32)
-    return jnp.sum(per_position * w) / jnp.maximum(jnp.sum(w), 1e-12)
+def background_lr(t: jax.Array, length: jax.Array) -> jax.Array:
+    """`distill_util.get_background_lr` inside one progressive sub-phase of `length` steps, t steps
+    in: a linear warmup over its first 10% (0 at t = 0) meeting a slow square-root decay from 1
+    to 0.9; 1 for a sub-phase of one step."""
+    t, n = jnp.asarray(t, jnp.float32), jnp.asarray(length, jnp.float32)
+    left = 1.0 - jnp.minimum(t, n) / jnp.maximum(n, 1.0)
+    return jnp.where(n > 1, jnp.minimum(0.1 * jnp.sqrt(left) + 0.9, 10.0 * (1.0 - left)), 1.0)
 
 
 def _stacked(per_layer: Any) -> jax.Array:
@@ -266,18 +223,18 @@ class MobileBert(Method):
         self._layer_lr = np.stack(layer_lr).astype(np.float32)
         self._other_lr = np.asarray(other_lr, np.float32)
         self._distill = np.asarray(distill, np.float32)
-        self._starts = np.asarray(starts, np.int64)
-        self._lengths = lengths
-        self._warm = warm
+        self._starts = np.asarray(starts, np.int32)
+        self._lengths = np.asarray(lengths, np.int32)
+        self._warm = np.asarray(warm)
 
     def _index(self, step: jax.Array) -> jax.Array:
         return jnp.maximum(jnp.searchsorted(jnp.asarray(self._starts[1:]), step, side="right"), 0)
 
     def _background(self, step: jax.Array, index: jax.Array) -> jax.Array:
         """The warmup factor of the current progressive sub-phase (1 elsewhere)."""
-        factors = [background_lr(step - int(start), length) if warm else jnp.ones((), jnp.float32)
-                   for start, length, warm in zip(self._starts, self._lengths, self._warm)]
-        return jnp.stack(factors)[index]
+        factor = background_lr(step - jnp.asarray(self._starts)[index],
+                               jnp.asarray(self._lengths)[index])
+        return jnp.where(jnp.asarray(self._warm)[index], factor, 1.0)
 
     def update_scale(self, step: jax.Array, params: dict) -> dict:
         index = self._index(step)
@@ -318,13 +275,13 @@ class MobileBert(Method):
             s_h = _stacked(student.hidden_states)[1:]
             t_h = _stacked(teacher.hidden_states)[1:]
             terms = {"feature_map": (opts.hidden_factor,
-                                     jax.vmap(feature_map_mse, (0, 0, None))(s_h, t_h, mask))}
+                                     jax.vmap(losses.feature_map_mse, (0, 0, None))(s_h, t_h, mask))}
             if opts.attention_factor > 0:
                 terms["attention"] = (opts.attention_factor, jax.vmap(
                     losses.attention_kl, (0, 0, None))(_stacked(student.attention_probs),
                                                        _stacked(teacher.attention_probs), mask))
             if opts.mean_factor > 0 or opts.variance_factor > 0:
-                means, variances = jax.vmap(mean_variance_terms, (0, 0, None))(s_h, t_h, mask)
+                means, variances = jax.vmap(losses.mean_variance_terms, (0, 0, None))(s_h, t_h, mask)
                 terms["mean"] = (opts.mean_factor, means)
                 terms["variance"] = (opts.variance_factor, variances)
             for key, (factor, per_layer) in terms.items():
@@ -332,7 +289,7 @@ class MobileBert(Method):
                 metrics[f"loss/{key}"] = term
                 total = total + term
         if opts.distills:
-            term = distillation_mlm(student.logits, teacher.logits, batch["masked_ids"],
+            term = losses.distillation_mlm(student.logits, teacher.logits, batch["masked_ids"],
                                     batch["masked_weights"], opts.ground_truth_ratio,
                                     opts.temperature)
             on = jnp.asarray(self._distill)[index]

@@ -21,6 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxdistill.errors import UserError
 
@@ -204,8 +205,6 @@ class Model(abc.ABC):
         -1 for the rest (embeddings, pooler, heads); for layers stacked on a leading 'layers'
         axis (scan), an int array over that axis. Read from the names every kind uses:
         `layer_{i}` path components and the 'layers' logical axis."""
-        from flax.traverse_util import flatten_dict, unflatten_dict
-
         shapes = flatten_dict(jax.eval_shape(self.init, jax.random.key(0)))
         specs = flatten_dict(self.logical_axes())
         out = {}
@@ -316,8 +315,6 @@ def host_draw(shapes: Any, std: float, dtype: Any, rng: jax.Array) -> dict:
     scheme of our modules and transformers' `_init_weights`: kernels and embeddings ~
     normal(std), norm scales 1, the rest (biases) 0. Cheaper than compiling a model's `init`
     for the few tensors a loaded checkpoint lacks (heads, pooler)."""
-    from flax.traverse_util import flatten_dict, unflatten_dict
-
     if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.key_data(rng)  # typed key (jax.random.key) -> its uint32 words
     gen = np.random.default_rng(np.asarray(rng).astype(np.uint32).ravel().tolist())

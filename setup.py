@@ -35,6 +35,7 @@ setup(
         "tqdm",
         "tensorboardX",
         "matplotlib",
+        "sacrebleu>=2.4",
     ],
     extras_require={"demo": DEMO, "test": TEST},
     entry_points={"console_scripts": ["jaxdistill=jaxdistill.cli:main"]},

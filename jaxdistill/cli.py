@@ -68,6 +68,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({k: report[k] for k in ("model", "task", "report", "plot")}
                          | {"rows": report["rows"]}))
         return 0
+    if cfg.task.name in seq2seq_tasks():
+        from jaxdistill.train import seq2seq
+
+        print(json.dumps(seq2seq.evaluate_model(args.model, cfg, split=args.split)))
+        return 0
+    if args.split == "test":
+        from jaxdistill.errors import UserError
+
+        raise UserError("--split test: only sequence-to-sequence tasks have a test split here; "
+                        "use dev or train.")
     if cfg.tasks or _is_multitask(args.model):
         from jaxdistill.train import multitask
 
@@ -76,6 +86,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(json.dumps(finetune.evaluate_model(args.model, cfg.task, cfg.seq_len,
                                              cfg.eval_batch_size, split=args.split)))
     return 0
+
+
+def seq2seq_tasks() -> tuple[str, ...]:
+    from jaxdistill.data.seq2seq import TASKS
+
+    return TASKS
 
 
 def _is_multitask(model_ref: str) -> bool:
@@ -102,6 +118,8 @@ def cmd_augment(args: argparse.Namespace) -> int:
         from jaxdistill.teacher_data import tang_augment as augment
     elif isinstance(cfg, config.EnsembleTargetsConfig):
         from jaxdistill.teacher_data import ensemble as augment
+    elif isinstance(cfg, config.CmlmTopKConfig):
+        from jaxdistill.teacher_data import cmlm_topk as augment
     else:
         from jaxdistill.teacher_data import tinybert_augment as augment
     print(json.dumps(augment.run(cfg)))
@@ -148,7 +166,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxdistill.config import (AugmentConfig, EnsembleTargetsConfig, FinetuneConfig,
+    from jaxdistill.config import (AugmentConfig, CmlmTopKConfig, EnsembleTargetsConfig,
+                                   FinetuneConfig,
                                    PretrainConfig, TangAugmentConfig)
 
     parser = argparse.ArgumentParser(
@@ -176,11 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dotted overrides, e.g. steps=100 task.name=sst2 method.name=kd")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("evaluate", help="a classifier (checkpoint or HF dir) on a task's dev set",
+    p = sub.add_parser("evaluate", help="a classifier (checkpoint or HF dir) on a task's dev set; "
+                                        "a seq2seq student: BLEU and sample outputs",
                        formatter_class=fmt, epilog=_keys_epilog(FinetuneConfig))
     p.add_argument("--model", required=True,
                    help="finetune run dir, its best/ dir, an Orbax step dir or a HF directory")
-    p.add_argument("--split", choices=("dev", "train"), default="dev")
+    p.add_argument("--split", choices=("dev", "train", "test"), default="dev",
+                   help="test: sequence-to-sequence tasks only (their fixed test split)")
     p.add_argument("--speeds", help="FastBERT adaptive inference: comma-separated exit "
                                     "thresholds, e.g. 0,0.1,0.3,0.5,0.8 (0 = the full model); "
                                     "writes report.json and speed_sweep.png")
@@ -195,11 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("augment", help="teacher-made training sets of a task: TinyBERT's "
                                        "augmentation; method=tang: Tang et al.'s, teacher-"
-                                       "labelled; method=ensemble: MT-DNN's soft targets",
+                                       "labelled; method=ensemble: MT-DNN's soft targets; "
+                                       "method=cmlm_topk: C-MLM's top-K teacher logits",
                        formatter_class=fmt,
                        epilog=_keys_epilog(AugmentConfig) + "\n\nwith method: tang\n"
                        + _keys_epilog(TangAugmentConfig) + "\n\nwith method: ensemble\n"
-                       + _keys_epilog(EnsembleTargetsConfig))
+                       + _keys_epilog(EnsembleTargetsConfig) + "\n\nwith method: cmlm_topk\n"
+                       + _keys_epilog(CmlmTopKConfig))
     p.add_argument("--config", help="YAML recipe (default: configs/task/augment.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. n=4 p_t=0.4")
     p.set_defaults(func=cmd_augment)

@@ -241,6 +241,20 @@ class TaskConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """How a sequence-to-sequence student writes its outputs in `jaxdistill evaluate` and in its
+    export's generation_config.json (beam_size 1: greedy). Dev BLEU during training (checkpoint
+    selection) is always greedy: one pass, no beam."""
+
+    _RANGES: ClassVar[dict[str, str]] = {"beam_size": "[1, inf)", "length_penalty": "[0, inf)",
+                                          "samples": "[0, inf)"}
+
+    beam_size: int = 5  # Distill-BERT-Textgen's evaluation: beam 5, length penalty 0.6
+    length_penalty: float = 0.6  # score = sum log p / length ** length_penalty
+    samples: int = 5  # outputs printed with the scores
+
+
+@dataclasses.dataclass(frozen=True)
 class FinetuneConfig(RunConfig):
     """`jaxdistill finetune`: plain fine-tuning or task distillation on one task.
 
@@ -251,7 +265,7 @@ class FinetuneConfig(RunConfig):
 
     _RANGES: ClassVar[dict[str, str]] = {**RunConfig._RANGES, "epochs": "(0, inf)",
                                           "eval_batch_size": "[1, inf)", "eval_every": "[1, inf)",
-                                          "select": "best|last"}
+                                          "select": "best|last", "target_len": "[2, inf)"}
 
     run_dir: str = "runs/task_teacher"
     steps: int = 0  # 0 = epochs * steps per epoch
@@ -268,6 +282,10 @@ class FinetuneConfig(RunConfig):
     student: StudentConfig = StudentConfig(init="package:minilm")
     method: MethodConfig = MethodConfig(name="finetune")
     task: TaskConfig = TaskConfig()
+    # Sequence-to-sequence tasks (method cmlm): target slots, the target's tokens and its end
+    # token (seq_len is the source's); the C-MLM teacher reads seq_len + target_len.
+    target_len: int = 32
+    decode: DecodeConfig = DecodeConfig()
     # Multi-task training (method mtdnn): {task id: task keys}, in place of `task`. A task's
     # `name` defaults to its id; its `augmented` file may carry ensemble soft targets.
     tasks: dict[str, TaskConfig] = dataclasses.field(default_factory=dict)
@@ -363,10 +381,35 @@ class EnsembleTargetsConfig:
     chunk_size: int = 2000  # examples per resumable part of the output
 
 
+@dataclasses.dataclass(frozen=True)
+class CmlmTopKConfig:
+    """`jaxdistill augment` with method: cmlm_topk: C-MLM's teacher soft targets. Every training
+    pair is copied `copies` times, copy c masking the target slots j with j % copies == c (each
+    slot masked exactly once); the conditional-MLM teacher's `top_k` largest logits over the
+    student's vocabulary, and their ids, are stored per target slot. The student's vocabulary
+    (the teacher's pieces of the training text) is written beside `out`."""
+
+    _RANGES: ClassVar[dict[str, str]] = {"copies": "[1, inf)", "top_k": "[1, inf)",
+                                          "batch_size": "[1, inf)", "seq_len": "[3, inf)",
+                                          "target_len": "[2, inf)", "chunk_size": "[1, inf)"}
+
+    method: str = "cmlm_topk"
+    out: str = "runs/cmlm/topk.jsonl"
+    teacher: str = "runs/cmlm_teacher/best"  # a run of configs/task/cmlm_teacher.yaml
+    task: TaskConfig = TaskConfig(name="wordnet_definitions")
+    copies: int = 7
+    top_k: int = 8
+    batch_size: int = 128  # teacher forward batch (masked copies)
+    seq_len: int = 24  # the source's slots, as the teacher was trained
+    target_len: int = 24
+    chunk_size: int = 2000  # pairs per resumable part of the output
+
+
 AUGMENT_CONFIGS = {"tinybert": AugmentConfig, "tang": TangAugmentConfig,
-                   "ensemble": EnsembleTargetsConfig}
+                   "ensemble": EnsembleTargetsConfig, "cmlm_topk": CmlmTopKConfig}
 AUGMENT_RECIPES = {"tinybert": "task/augment.yaml", "tang": "task/bilstm_augment.yaml",
-                   "ensemble": "task/mtdnn/targets_rotten_tomatoes.yaml"}
+                   "ensemble": "task/mtdnn/targets_rotten_tomatoes.yaml",
+                   "cmlm_topk": "task/cmlm_topk.yaml"}
 
 
 # --------------------------------------------------------------------------------------------

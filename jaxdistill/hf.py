@@ -48,6 +48,9 @@ def _forward(model: Model, params: dict, input_ids, attention_mask, token_type_i
              wants: Wants) -> ModelOutputs:
     batch = {"input_ids": input_ids, "attention_mask": attention_mask,
              "token_type_ids": token_type_ids}
+    if model.kind == "seq2seq":  # token_type_ids carries the decoder inputs
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+                 "decoder_input_ids": token_type_ids}
     out = model.apply(params, batch, wants=wants, train=False)
     # Our model stacks per-layer arrays on axis 0; transformers returns tuples.
     hidden = tuple(out.hidden_states) if out.hidden_states is not None else None
@@ -87,13 +90,21 @@ class HFModel:
 
     def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, *,
                  output_hidden_states: bool = True, output_attentions: bool = True,
-                 speed: float | None = None) -> ModelOutputs:
+                 speed: float | None = None, decoder_input_ids: Any = None) -> ModelOutputs:
         """Forward pass on [B, T] token ids (numpy, lists, jax or CPU torch tensors).
 
         speed: FastBERT adaptive inference (a directory with exit branches): each row exits at
         the first layer whose branch's normalised entropy is below `speed`; 0 is the full model.
         Only logits and exit_layers are returned then.
+        decoder_input_ids: a seq2seq model's decoder inputs (required for one): logits only.
         """
+        if self.model.kind == "seq2seq":
+            if decoder_input_ids is None:
+                raise ValueError("a seq2seq model needs decoder_input_ids (or use generate)")
+            ids = _ids(input_ids)
+            mask = jnp.ones_like(ids) if attention_mask is None else _ids(attention_mask)
+            out = self._jitted(self.params, ids, mask, _ids(decoder_input_ids), wants=Wants())
+            return ModelOutputs(last_hidden_state=None, logits=out.logits)
         if speed is not None:
             if self.early_exit is None:
                 raise ValueError("this model has no FastBERT exit branches; `speed` needs a "
@@ -111,8 +122,32 @@ class HFModel:
         return self._jitted(self.params, _ids(input_ids), _ids(attention_mask),
                             _ids(token_type_ids), wants=wants)
 
+    def generate(self, input_ids: Any, attention_mask: Any = None, *, max_len: int | None = None,
+                 beam_size: int = 1, length_penalty: float = 1.0) -> np.ndarray:
+        """A seq2seq model's outputs: int32 [B, max_len] token ids after the start token, pad
+        after the end token (greedy for beam_size 1; `transformers`' generate gives the same
+        greedy tokens)."""
+        if self.model.kind != "seq2seq":
+            raise ValueError(f"generate needs a seq2seq model, this one is '{self.model.kind}'")
+        from jaxdistill import sharding
+        from jaxdistill.config import MeshConfig
+        from jaxdistill.inference.generate import make_generate
+
+        ids = np.asarray(_ids(input_ids))
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(_ids(attention_mask))
+        mesh = sharding.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+        params_sh = sharding.shardings_for(self.model.logical_axes(), self.params, mesh)
+        fn, _ = make_generate(self.model, params_sh, mesh,
+                              max_len or self.config.max_position_embeddings, beam_size,
+                              length_penalty)
+        with mesh:
+            return np.asarray(fn(self.params, {"input_ids": ids, "attention_mask": mask}))
+
     def __repr__(self) -> str:
         c = self.config
+        if self.model.kind == "seq2seq":
+            return (f"HFModel({self.architecture}, encoder_layers={c.encoder_layers}, "
+                    f"decoder_layers={c.decoder_layers}, d_model={c.d_model})")
         return (f"HFModel({self.architecture or getattr(c, 'flavor', c.kind)}, "
                 f"layers={c.num_layers}, "
                 f"hidden={c.hidden_size}, heads={c.num_heads}, head={c.head!r})")

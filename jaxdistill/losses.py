@@ -163,15 +163,31 @@ def kd_kl_elementwise_mean(student_logits: jax.Array, teacher_logits: jax.Array,
     return kl_div_with_temperature(s, teacher_logits, temperature) / s.shape[-1]
 
 
-def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
+def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float,
+                           weights: jax.Array | None = None) -> jax.Array:
     """`torch.nn.CrossEntropyLoss(label_smoothing=eps)`: targets (1 - eps) one-hot + eps / C.
 
-    Logits [..., C], integer labels [...]; mean over rows. smoothing=0 is `hard_cross_entropy`.
+    Logits [..., C], integer labels [...]; mean over the weighted rows (`weights` [...]: 1 on
+    real tokens, 0 on padding, as `ignore_index`). smoothing=0 is `hard_cross_entropy`.
     """
     log_probs = jax.nn.log_softmax(_f32(logits), axis=-1)
     nll = -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
     uniform = -jnp.mean(log_probs, axis=-1)
-    return jnp.mean((1.0 - smoothing) * nll + smoothing * uniform)
+    return _weighted_mean((1.0 - smoothing) * nll + smoothing * uniform, weights)
+
+
+def topk_distillation(student_logits: jax.Array, topk_ids: jax.Array, topk_logits: jax.Array,
+                      temperature: float, weights: jax.Array | None = None) -> jax.Array:
+    """C-MLM's KD term (Distill-BERT-Textgen's OpenNMT loss): -sum_k q_k log p(topk_ids_k), q
+    the teacher's top-K logits renormalised with softmax(z / T), p the student's softmax at
+    T = 1 over the whole vocabulary; no T^2; mean over the weighted tokens.
+
+    student_logits [..., V]; topk_ids / topk_logits [..., K]; weights [...].
+    """
+    log_probs = jax.nn.log_softmax(_f32(student_logits), axis=-1)
+    picked = jnp.take_along_axis(log_probs, topk_ids.astype(jnp.int32), axis=-1)
+    q = jax.nn.softmax(_f32(topk_logits) / temperature, axis=-1)
+    return _weighted_mean(-jnp.sum(q * picked, axis=-1), weights)
 
 
 def patience_loss(student: jax.Array, teacher: jax.Array, normalize: bool = True) -> jax.Array:

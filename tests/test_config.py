@@ -38,8 +38,21 @@ def test_every_task_recipe_validates_and_builds_its_method():
             cfg = config.load_augment(path)
             assert len(cfg.teachers) == 3 and cfg.task.name in cfg.out, path
             continue
+        if config.read_yaml(path).get("method") == "cmlm_topk":  # C-MLM's teacher targets
+            cfg = config.load_augment(path)
+            assert (cfg.copies, cfg.top_k, cfg.task.name) == (7, 8, "wordnet_definitions"), path
+            continue
         cfg = config.load(config.FinetuneConfig, path)
         assert cfg.steps > 0 or cfg.epochs > 0, path
+        if cfg.method.name == "cmlm":  # a sequence-to-sequence task: a BERT MLM or a seq2seq
+            from jaxdistill.methods import method_class, parse_options
+
+            cls = method_class("cmlm")
+            options = parse_options(cls, cfg.method.options)
+            kind = {"teacher": "bert", "student": "seq2seq"}[options.stage]
+            assert cfg.student.kind == kind and cfg.task.name == "wordnet_definitions", path
+            assert cls.roles(options)["student"] == {"bert": "mlm", "seq2seq": "lm"}[kind], path
+            continue
         runtime = {k: v for k, v in cfg.student.architecture.items()
                    if k in Bert.RUNTIME_FIELDS}  # e.g. FastBERT's dropout-free backbone
         method = make_method(cfg.method.name, cfg.method.options, student.replace(**runtime),

@@ -33,7 +33,7 @@ from jaxdistill.convert.native import (EXPORTED_INFO, EXPORTED_PARAMS, is_native
 log = logging.getLogger(__name__)
 
 # Kinds whose config is what hf_dir's families read and write.
-HF_KINDS = ("bert", "mobilebert")
+HF_KINDS = ("bert", "mobilebert", "seq2seq")
 
 
 def read_model_dir(path: str | os.PathLike, head: str = "auto", rng=None

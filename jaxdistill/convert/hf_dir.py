@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxdistill import models
 from jaxdistill.assets import resolve_model_path
+from jaxdistill.convert import bart as bart_family
 from jaxdistill.convert import bert as bert_family
 from jaxdistill.convert import distilbert as distilbert_family
 from jaxdistill.convert import mobilebert as mobilebert_family
@@ -35,7 +36,7 @@ from jaxdistill.errors import UserError
 log = logging.getLogger(__name__)
 
 FAMILIES: dict[str, ModuleType] = {"bert": bert_family, "distilbert": distilbert_family,
-                                   "mobilebert": mobilebert_family}
+                                   "mobilebert": mobilebert_family, "bart": bart_family}
 # Architecture name -> (family module, head our model gives it).
 SUPPORTED: dict[str, tuple[ModuleType, str]] = {
     arch: (fam, head) for fam in FAMILIES.values() for arch, head in fam.ARCHITECTURES.items()}
@@ -267,6 +268,8 @@ def write_hf_dir(
     replace_file(out / SAFETENSORS, lambda f: save_file(tensors, str(f), metadata={"format": "pt"}))
     replace_file(out / "config.json",
                   lambda f: f.write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n"))
+    if hasattr(family, "write_extras"):  # e.g. BART's generation_config.json
+        family.write_extras(cfg, out)
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, out)
     return out

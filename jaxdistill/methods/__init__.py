@@ -6,7 +6,7 @@ from typing import Any
 from jaxdistill.config import from_dict, lookup
 from jaxdistill.errors import UserError
 from jaxdistill.methods import (  # noqa: F401  (registers each method)
-    bilstm, distilbert, fastbert, finetune, kd, mlm, mobilebert, mtdnn, pkd, tinybert)
+    bilstm, cmlm, distilbert, fastbert, finetune, kd, mlm, mobilebert, mtdnn, pkd, tinybert)
 from jaxdistill.methods.base import REGISTRY, Method
 from jaxdistill.models.base import Model
 

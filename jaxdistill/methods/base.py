@@ -51,6 +51,9 @@ class Method(abc.ABC):
     # Whether `loss` takes `step=` (the optimizer updates done before this one, a traced int32
     # scalar): losses that follow a schedule of phases (MobileBERT's progressive transfer).
     reads_step: ClassVar[bool] = False
+    # Whether it trains on a sequence-to-sequence task (source -> target text: train/seq2seq.py,
+    # data/seq2seq.py) rather than a classification one (C-MLM's two stages).
+    seq2seq: ClassVar[bool] = False
 
     # --- the models it needs --------------------------------------------------------------------
     @classmethod

@@ -183,6 +183,10 @@ def check_train_arrays(cfg: FinetuneConfig, method: Any, train: dict[str, np.nda
 def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune or distil to the end; returns a summary with the best dev metric."""
     config_lib.check_ranges(cfg)  # also for a config built in code
+    if method_class(cfg.method.name).seq2seq:
+        from jaxdistill.train import seq2seq
+
+        return seq2seq.run(cfg)
     if method_class(cfg.method.name).multi_task or cfg.tasks:
         from jaxdistill.train import multitask
 

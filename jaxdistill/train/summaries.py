@@ -11,7 +11,7 @@ import numpy as np
 from jaxdistill.convert import HF_KINDS
 
 HF_CLASSES = {"classifier": "AutoModelForSequenceClassification", "mlm": "AutoModelForMaskedLM",
-              "none": "AutoModel"}
+              "none": "AutoModel", "lm": "AutoModelForSeq2SeqLM"}
 
 
 def _millions(n: int) -> str:

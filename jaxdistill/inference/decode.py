@@ -1,0 +1,128 @@
+"""Autoregressive decoding (greedy and beam search) for sequence-to-sequence models, under jit.
+
+The model is a pure function `logits_fn(state, tokens, t) -> [N, V]` float logits:
+
+- `state`: a pytree of arrays whose leading axis is the batch N (encoder output, its mask, ...).
+- `tokens`: int32 [N, max_len + 1]; column 0 is the decoder start token, columns 1..t the tokens
+  generated so far, later columns pad_id.
+- `t`: a traced int32 scalar; the logits are for column t + 1, the token after position t.
+
+Shapes are static (the buffer always has max_len + 1 columns and the loop is a `lax.scan`), so
+one compilation serves every batch of the same shape. The functions are jittable as they are;
+bind the model and the ints with `functools.partial` and jit over `state`:
+
+    decode = jax.jit(functools.partial(beam_search, logits_fn, beam_size=4, max_len=32,
+                                       start_id=0, eos_id=1, pad_id=0))
+    tokens, scores = decode(state)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+LogitsFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+
+def _batch_size(state: Any) -> int:
+    return jax.tree_util.tree_leaves(state)[0].shape[0]
+
+
+def _start_buffer(n: int, max_len: int, start_id: int, pad_id: int) -> jax.Array:
+    buf = jnp.full((n, max_len + 1), pad_id, jnp.int32)
+    return buf.at[:, 0].set(start_id)
+
+
+def greedy_search(logits_fn: LogitsFn, state: Any, *, max_len: int, start_id: int, eos_id: int,
+                  pad_id: int) -> jax.Array:
+    """Argmax decoding: int32 [N, max_len] generated tokens (start token excluded).
+
+    After a row emits eos its later positions are pad_id, as in Hugging Face's greedy
+    `generate` output after its start token, padded to max_len. Unlike beam_search, the pad
+    logit is not masked here, so that the output matches Hugging Face's greedy token for token.
+    """
+    n = _batch_size(state)
+
+    def step(carry, t):
+        buf, done = carry
+        nxt = jnp.argmax(logits_fn(state, buf, t), axis=-1).astype(jnp.int32)
+        nxt = jnp.where(done, pad_id, nxt)
+        buf = buf.at[:, t + 1].set(nxt)
+        return (buf, done | (nxt == eos_id)), None
+
+    init = (_start_buffer(n, max_len, start_id, pad_id), jnp.zeros((n,), bool))
+    (buf, _), _ = lax.scan(step, init, jnp.arange(max_len, dtype=jnp.int32))
+    return buf[:, 1:]
+
+
+def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int, start_id: int,
+                eos_id: int, pad_id: int, length_penalty: float = 1.0
+                ) -> tuple[jax.Array, jax.Array]:
+    """Beam search: the best hypothesis per row, (tokens int32 [N, max_len], scores float32 [N]).
+
+    Contract:
+    - log-probabilities are `log_softmax(logits)` over the full vocabulary; pad_id is then set
+      to -inf, so it is never generated (the probability mass is not renormalised). The start
+      token is not masked.
+    - A hypothesis's raw score is the sum of its tokens' log-probabilities, eos included. It is
+      finished when it emits eos (its length n counts the eos) or reaches max_len tokens
+      without eos (n = max_len); its final score is raw / n ** length_penalty (Hugging Face's
+      convention, n = generated length).
+    - Each step expands every alive beam by all V tokens and keeps the top 2 * beam_size of the
+      beam_size * V candidates by raw score. Those ending in eos compete, by final score, with
+      the finished set for its beam_size places; the best beam_size others stay alive. At the
+      first step only beam 0 is live (the others start at -inf, so no duplicates). After the
+      last step the alive beams are finished with n = max_len.
+    - Returned: the best finished hypothesis, tokens padded with pad_id after its eos.
+
+    `state` is repeated beam_size times per row (rows n * beam_size .. n * beam_size +
+    beam_size - 1 belong to row n), so logits_fn sees N * beam_size rows.
+    """
+    n, b = _batch_size(state), beam_size
+    tiled = jax.tree_util.tree_map(lambda x: jnp.repeat(x, b, axis=0), state)
+    neg_inf = jnp.float32(-jnp.inf)
+
+    def penalise(raw, length):
+        return raw / jnp.asarray(length, jnp.float32) ** length_penalty
+
+    def step(carry, t):
+        alive_buf, alive_raw, fin_tok, fin_score = carry  # [N,B,L+1], [N,B], [N,B,L], [N,B]
+        logits = logits_fn(tiled, alive_buf.reshape(n * b, max_len + 1), t)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        logp = logp.at[:, pad_id].set(neg_inf)
+        v = logp.shape[-1]
+        cand = (alive_raw[:, :, None] + logp.reshape(n, b, v)).reshape(n, b * v)
+        # 2B candidates: at most B of them end in eos, so B non-eos ones always remain.
+        raw, idx = lax.top_k(cand, 2 * b)
+        beam, tok = idx // v, (idx % v).astype(jnp.int32)
+        buf = jnp.take_along_axis(alive_buf, beam[:, :, None], axis=1).at[:, :, t + 1].set(tok)
+        is_eos = tok == eos_id
+
+        # Finished: merge the eos candidates (scored with n = t + 1) into the best B so far.
+        eos_score = jnp.where(is_eos, penalise(raw, t + 1), neg_inf)
+        all_score = jnp.concatenate([fin_score, eos_score], axis=1)
+        all_tok = jnp.concatenate([fin_tok, buf[:, :, 1:]], axis=1)
+        fin_score, keep = lax.top_k(all_score, b)
+        fin_tok = jnp.take_along_axis(all_tok, keep[:, :, None], axis=1)
+
+        # Alive: the best B candidates that did not end in eos.
+        alive_raw, keep = lax.top_k(jnp.where(is_eos, neg_inf, raw), b)
+        alive_buf = jnp.take_along_axis(buf, keep[:, :, None], axis=1)
+        return (alive_buf, alive_raw, fin_tok, fin_score), None
+
+    alive_buf = _start_buffer(n * b, max_len, start_id, pad_id).reshape(n, b, max_len + 1)
+    alive_raw = jnp.full((n, b), neg_inf).at[:, 0].set(0.0)
+    fin_tok = jnp.full((n, b, max_len), pad_id, jnp.int32)
+    fin_score = jnp.full((n, b), neg_inf)
+    init = (alive_buf, alive_raw, fin_tok, fin_score)
+    (alive_buf, alive_raw, fin_tok, fin_score), _ = lax.scan(
+        step, init, jnp.arange(max_len, dtype=jnp.int32))
+
+    # Alive beams ran out of room: finished with n = max_len.
+    score = jnp.concatenate([fin_score, penalise(alive_raw, max_len)], axis=1)
+    tokens = jnp.concatenate([fin_tok, alive_buf[:, :, 1:]], axis=1)
+    best = jnp.argmax(score, axis=1)
+    best_tok = jnp.take_along_axis(tokens, best[:, None, None], axis=1)[:, 0]
+    return best_tok, jnp.take_along_axis(score, best[:, None], axis=1)[:, 0]

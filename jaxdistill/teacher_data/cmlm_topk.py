@@ -1,0 +1,155 @@
+"""C-MLM's teacher soft targets: `jaxdistill augment` with method cmlm_topk.
+
+Distill-BERT-Textgen's `dump_teacher_topk.py`: every training pair is replicated `copies` times,
+copy c masking the target slots j with j % copies == c (data/seq2seq.py `modk_copies`), so the
+conditional-MLM teacher predicts every target slot exactly once with the rest of the target in
+view. At each slot its logits over the student's vocabulary (the teacher's pieces of the
+training text: the reference's output layer over the Seq2Seq vocabulary, initialised from BERT's
+by string match, is exactly that restriction here) give the `top_k` largest, stored with their
+student ids. One jitted function does forward, gather and top-K for a fixed batch of copies.
+
+Output: the chunked, resumable JSONL of teacher_data/base.py, a row per training pair in the
+task's order ({"target_ids", "topk_ids", "topk_logits"}), and the student's vocabulary in
+`vocabulary_dir(out)`, which the student stage reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill import loading, sharding
+from jaxdistill.config import CmlmTopKConfig, MeshConfig, check_ranges
+from jaxdistill.data import seq2seq as s2s
+from jaxdistill.errors import UserError
+from jaxdistill.models.base import Wants
+from jaxdistill.teacher_data.base import TeacherDataset, write
+
+
+def vocabulary_dir(out: str | Path) -> Path:
+    """Where the student's vocabulary of a top-K file lives."""
+    out = Path(out)
+    return out.with_name(out.stem + "_vocabulary")
+
+
+def read_topk(path: str | Path) -> dict[str, np.ndarray]:
+    """The rows of a top-K file as arrays: target_ids [N, T] (-1 past the target), topk_ids /
+    topk_logits [N, T, K] (0 past the target)."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    if not rows:
+        raise UserError(f"{path} holds no rows; rerun `jaxdistill augment` method cmlm_topk.")
+    width = max(len(r["target_ids"]) for r in rows)
+    k = len(rows[0]["topk_ids"][0])
+    out = {"target_ids": np.full((len(rows), width), -1, np.int32),
+           "topk_ids": np.zeros((len(rows), width, k), np.int32),
+           "topk_logits": np.zeros((len(rows), width, k), np.float32)}
+    for i, r in enumerate(rows):
+        n = len(r["target_ids"])
+        out["target_ids"][i, :n] = r["target_ids"]
+        out["topk_ids"][i, :n] = r["topk_ids"]
+        out["topk_logits"][i, :n] = r["topk_logits"]
+    return out
+
+
+class TopKTargets(TeacherDataset):
+    def __init__(self, cfg: CmlmTopKConfig, task: s2s.Seq2SeqTask, teacher_ref: str,
+                 tokenizer_dir: Path, vocab_dir: Path):
+        self.cfg, self.task = cfg, task
+        self.tokenizer_dir = tokenizer_dir
+        model, params, _ = loading.load_pretrained(teacher_ref)
+        if model.config.head != "mlm":
+            raise UserError(f"teacher={teacher_ref} has head '{model.config.head}'; the top-K "
+                            f"targets come from a conditional MLM (a run of "
+                            f"configs/task/cmlm_teacher.yaml).")
+        teacher_vocab = (Path(tokenizer_dir) / "vocab.txt").read_text().splitlines()
+        index = {piece: i for i, piece in enumerate(teacher_vocab)}
+        student_vocab = (vocab_dir / "vocab.txt").read_text().splitlines()
+        missing = [p for p in student_vocab if p not in index]
+        if missing:
+            raise UserError(f"{vocab_dir}/vocab.txt has pieces the teacher's vocabulary lacks "
+                            f"({', '.join(missing[:5])}); it belongs to another teacher.")
+        # Student id -> teacher id, and back for the targets.
+        self.columns = np.asarray([index[p] for p in student_vocab], np.int32)
+        self.to_student = np.full(len(teacher_vocab), -1, np.int64)
+        self.to_student[self.columns] = np.arange(len(self.columns))
+        self.special = s2s.token_ids(tokenizer_dir, [])[1]
+        self.topk = self._compile(model, params)
+
+    def _compile(self, model, params):
+        mesh = sharding.make_mesh(MeshConfig())
+        params_sh = sharding.shardings_for(model.logical_axes(), params, mesh)
+        params = jax.device_put(params, params_sh)
+        columns, k = jnp.asarray(self.columns), self.cfg.top_k
+        wants = Wants(logits_at_masked=True)
+
+        @jax.jit
+        def topk(p, batch):
+            with nn.logical_axis_rules(sharding.RULES):
+                logits = model.apply(p, batch, wants=wants).logits  # [B, P, V_teacher]
+            values, ids = jax.lax.top_k(jnp.take(logits.astype(jnp.float32), columns, axis=-1),
+                                        k)
+            return values, ids
+
+        return lambda batch: jax.device_get(topk(params, batch))
+
+    def items(self) -> Sequence[s2s.Pair]:
+        return self.task.train
+
+    def fingerprint(self) -> dict:
+        return {**dataclasses.asdict(self.cfg), "pairs": len(self.task.train),
+                "vocabulary": s2s.vocabulary_digest(vocabulary_dir(self.cfg.out))}
+
+    def process(self, start: int, chunk: Sequence[s2s.Pair]) -> list[dict]:
+        del start
+        cfg = self.cfg
+        arrays = s2s.encode_conditional(chunk, self.tokenizer_dir, cfg.seq_len, cfg.target_len)
+        copies = s2s.modk_copies(arrays, cfg.copies, self.special.mask)
+        n, width = len(copies["row"]), arrays["target_count"].max()
+        values = np.zeros((len(chunk), width, cfg.top_k), np.float32)
+        ids = np.zeros((len(chunk), width, cfg.top_k), np.int32)
+        keys = ("input_ids", "attention_mask", "token_type_ids", "masked_positions")
+        for s in range(0, n, cfg.batch_size):
+            part = {k: copies[k][s:s + cfg.batch_size] for k in keys}
+            real = len(part["input_ids"])
+            part = {k: np.concatenate([v, np.zeros((cfg.batch_size - real, *v.shape[1:]),
+                                                   v.dtype)]) for k, v in part.items()}
+            v, i = self.topk(part)
+            rows = copies["row"][s:s + real]
+            slots = copies["target_slot"][s:s + real]
+            for r, (row, slot) in enumerate(zip(rows, slots)):
+                keep = slot >= 0
+                values[row, slot[keep]] = v[r][keep]
+                ids[row, slot[keep]] = i[r][keep]
+        out = []
+        for j in range(len(chunk)):
+            start, count = arrays["target_start"][j], arrays["target_count"][j]
+            target = self.to_student[arrays["input_ids"][j, start:start + count]]
+            out.append({"target_ids": target.tolist(),
+                        "topk_ids": ids[j, :count].tolist(),
+                        "topk_logits": np.round(values[j, :count].astype(np.float64), 4).tolist()})
+        return out
+
+
+def run(cfg: CmlmTopKConfig) -> dict:
+    """Write cfg.out (and its vocabulary); returns counts and timings."""
+    check_ranges(cfg)
+    t0 = time.perf_counter()
+    task = s2s.load_task(cfg.task)
+    tokenizer_dir = loading.tokenizer_of(cfg.teacher)
+    if tokenizer_dir is None or not (Path(tokenizer_dir) / "vocab.txt").is_file():
+        raise UserError(f"teacher={cfg.teacher} has no vocab.txt: the student's vocabulary is "
+                        f"a subset of the teacher's WordPiece vocabulary.")
+    vocab_dir = s2s.write_vocabulary(tokenizer_dir, task.train, vocabulary_dir(cfg.out))
+    dataset = TopKTargets(cfg, task, cfg.teacher, Path(tokenizer_dir), vocab_dir)
+    stats = write(dataset, cfg.out, cfg.chunk_size)
+    return {"out": cfg.out, "vocabulary": str(vocab_dir),
+            "vocab_size": len(dataset.columns), "task": task.name, "pairs": stats["rows"],
+            "copies": cfg.copies, "top_k": cfg.top_k, "chunks": stats["chunks"],
+            "resumed_chunks": stats["resumed"], "seconds": round(time.perf_counter() - t0, 1)}

@@ -1,0 +1,342 @@
+"""`jaxdistill finetune` on a sequence-to-sequence task (method cmlm), and its evaluation.
+
+The one loop (train/loop.py) with the task's batches, a pure function of the step as in the
+classification stage, so the same command on the same run_dir resumes exactly:
+- stage teacher: BERT as a conditional MLM. Batches are [CLS] X [SEP] Y [SEP] with target
+  tokens masked afresh each step (seeded by (seed, step)); the dev evaluator scores one fixed
+  masking of the dev pairs (masked-token accuracy, selects the best checkpoint).
+- stage student: a Seq2Seq model on its own vocabulary (data/seq2seq.py: the teacher's pieces of
+  the training text), with the teacher's top-K targets from `task.augmented` when alpha > 0; the
+  dev evaluator decodes greedily and scores sacreBLEU.
+`evaluate_model` is `jaxdistill evaluate` for both: BLEU (greedy or beam) and sample outputs of a
+student, masked-token accuracy of a teacher.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill import config as config_lib, loading, models, sharding
+from jaxdistill.config import FinetuneConfig
+from jaxdistill.data import seq2seq as s2s
+from jaxdistill.data import tasks
+from jaxdistill.errors import UserError
+from jaxdistill.inference import generate as gen
+from jaxdistill.methods import build_method, method_class, parse_options
+from jaxdistill.methods.base import STUDENT
+from jaxdistill.teacher_data.cmlm_topk import read_topk, vocabulary_dir
+from jaxdistill.train import loop
+from jaxdistill.train.feed import to_global
+from jaxdistill.train.finetune import TaskSource, process_rows, total_steps
+
+DEV_MASK_SEED = 20200501  # one fixed masking of the dev pairs, the same for every evaluation
+MASK_KEYS = ("input_ids", "attention_mask", "token_type_ids", "masked_positions", "masked_ids",
+             "masked_weights")
+
+
+# --------------------------------------------------------------------------------------------
+# Stage teacher: conditional MLM
+
+
+class MaskedSource(TaskSource):
+    """Task batches of [CLS] X [SEP] Y [SEP] whose target tokens are masked anew every step."""
+
+    def __init__(self, batches: tasks.TaskBatches, probability: float, predictions: int,
+                 mask_id: int, seed: int):
+        self.batches = batches
+        self.probability, self.predictions = probability, predictions
+        self.mask_id, self.seed = mask_id, seed
+        self.spec = {k: 2 for k in MASK_KEYS}
+
+    def iterator(self, start: int, saved_state: Any) -> "_MaskedBatches":
+        del saved_state
+        return _MaskedBatches(self, start)
+
+
+class _MaskedBatches:
+    def __init__(self, source: MaskedSource, start: int):
+        self.source, self.step = source, start
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        s = self.source
+        rows = s.batches.indices(self.step)
+        batch = s2s.mask_targets(s.batches.arrays, rows, s.probability, s.predictions,
+                                 np.random.default_rng([s.seed, self.step]), s.mask_id)
+        self.step += 1
+        return process_rows(batch)
+
+    def get_state(self) -> None:
+        return None
+
+
+def masked_scores(model: models.Model, params_sh: Any, mesh: jax.sharding.Mesh):
+    """Jitted (hits, nll sum, count) of an MLM over one batch's weighted masked positions."""
+    batch_sh = {k: sharding.batch_sharding(mesh, 2) for k in MASK_KEYS}
+    wants = models.Wants(logits_at_masked=True)
+
+    def scores(params, batch):
+        with nn.logical_axis_rules(sharding.RULES):
+            logits = model.apply(params, batch, wants=wants).logits.astype(jnp.float32)
+        w = batch["masked_weights"]
+        logp = jax.nn.log_softmax(logits, -1)
+        nll = -jnp.take_along_axis(logp, batch["masked_ids"][..., None], -1)[..., 0]
+        hits = (jnp.argmax(logits, -1) == batch["masked_ids"]) * w
+        return jnp.stack([hits.sum(), (nll * w).sum(), w.sum()])
+
+    return jax.jit(scores, in_shardings=(params_sh, batch_sh),
+                   out_shardings=sharding.replicated(mesh)), batch_sh
+
+
+def masked_metrics(scores_fn, batch_sh: dict, params: Any, masked: dict[str, np.ndarray],
+                   batch_size: int) -> dict[str, float]:
+    total = np.zeros(3)
+    for batch in tasks.eval_batches(masked, batch_size):
+        batch["masked_weights"] = batch["masked_weights"] * batch.pop("weights")[:, None]
+        inputs = to_global(process_rows(batch), batch_sh, batch_size)
+        total += np.asarray(jax.device_get(scores_fn(params, inputs)))
+    hits, nll, count = total
+    return {"masked_accuracy": hits / max(count, 1), "masked_ppl": float(np.exp(nll / max(count, 1))),
+            "masked_tokens": int(count)}
+
+
+def fixed_dev_masks(pairs: list[s2s.Pair], tokenizer_dir: Path, cfg: FinetuneConfig,
+                    probability: float, predictions: int) -> dict[str, np.ndarray]:
+    arrays = s2s.encode_conditional(pairs, tokenizer_dir, cfg.seq_len, cfg.target_len)
+    mask_id = s2s.token_ids(tokenizer_dir, [])[1].mask
+    return s2s.mask_targets(arrays, np.arange(len(pairs)), probability, predictions,
+                            np.random.default_rng(DEV_MASK_SEED), mask_id)
+
+
+class MaskedDevEvaluator:
+    metric = "masked_accuracy"
+
+    def __init__(self, setup: loop.Setup, masked: dict[str, np.ndarray], batch_size: int):
+        self.masked, self.batch_size = masked, batch_size
+        self.scores, self.batch_sh = masked_scores(setup.student,
+                                                   setup.state_sh.params["student"], setup.mesh)
+
+    def __call__(self, student_params: Any) -> tuple[dict[str, float], float]:
+        import time
+
+        t0 = time.perf_counter()
+        values = masked_metrics(self.scores, self.batch_sh, student_params, self.masked,
+                                self.batch_size)
+        return values, len(self.masked["input_ids"]) / max(time.perf_counter() - t0, 1e-9)
+
+
+def _run_teacher(cfg: FinetuneConfig, task: s2s.Seq2SeqTask, options: Any) -> dict:
+    roles = loop.build_roles(cfg)
+    tok = roles.tokenizer_dir
+    if tok is None:
+        raise UserError(f"student.init={cfg.student.init} has no tokenizer files to encode the "
+                        f"task with.")
+    predictions = s2s.max_masked(cfg.target_len, options.mask_probability)
+    arrays = s2s.encode_conditional(task.train, tok, cfg.seq_len, cfg.target_len)
+    batches = tasks.TaskBatches(arrays, cfg.batch_size, cfg.seed)
+    source = MaskedSource(batches, options.mask_probability, predictions,
+                          s2s.token_ids(tok, [])[1].mask, cfg.seed)
+    dev = fixed_dev_masks(task.dev, tok, cfg, options.mask_probability, predictions)
+    header = (f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev pairs; "
+              f"conditional MLM over [CLS] X [SEP] Y [SEP] ({cfg.seq_len} + {cfg.target_len} "
+              f"slots), {options.mask_probability:.0%} of Y masked")
+    return _train(cfg, roles, source, batches, MaskedDevEvaluator, dev, header,
+                  seq_len=cfg.seq_len + cfg.target_len, predictions=predictions, task=task)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage student: the Seq2Seq model
+
+
+class BleuDevEvaluator:
+    metric = "bleu"
+
+    def __init__(self, setup: loop.Setup, dev: tuple[dict[str, np.ndarray], list[str]],
+                 batch_size: int):
+        self.arrays, self.references = dev
+        self.batch_size, self.tokenizer_dir = batch_size, setup.roles.tokenizer_dir
+        self.generate, self.batch_sh = gen.make_generate(
+            setup.student, setup.state_sh.params["student"], setup.mesh,
+            setup.cfg.target_len)
+
+    def __call__(self, student_params: Any) -> tuple[dict[str, float], float]:
+        texts, speed = gen.generate_texts(self.generate, self.batch_sh, student_params,
+                                          self.arrays, self.batch_size, self.tokenizer_dir)
+        return {"bleu": gen.bleu(texts, self.references)}, speed["sentences_per_sec"]
+
+
+def student_vocabulary(cfg: FinetuneConfig, task: s2s.Seq2SeqTask) -> Path:
+    """run_dir/vocabulary: the top-K file's vocabulary when distilling (the teacher's ids were
+    written in it), else built the same way from teacher.path's tokenizer."""
+    out = Path(cfg.run_dir) / loop.VOCAB_DIR
+    if cfg.task.augmented:
+        src = vocabulary_dir(cfg.task.augmented)
+        if not (src / "vocab.txt").is_file():
+            raise UserError(f"task.augmented={cfg.task.augmented} has no vocabulary beside it "
+                            f"({src}/vocab.txt); rerun `jaxdistill augment` method cmlm_topk.")
+        if (out / "vocab.txt").is_file() and s2s.vocabulary_digest(out) != \
+                s2s.vocabulary_digest(src):
+            raise UserError(f"{out}/vocab.txt differs from {src}/vocab.txt: this run dir was "
+                            f"started with other teacher data; use a new run_dir.")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.txt", "tokenizer_config.json"):
+            shutil.copyfile(src / name, out / name)
+        return out
+    if not cfg.teacher.path:
+        raise UserError("teacher.path is empty: the student's vocabulary is the teacher "
+                        "tokenizer's pieces of the training text; name the C-MLM teacher (or "
+                        "any model with that vocab.txt), e.g. runs/cmlm_teacher/best.")
+    tok = loading.tokenizer_of(cfg.teacher.path)
+    if tok is None:
+        raise UserError(f"teacher.path={cfg.teacher.path} has no tokenizer files.")
+    return s2s.write_vocabulary(tok, task.train, out)
+
+
+def build_student(cfg: FinetuneConfig, vocab_dir: Path, method_cls, options) -> loop.Roles:
+    if cfg.student.init not in ("default", "random"):
+        raise UserError(f"student.init={cfg.student.init}: the C-MLM student starts from random "
+                        f"weights on its own vocabulary (student.init: random).")
+    sp = s2s.token_ids(vocab_dir, [])[1]
+    vocab_size = len((vocab_dir / "vocab.txt").read_text().splitlines())
+    cls = models.model_class(cfg.student.kind)
+    fields = {**cfg.student.architecture, "kind": cls.kind, "head": "lm",
+              "vocab_size": vocab_size, "pad_token_id": sp.pad, "bos_token_id": sp.cls,
+              "eos_token_id": sp.sep, "decoder_start_token_id": sp.cls}
+    student = cls(config_lib.from_dict(cls.Config, fields, where="student"))
+    model_set = {STUDENT: student}
+    return loop.Roles(model_set, build_method(method_cls, options, model_set), {}, None,
+                      vocab_dir)
+
+
+def with_teacher_targets(cfg: FinetuneConfig, arrays: dict[str, np.ndarray], top_k: int
+                         ) -> dict[str, np.ndarray]:
+    """The training arrays with the top-K file's targets, checked row by row against them."""
+    topk = read_topk(cfg.task.augmented)
+    n, t = arrays["labels"].shape
+    if len(topk["target_ids"]) != n:
+        raise UserError(f"task.augmented={cfg.task.augmented} has {len(topk['target_ids'])} "
+                        f"rows, the task's training split {n}: it was written for another "
+                        f"task.* (max_train_examples, split_seed, source).")
+    if topk["topk_ids"].shape[2] < top_k:
+        raise UserError(f"method.options.top_k={top_k}, but {cfg.task.augmented} holds "
+                        f"{topk['topk_ids'].shape[2]} entries per position.")
+    width = min(t, topk["target_ids"].shape[1])
+    labels = np.where(arrays["label_weights"] > 0, arrays["labels"], -1)
+    if topk["target_ids"].shape[1] > t and (topk["target_ids"][:, t:] >= 0).any() or \
+            not np.array_equal(labels[:, :width], topk["target_ids"][:, :width]):
+        raise UserError(f"task.augmented={cfg.task.augmented}: its targets are not the training "
+                        f"targets tokenized with target_len={cfg.target_len}; write it with the "
+                        f"same task.* and target_len.")
+    pad = lambda x: np.pad(x[:, :t], ((0, 0), (0, t - min(t, x.shape[1])), (0, 0)))  # noqa
+    return {**arrays, "topk_ids": pad(topk["topk_ids"][..., :top_k]),
+            "topk_logits": pad(topk["topk_logits"][..., :top_k])}
+
+
+def _run_student(cfg: FinetuneConfig, task: s2s.Seq2SeqTask, method_cls, options) -> dict:
+    if options.alpha > 0 and not cfg.task.augmented:
+        raise UserError(f"method.options.alpha={options.alpha} distils from the teacher's top-K "
+                        f"targets: name them in task.augmented (written by `jaxdistill augment "
+                        f"--config configs/task/cmlm_topk.yaml`), or set alpha=0 for the "
+                        f"teacher-free baseline.")
+    vocab_dir = student_vocabulary(cfg, task)
+    roles = build_student(cfg, vocab_dir, method_cls, options)
+    arrays = s2s.encode_pairs(task.train, vocab_dir, cfg.seq_len, cfg.target_len)
+    if options.alpha > 0:
+        arrays = with_teacher_targets(cfg, arrays, options.top_k)
+    batches = tasks.TaskBatches(arrays, cfg.batch_size, cfg.seed)
+    dev = (s2s.encode_pairs(task.dev, vocab_dir, cfg.seq_len, cfg.target_len),
+           [p.target for p in task.dev])
+    kd = (f"alpha {options.alpha}, top-{options.top_k} teacher logits at T={options.temperature}"
+          if options.alpha > 0 else "no teacher (alpha 0)")
+    header = (f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev pairs; "
+              f"seq2seq student, vocabulary {roles.models[STUDENT].config.vocab_size} pieces; "
+              f"{kd}; dev metric greedy BLEU")
+    return _train(cfg, roles, TaskSource(batches), batches, BleuDevEvaluator, dev, header,
+                  seq_len=cfg.seq_len, predictions=None, task=task)
+
+
+# --------------------------------------------------------------------------------------------
+# Both
+
+
+def _train(cfg, roles, source, batches, evaluator_cls, dev, header, *, seq_len, predictions,
+           task) -> dict:
+    steps = total_steps(cfg, batches)
+    setup = loop.assemble(cfg, sharding.make_mesh(cfg.mesh), roles, total_steps=steps,
+                          batch_spec=source.spec)
+    loop.check_batch(cfg.batch_size, cfg.optimizer.grad_accum, setup.mesh)
+    loop.check_batch(cfg.eval_batch_size, 1, setup.mesh, key="eval_batch_size")
+    loop.start_run_dir(setup)
+    summary = loop.run(loop.Job(setup, source, total_steps=steps, seq_len=seq_len,
+                                evaluator=evaluator_cls(setup, dev, cfg.eval_batch_size),
+                                eval_every=cfg.eval_every, select=cfg.select,
+                                predictions_per_seq=predictions,
+                                header=header + f"; {batches.steps_per_epoch} steps per epoch, "
+                                                f"{steps} steps",
+                                command="jaxdistill finetune"))
+    return {**summary, "task": task.name}
+
+
+def run(cfg: FinetuneConfig) -> dict:
+    """C-MLM's stage `method.options.stage` to the end; returns the loop's summary."""
+    config_lib.check_ranges(cfg)
+    method_cls = method_class(cfg.method.name)
+    options = parse_options(method_cls, cfg.method.options)
+    task = s2s.load_task(cfg.task)
+    if options.stage == "teacher":
+        if cfg.task.augmented:
+            raise UserError("task.augmented is the student stage's teacher data; the teacher "
+                            "stage trains on the task itself (leave it empty).")
+        return _run_teacher(cfg, task, options)
+    return _run_student(cfg, task, method_cls, options)
+
+
+# --------------------------------------------------------------------------------------------
+# `jaxdistill evaluate`
+
+
+def evaluate_model(model_ref: str, cfg: FinetuneConfig, split: str = "dev") -> dict:
+    """A seq2seq student's BLEU (cfg.decode: greedy or beam), decoding speed and sample outputs;
+    or a conditional-MLM teacher's masked-token accuracy, on a split of the task."""
+    model, params, tok = loading.load_pretrained(model_ref)
+    if tok is None:
+        raise UserError(f"{model_ref} has no tokenizer files.")
+    task = s2s.load_task(cfg.task)
+    pairs = task.split(split)
+    mesh = sharding.make_mesh(config_lib.MeshConfig())
+    params_sh = sharding.shardings_for(model.logical_axes(), params, mesh)
+    params = jax.device_put(params, params_sh)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    head = {"model": str(model_ref), "task": task.name, "split": split, "pairs": len(pairs),
+            "parameters": n_params, "device": jax.devices()[0].device_kind}
+    if model.config.head == "mlm":
+        options = parse_options(method_class("cmlm"), {})
+        predictions = s2s.max_masked(cfg.target_len, options.mask_probability)
+        masked = fixed_dev_masks(pairs, tok, cfg, options.mask_probability, predictions)
+        scores, batch_sh = masked_scores(model, params_sh, mesh)
+        with mesh:
+            return {**head, **masked_metrics(scores, batch_sh, params, masked,
+                                             cfg.eval_batch_size)}
+    if model.config.head != "lm":
+        raise UserError(f"{model_ref} is a '{model.kind}' model with head '{model.config.head}'"
+                        f"; task {task.name} evaluates a seq2seq student or a C-MLM teacher.")
+    d = cfg.decode
+    arrays = s2s.encode_pairs(pairs, tok, cfg.seq_len, cfg.target_len)
+    generate, batch_sh = gen.make_generate(model, params_sh, mesh, cfg.target_len,
+                                           d.beam_size, d.length_penalty)
+    with mesh:
+        warm = {k: v[:cfg.eval_batch_size] for k, v in arrays.items()}
+        gen.generate_texts(generate, batch_sh, params, warm, cfg.eval_batch_size, tok)  # compile
+        texts, speed = gen.generate_texts(generate, batch_sh, params, arrays,
+                                          cfg.eval_batch_size, tok)
+    samples = [{"source": p.source, "reference": p.target, "output": t}
+               for p, t in zip(pairs[:d.samples], texts)]
+    return {**head, f"{split}_bleu": gen.bleu(texts, [p.target for p in pairs]),
+            "bleu": "sacreBLEU 13a, lowercased references", "beam_size": d.beam_size,
+            "length_penalty": d.length_penalty, "max_len": cfg.target_len,
+            "batch_size": cfg.eval_batch_size, **speed, "samples": samples}

@@ -1,0 +1,269 @@
+"""C-MLM: the WordNet task and its splits, conditional masking (only the target, at least one,
+every slot exactly once across the mod-k copies), the top-K KD loss against hand-computed values,
+label-smoothed CE against PyTorch, the seq2seq student against transformers' BART (logits and
+greedy `generate`), and both stages end to end with resume and `jaxdistill evaluate`."""
+from __future__ import annotations
+
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import read_metrics, run_cli, write_tiny_teacher
+from jaxdistill import losses
+from jaxdistill.config import TaskConfig
+from jaxdistill.data import seq2seq as s2s
+
+TOKENIZER = "package:minilm"
+
+
+def _pairs(n=12):
+    words = ["bank", "river", "light", "stone", "green", "quick", "table", "music"]
+    return [s2s.Pair(f"{words[i % 8]} ; the {words[(i + 3) % 8]} was near the {words[i % 8]}",
+                     " ".join(words[(i + j) % 8] for j in range(1 + i % 7)), f"k{i}")
+            for i in range(n)]
+
+
+def test_wordnet_pairs_and_fixed_seed_splits_keep_senses_apart():
+    pairs = s2s.read_wordnet("/usr/share/wordnet")
+    assert len(pairs) > 30000
+    assert all(" ; " in p.source and p.target for p in pairs)
+    # Examples go to the source, never into the definition ('def: "example"' glosses too).
+    assert not any(re.search(r'[;:]\s*"', p.target) for p in pairs)
+    sub = next(p for p in pairs if p.key == "n00196485")  # 'def: "example"'
+    assert sub.source == ("substitution ; he sent Smith in for Jones but the substitution came "
+                          "too late to help")
+    assert sub.target == "the act of putting one thing or person in the place of another"
+    task = s2s.load_task(TaskConfig(name="wordnet_definitions"))
+    again = s2s.load_task(TaskConfig(name="wordnet_definitions"))
+    assert (len(task.dev), len(task.test)) == (1000, 1000)
+    assert task.dev == again.dev and task.train[:50] == again.train[:50]
+    keys = [{p.key for p in split} for split in (task.train, task.dev, task.test)]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    other = s2s.load_task(TaskConfig(name="wordnet_definitions", split_seed=1))
+    assert other.dev != task.dev
+
+
+def test_target_masking_touches_only_the_target_and_at_least_one_slot():
+    arrays = s2s.encode_conditional(_pairs(), TOKENIZER, 16, 10)
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        rows = np.arange(len(arrays["input_ids"]))
+        batch = s2s.mask_targets(arrays, rows, 0.15, s2s.max_masked(10, 0.15), rng, 103)
+        for r in rows:
+            start, count = arrays["target_start"][r], arrays["target_count"][r]
+            w = batch["masked_weights"][r] > 0
+            pos = batch["masked_positions"][r][w]
+            assert w.sum() == max(1, round(0.15 * count)) and len(set(pos)) == len(pos)
+            assert ((pos >= start) & (pos < start + count)).all()
+            changed = np.flatnonzero(batch["input_ids"][r] != arrays["input_ids"][r])
+            assert sorted(changed) == sorted(pos)  # nothing else changed, every one is [MASK]
+            assert (batch["input_ids"][r][pos] == 103).all()
+            assert (batch["masked_ids"][r][w] == arrays["input_ids"][r][pos]).all()
+    # Token types: 0 for [CLS] X [SEP], 1 for Y [SEP], 0 on padding.
+    r = 3
+    start, count = arrays["target_start"][r], arrays["target_count"][r]
+    assert (arrays["token_type_ids"][r][:start] == 0).all()
+    assert (arrays["token_type_ids"][r][start:start + count] == 1).all()
+    assert arrays["input_ids"][r][start + count - 1] == 102  # the final [SEP] is a target slot
+
+
+def test_modk_copies_mask_every_target_slot_exactly_once():
+    arrays = s2s.encode_conditional(_pairs(), TOKENIZER, 16, 10)
+    copies = s2s.modk_copies(arrays, 3, 103)
+    for i, count in enumerate(arrays["target_count"]):
+        mine = copies["row"] == i
+        assert mine.sum() == min(3, count)
+        slots = copies["target_slot"][mine]
+        masked = sorted(slots[slots >= 0].tolist())
+        assert masked == list(range(count))  # each slot once, across the copies
+        for c, s in enumerate(slots):
+            assert all(j % 3 == c for j in s[s >= 0])
+            ids = copies["input_ids"][mine][c]
+            positions = arrays["target_start"][i] + s[s >= 0]
+            assert (ids[positions] == 103).all()
+            assert (np.delete(ids, positions) == np.delete(arrays["input_ids"][i], positions)).all()
+
+
+def test_topk_distillation_matches_hand_computed_values():
+    # One token, vocabulary 4, teacher top-2 over ids (2, 0) with logits (3, 1), T = 2.
+    student = np.array([[[0.5, -1.0, 2.0, 0.0]]], np.float32)
+    log_p = student[0, 0] - np.log(np.exp(student[0, 0]).sum())
+    q = np.exp(np.array([3.0, 1.0]) / 2) / np.exp(np.array([3.0, 1.0]) / 2).sum()
+    want = -(q[0] * log_p[2] + q[1] * log_p[0])
+    got = losses.topk_distillation(jnp.asarray(student), jnp.asarray([[[2, 0]]]),
+                                   jnp.asarray([[[3.0, 1.0]]]), 2.0)
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+    # Padding tokens (weight 0) do not count; the mean is over real tokens.
+    two = np.concatenate([student, student[:, :, ::-1]], axis=1)
+    w = jnp.asarray([[1.0, 0.0]])
+    got = losses.topk_distillation(jnp.asarray(two), jnp.asarray([[[2, 0], [1, 1]]]),
+                                   jnp.asarray([[[3.0, 1.0], [0.0, 0.0]]]), 2.0, w)
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+
+
+def test_label_smoothed_cross_entropy_ignores_padding_as_torch():
+    import torch
+
+    r = np.random.default_rng(0)
+    logits = r.normal(size=(2, 5, 7)).astype(np.float32)
+    labels = r.integers(0, 7, (2, 5))
+    weights = np.ones((2, 5), np.float32)
+    weights[1, 3:] = 0
+    ref = torch.nn.CrossEntropyLoss(label_smoothing=0.1, ignore_index=-100)(
+        torch.tensor(logits.reshape(-1, 7)),
+        torch.tensor(np.where(weights > 0, labels, -100).reshape(-1)))
+    got = losses.smoothed_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), 0.1,
+                                        jnp.asarray(weights))
+    np.testing.assert_allclose(float(got), float(ref), rtol=1e-5)
+
+
+def _random_student(vocab=40, seed=0):
+    from jaxdistill.models.seq2seq import Seq2Seq, Seq2SeqConfig
+
+    cfg = Seq2SeqConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=4, decoder_attention_heads=2, encoder_ffn_dim=64,
+                        decoder_ffn_dim=48, max_position_embeddings=16, dropout=0.0)
+    model = Seq2Seq(cfg)
+    params = model.init(jax.random.key(seed))
+    # Perturb every tensor (biases and LayerNorms included) so that the mapping is exercised.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape)
+                                       for x, k in zip(leaves, keys)])
+    return model, jax.device_get(params)
+
+
+def test_exported_student_matches_transformers_logits_and_greedy_generate(tmp_path):
+    import torch
+    import transformers
+
+    from jaxdistill.convert import read_model_dir, write_model_dir
+    from jaxdistill.inference import decode
+
+    model, params = _random_student()
+    write_model_dir(model, params, tmp_path)
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path)).eval()
+    assert type(hf).__name__ == "BartForConditionalGeneration"
+    r = np.random.default_rng(0)
+    ids = r.integers(5, 40, (3, 9))
+    mask = np.ones_like(ids)
+    ids[1, 6:], mask[1, 6:] = 0, 0
+    dec = np.concatenate([np.full((3, 1), 2), r.integers(5, 40, (3, 6))], 1)
+    ours = np.asarray(model.apply(params, {"input_ids": ids, "attention_mask": mask,
+                                           "decoder_input_ids": dec}).logits)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 decoder_input_ids=torch.tensor(dec)).logits.numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+    max_len = 12
+    memory = model.encode(params, jnp.asarray(ids), jnp.asarray(mask))
+
+    def logits_fn(state, tokens, t):
+        logits = model.decode(params, state["memory"], state["mask"], tokens[:, :-1])
+        return jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False)
+
+    greedy = jax.jit(lambda s: decode.greedy_search(logits_fn, s, max_len=max_len, start_id=2,
+                                                    eos_id=3, pad_id=0))
+    tokens = np.asarray(greedy({"memory": memory, "mask": jnp.asarray(mask)}))
+    with torch.no_grad():
+        out = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                          num_beams=1, do_sample=False, max_new_tokens=max_len,
+                          min_length=0).numpy()
+    hf_tokens = np.full((3, max_len), 0)
+    hf_tokens[:, :out.shape[1] - 1] = out[:, 1:]
+    assert out[0, 0] == 2
+    np.testing.assert_array_equal(tokens, hf_tokens)
+    # jaxdistill.hf reads the export: the same logits and the same greedy tokens.
+    import jaxdistill.hf
+
+    loaded = jaxdistill.hf.load(tmp_path)
+    np.testing.assert_allclose(np.asarray(loaded(ids, mask, decoder_input_ids=dec).logits), ours,
+                               atol=1e-5)
+    np.testing.assert_array_equal(loaded.generate(ids, mask, max_len=max_len), tokens)
+    # And back: the export reads into the same params.
+    again, back = read_model_dir(tmp_path)
+    assert again.config == model.config
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_seq2seq_student_rejects_what_it_cannot_give():
+    from jaxdistill.errors import UserError
+    from jaxdistill.models import Wants
+
+    model, params = _random_student()
+    with pytest.raises(UserError, match="only its logits"):
+        model.apply(params, {"input_ids": np.ones((1, 3), np.int32),
+                             "attention_mask": np.ones((1, 3), np.int32),
+                             "decoder_input_ids": np.ones((1, 2), np.int32)},
+                    wants=Wants(hidden_states=True))
+
+
+TINY_STUDENT = ["student.d_model=32", "student.encoder_layers=1", "student.decoder_layers=2",
+                "student.encoder_attention_heads=2", "student.decoder_attention_heads=2",
+                "student.encoder_ffn_dim=64", "student.decoder_ffn_dim=64"]
+SMALL = ["task.max_train_examples=48", "task.max_dev_examples=16", "tensorboard=false",
+         "log_every=1", "batch_size=8", "eval_batch_size=8", "seq_len=16", "target_len=12",
+         "optimizer.schedule=constant", "optimizer.warmup_steps=0"]
+
+
+def test_both_stages_end_to_end_with_resume_and_evaluate(tmp_path):
+    tiny = write_tiny_teacher(tmp_path / "tiny", arch="BertForMaskedLM", layers=2, hidden=32)
+    teacher = tmp_path / "teacher"
+    run_cli("finetune", "--config", "configs/task/cmlm_teacher.yaml", f"run_dir={teacher}",
+            f"student.init={tiny}", "steps=4", "eval_every=2", "save_every=100", *SMALL)
+    rows = read_metrics(teacher)
+    assert rows[-1]["dev_masked_tokens"] > 16 and 0 <= rows[-1]["dev_masked_accuracy"] <= 1
+
+    topk = tmp_path / "data" / "topk.jsonl"
+    out = run_cli("augment", "--config", "configs/task/cmlm_topk.yaml", f"out={topk}",
+                  f"teacher={teacher}/best", "task.max_train_examples=48",
+                  "task.max_dev_examples=16", "seq_len=16", "target_len=12", "copies=3",
+                  "top_k=4", "batch_size=16", "chunk_size=20")
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["pairs"] == 48 and summary["chunks"] == 3
+    first = [json.loads(line) for line in topk.read_text().splitlines()][0]
+    assert len(first["topk_ids"]) == len(first["target_ids"]) and len(first["topk_ids"][0]) == 4
+    assert first["target_ids"][-1] == 3  # the student's [SEP]: the teacher predicts the end too
+    assert all(a >= b for a, b in zip(first["topk_logits"][0], first["topk_logits"][0][1:]))
+
+    common = ["finetune", "--config", "configs/task/cmlm_student.yaml",
+              f"teacher.path={teacher}/best", f"task.augmented={topk}", "method.options.top_k=4",
+              "eval_every=3", "save_every=3", *SMALL, *TINY_STUDENT]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_cli(*common, f"run_dir={straight}", "steps=6")
+    run_cli(*common, f"run_dir={resumed}", "steps=3", "export=false")
+    run_cli(*common, f"run_dir={resumed}", "steps=6")
+    rows, again = read_metrics(straight), read_metrics(resumed)
+    assert [r["step"] for r in again] == list(range(1, 7))
+    assert [r["loss"] for r in again] == [r["loss"] for r in rows]  # bit for bit
+    assert all(r["loss/kd"] > 0 and r["loss/ce"] > 0 for r in rows)
+    assert "dev_bleu" in rows[2] and "dev_bleu" in rows[5]
+    # The sharded step and the sharded greedy decoder on a 2x2x2 mesh equal one device.
+    eight = tmp_path / "eight"
+    run_cli(*common, f"run_dir={eight}", "steps=6", "export=false", "mesh.data=2",
+            "mesh.fsdp=2", "mesh.tensor=2", devices=8)
+    for r, e in zip(rows, read_metrics(eight)):
+        assert e["loss"] == pytest.approx(r["loss"], rel=1e-4), r["step"]
+        assert e.get("dev_bleu") == pytest.approx(r.get("dev_bleu"), abs=1e-6)
+
+    import transformers
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(straight / "hf"))
+    assert type(hf).__name__ == "BartForConditionalGeneration"
+    out = run_cli("evaluate", "--model", str(straight / "hf"), "--config",
+                  "configs/task/cmlm_student.yaml", "--split", "test", "task.max_dev_examples=16",
+                  "seq_len=16", "target_len=12", "eval_batch_size=8", "decode.beam_size=3",
+                  "decode.samples=2")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["split"] == "test" and result["pairs"] == 16 and 0 <= result["test_bleu"] <= 100
+    assert len(result["samples"]) == 2 and result["sentences_per_sec"] > 0
+
+    # A student trained without the teacher reads no teacher data; with alpha > 0 it needs it.
+    bad = run_cli(*common[:-len(TINY_STUDENT)], f"run_dir={tmp_path / 'bad'}", "task.augmented=",
+                  "steps=2", check=False)
+    assert bad.returncode == 2 and "task.augmented" in " ".join(bad.stderr.split())

@@ -114,7 +114,7 @@ def render(out: dict) -> str:
         "Students: the BART-shaped encoder-decoder of configs/task/cmlm_student.yaml (3 + 3 "
         "layers, d 256), same data and budget. BLEU is sacreBLEU (13a) against lowercased "
         "references (the vocabulary is uncased); decoding speed is sentences/s of "
-        "`jaxdistill evaluate` on the test split (batch 100, no key/value cache).", "",
+        "`jaxdistill evaluate` on the test split (batch 100, key/value cache).", "",
         "| model | dev BLEU (beam 5) | test BLEU (beam 5) | dev BLEU (greedy) | test BLEU "
         "(greedy) | parameters | sentences/s (beam 5) | sentences/s (greedy) |",
         "|---|---|---|---|---|---|---|---|"]

@@ -168,3 +168,28 @@ def test_jit_compiles_once():
     want = beam_search(logits_fn, b, beam_size=3, length_penalty=0.6, **decode_kw(4))
     np.testing.assert_array_equal(tokens, want[0])
     np.testing.assert_allclose(scores, want[1], rtol=1e-6)
+
+
+def cached_logits_fn(state, tokens, t, cache):
+    """The same model with the counts of earlier tokens carried in a per-row cache instead of
+    recounted from the buffer: beam search must move each row's cache with its beam."""
+    prev = jnp.take_along_axis(tokens, jnp.full((tokens.shape[0], 1), t), axis=1)[:, 0]
+    counts = cache["counts"] + jnp.where(t >= 1, jax.nn.one_hot(prev, V), 0.0)
+    logits = jnp.asarray(W)[prev] + jnp.asarray(P)[t] + state["h"] @ jnp.asarray(M) + counts @ C
+    return logits, {"counts": counts}
+
+
+@pytest.mark.parametrize("beam", [1, 2, 3])
+def test_a_cache_carried_per_row_gives_the_same_outputs(beam):
+    state, max_len = make_state(), 5
+    ids = dict(max_len=max_len, start_id=START, eos_id=EOS, pad_id=PAD)
+    cache = {"counts": jnp.zeros((ROWS, V), jnp.float32)}
+    if beam == 1:
+        want = greedy_search(logits_fn, state, **ids)
+        got = greedy_search(cached_logits_fn, state, cache=cache, **ids)
+    else:
+        want, want_score = beam_search(logits_fn, state, beam_size=beam, length_penalty=0.6, **ids)
+        got, got_score = beam_search(cached_logits_fn, state, beam_size=beam, length_penalty=0.6,
+                                     cache=cache, **ids)
+        np.testing.assert_allclose(np.asarray(got_score), np.asarray(want_score), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -7,6 +7,10 @@ The model is a pure function `logits_fn(state, tokens, t) -> [N, V]` float logit
   generated so far, later columns pad_id.
 - `t`: a traced int32 scalar; the logits are for column t + 1, the token after position t.
 
+A model with a key/value cache passes `cache=` (a pytree of per-row arrays, leading axis N):
+`logits_fn(state, tokens, t, cache) -> (logits, cache)` then gets the cache the previous step
+returned, and beam search reorders its rows with the beams it keeps.
+
 Shapes are static (the buffer always has max_len + 1 columns and the loop is a `lax.scan`), so
 one compilation serves every batch of the same shape. The functions are jittable as they are;
 bind the model and the ints with `functools.partial` and jit over `state`:
@@ -23,7 +27,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-LogitsFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+LogitsFn = Callable[..., Any]
+
+
+def _call(logits_fn: LogitsFn, state: Any, buf: jax.Array, t: jax.Array, cache: Any):
+    """(logits, cache) of one step, for models with or without a cache."""
+    if cache is None:
+        return logits_fn(state, buf, t), None
+    return logits_fn(state, buf, t, cache)
 
 
 def _batch_size(state: Any) -> int:
@@ -36,7 +47,7 @@ def _start_buffer(n: int, max_len: int, start_id: int, pad_id: int) -> jax.Array
 
 
 def greedy_search(logits_fn: LogitsFn, state: Any, *, max_len: int, start_id: int, eos_id: int,
-                  pad_id: int) -> jax.Array:
+                  pad_id: int, cache: Any = None) -> jax.Array:
     """Argmax decoding: int32 [N, max_len] generated tokens (start token excluded).
 
     After a row emits eos its later positions are pad_id, as in Hugging Face's greedy
@@ -46,19 +57,20 @@ def greedy_search(logits_fn: LogitsFn, state: Any, *, max_len: int, start_id: in
     n = _batch_size(state)
 
     def step(carry, t):
-        buf, done = carry
-        nxt = jnp.argmax(logits_fn(state, buf, t), axis=-1).astype(jnp.int32)
+        buf, done, cache = carry
+        logits, cache = _call(logits_fn, state, buf, t, cache)
+        nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         nxt = jnp.where(done, pad_id, nxt)
         buf = buf.at[:, t + 1].set(nxt)
-        return (buf, done | (nxt == eos_id)), None
+        return (buf, done | (nxt == eos_id), cache), None
 
-    init = (_start_buffer(n, max_len, start_id, pad_id), jnp.zeros((n,), bool))
-    (buf, _), _ = lax.scan(step, init, jnp.arange(max_len, dtype=jnp.int32))
+    init = (_start_buffer(n, max_len, start_id, pad_id), jnp.zeros((n,), bool), cache)
+    (buf, _, _), _ = lax.scan(step, init, jnp.arange(max_len, dtype=jnp.int32))
     return buf[:, 1:]
 
 
 def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int, start_id: int,
-                eos_id: int, pad_id: int, length_penalty: float = 1.0
+                eos_id: int, pad_id: int, length_penalty: float = 1.0, cache: Any = None
                 ) -> tuple[jax.Array, jax.Array]:
     """Beam search: the best hypothesis per row, (tokens int32 [N, max_len], scores float32 [N]).
 
@@ -82,14 +94,24 @@ def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int
     """
     n, b = _batch_size(state), beam_size
     tiled = jax.tree_util.tree_map(lambda x: jnp.repeat(x, b, axis=0), state)
+    cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, b, axis=0), cache)
+
+    def reorder(tree, origin):
+        """Rows of a [N * B, ...] pytree taken from the beams `origin` [N, B] came from."""
+        def take(x):
+            x = x.reshape(n, b, *x.shape[1:])
+            idx = origin.reshape(n, b, *([1] * (x.ndim - 2)))
+            return jnp.take_along_axis(x, idx, axis=1).reshape(n * b, *x.shape[2:])
+        return jax.tree_util.tree_map(take, tree)
     neg_inf = jnp.float32(-jnp.inf)
 
     def penalise(raw, length):
         return raw / jnp.asarray(length, jnp.float32) ** length_penalty
 
     def step(carry, t):
-        alive_buf, alive_raw, fin_tok, fin_score = carry  # [N,B,L+1], [N,B], [N,B,L], [N,B]
-        logits = logits_fn(tiled, alive_buf.reshape(n * b, max_len + 1), t)
+        # [N, B, L + 1], [N, B], [N, B, L], [N, B], per-row pytree
+        alive_buf, alive_raw, fin_tok, fin_score, cache = carry
+        logits, cache = _call(logits_fn, tiled, alive_buf.reshape(n * b, max_len + 1), t, cache)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         logp = logp.at[:, pad_id].set(neg_inf)
         v = logp.shape[-1]
@@ -110,14 +132,16 @@ def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int
         # Alive: the best B candidates that did not end in eos.
         alive_raw, keep = lax.top_k(jnp.where(is_eos, neg_inf, raw), b)
         alive_buf = jnp.take_along_axis(buf, keep[:, :, None], axis=1)
-        return (alive_buf, alive_raw, fin_tok, fin_score), None
+        if cache is not None:
+            cache = reorder(cache, jnp.take_along_axis(beam, keep, axis=1))
+        return (alive_buf, alive_raw, fin_tok, fin_score, cache), None
 
     alive_buf = _start_buffer(n * b, max_len, start_id, pad_id).reshape(n, b, max_len + 1)
     alive_raw = jnp.full((n, b), neg_inf).at[:, 0].set(0.0)
     fin_tok = jnp.full((n, b, max_len), pad_id, jnp.int32)
     fin_score = jnp.full((n, b), neg_inf)
-    init = (alive_buf, alive_raw, fin_tok, fin_score)
-    (alive_buf, alive_raw, fin_tok, fin_score), _ = lax.scan(
+    init = (alive_buf, alive_raw, fin_tok, fin_score, cache)
+    (alive_buf, alive_raw, fin_tok, fin_score, _), _ = lax.scan(
         step, init, jnp.arange(max_len, dtype=jnp.int32))
 
     # Alive beams ran out of room: finished with n = max_len.

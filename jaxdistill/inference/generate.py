@@ -1,11 +1,10 @@
 """Text generation with a sequence-to-sequence model: jitted greedy or beam decoding of a batch,
 WordPiece detokenisation, sacreBLEU, and decoding speed.
 
-The model's `encode` runs once per batch; each decoding step reruns its `decode` over the
-fixed-length buffer of tokens (causal, so later pad slots change nothing) and reads one
-position's logits: no key/value cache, which keeps one function for every step and costs about
-max_len / 2 times the decoder's FLOPs of a cached decoder (the figures in docs/results.md are of
-this decoder).
+The model's `encode` and its decoder's cross-attention keys/values run once per batch; each
+decoding step runs one position through the decoder against a fixed-length key/value cache
+(`Seq2Seq.decode_step`), so one jitted step serves every position and beam search reorders the
+cache with its beams.
 """
 from __future__ import annotations
 
@@ -37,17 +36,19 @@ def make_generate(model: Model, params_sh: Any, mesh: jax.sharding.Mesh, max_len
 
     def generate(params, batch):
         with nn.logical_axis_rules(sharding.RULES):
-            memory = model.encode(params, batch["input_ids"], batch["attention_mask"])
+            mask = batch["attention_mask"]
+            memory = model.encode(params, batch["input_ids"], mask)
+            state = {"cross": model.cross_kv(params, memory), "mask": mask}
 
-            def logits_fn(state, tokens, t):
-                logits = model.decode(params, state["memory"], state["mask"], tokens[:, :-1])
-                return jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False)
+            def logits_fn(state, tokens, t, cache):
+                token = jax.lax.dynamic_index_in_dim(tokens, t, axis=1, keepdims=False)
+                return model.decode_step(params, state["cross"], state["mask"], cache, token, t)
 
-            state = {"memory": memory, "mask": batch["attention_mask"]}
+            cache = model.empty_cache(mask.shape[0], max_len)  # beam search repeats it per beam
             if beam_size == 1:
-                return decode.greedy_search(logits_fn, state, **ids)
+                return decode.greedy_search(logits_fn, state, cache=cache, **ids)
             tokens, _ = decode.beam_search(logits_fn, state, beam_size=beam_size,
-                                           length_penalty=length_penalty, **ids)
+                                           length_penalty=length_penalty, cache=cache, **ids)
             return tokens
 
     return jax.jit(generate, in_shardings=(params_sh, batch_sh),

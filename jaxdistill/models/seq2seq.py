@@ -6,8 +6,9 @@ shared by the encoder, the decoder and the output layer, plus a per-token output
 (`final_logits_bias`). Every size is configurable; `convert/bart.py` maps it to and from
 transformers, so an exported student runs there and in `generate`.
 
-Decoding (inference/decode.py) calls `encode` once and `decode` per step on a fixed-length buffer
-of tokens, so one jitted step serves every position.
+Decoding (inference/generate.py) calls `encode` and `cross_kv` once per batch, then
+`decode_step` per position with a key/value cache of fixed length, so one jitted step serves
+every position.
 """
 from __future__ import annotations
 
@@ -91,26 +92,53 @@ def _norm(cfg: Seq2SeqConfig, name: str) -> nn.LayerNorm:
 
 
 class Attention(nn.Module):
-    """Multi-head attention of queries x over keys/values kv (self-attention when kv is x)."""
+    """Multi-head attention of queries x over keys/values kv (self-attention when kv is x).
+
+    mode 'full': every position at once. 'project': only kv's keys and values (a decoder's
+    cross-attention, computed once per decoded batch). 'cached': x is one position; `cache`
+    holds the keys/values of every slot ([B, L, heads, d]): with `index` (self-attention) x's
+    own are written at slot `index` and the updated cache is returned too; without (cross-
+    attention) the cache is read as it is.
+    """
 
     cfg: Seq2SeqConfig
     num_heads: int
 
     @nn.compact
-    def __call__(self, x, kv, mask, deterministic: bool):
+    def __call__(self, x, kv, mask, deterministic: bool, *, mode: str = "full", cache=None,
+                 index=None):
         cfg = self.cfg
         d = cfg.d_model // self.num_heads
         split = lambda y: y.reshape(*y.shape[:2], self.num_heads, d)  # noqa: E731
+        project = lambda y: (split(_dense(cfg.d_model, ("embed", "heads"), cfg, "key")(y)),  # noqa: E731
+                             split(_dense(cfg.d_model, ("embed", "heads"), cfg, "value")(y)))
+        if mode == "project":
+            return project(kv)
         q = split(_dense(cfg.d_model, ("embed", "heads"), cfg, "query")(x))
-        k = split(_dense(cfg.d_model, ("embed", "heads"), cfg, "key")(kv))
-        v = split(_dense(cfg.d_model, ("embed", "heads"), cfg, "value")(kv))
-        context, _, _ = attend(q, k, v, mask, NOTHING, cfg.attention_dropout, deterministic)
-        return _dense(cfg.d_model, ("heads", "embed"), cfg, "out")(
+        if mode == "full":
+            k, v = project(kv)
+        elif index is None:
+            k, v = cache
+        else:
+            k_new, v_new = project(x)
+            k = jax.lax.dynamic_update_slice_in_dim(cache[0], k_new.astype(cache[0].dtype),
+                                                    index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache[1], v_new.astype(cache[1].dtype),
+                                                    index, axis=1)
+        context, _, _ = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, NOTHING,
+                               cfg.attention_dropout, deterministic)
+        out = _dense(cfg.d_model, ("heads", "embed"), cfg, "out")(
             context.reshape(*x.shape[:2], -1))
+        return (out, (k, v)) if mode == "cached" and index is not None else out
 
 
 class Block(nn.Module):
-    """One post-LN block: self-attention, cross-attention (decoder only), feed-forward."""
+    """One post-LN block: self-attention, cross-attention (decoder only), feed-forward.
+
+    mode 'full' runs every position; 'cross_kv' returns the cross-attention's keys/values of
+    `memory`; 'step' runs one position against `cache` = {self: (k, v), cross: (k, v)} and
+    returns (x, its updated self-attention keys/values).
+    """
 
     cfg: Seq2SeqConfig
     num_heads: int
@@ -118,24 +146,41 @@ class Block(nn.Module):
     cross: bool
 
     @nn.compact
-    def __call__(self, x, self_mask, memory, memory_mask, deterministic: bool):
+    def __call__(self, x, self_mask, memory, memory_mask, deterministic: bool, *,
+                 mode: str = "full", cache=None, index=None):
         cfg = self.cfg
+        if mode == "cross_kv":
+            return Attention(cfg, self.num_heads, name="cross_attn")(None, memory, None, True,
+                                                                     mode="project")
         drop = lambda y, rate: nn.Dropout(rate)(y, deterministic=deterministic)  # noqa: E731
-        h = Attention(cfg, self.num_heads, name="self_attn")(x, x, self_mask, deterministic)
+        step = mode == "step"
+        self_attn = Attention(cfg, self.num_heads, name="self_attn")
+        if step:
+            h, self_kv = self_attn(x, x, self_mask, True, mode="cached", cache=cache["self"],
+                                   index=index)
+        else:
+            h = self_attn(x, x, self_mask, deterministic)
         x = _norm(cfg, "self_attn_norm")(x + drop(h, cfg.dropout))
         if self.cross:
-            h = Attention(cfg, self.num_heads, name="cross_attn")(x, memory, memory_mask,
-                                                                 deterministic)
+            cross = Attention(cfg, self.num_heads, name="cross_attn")
+            h = (cross(x, None, memory_mask, True, mode="cached", cache=cache["cross"]) if step
+                 else cross(x, memory, memory_mask, deterministic))
             x = _norm(cfg, "cross_attn_norm")(x + drop(h, cfg.dropout))
         h = ACTIVATIONS[cfg.activation_function](
             _dense(self.ffn_dim, ("embed", "mlp"), cfg, "fc1")(x))
         h = _dense(cfg.d_model, ("mlp", "embed"), cfg, "fc2")(drop(h, cfg.activation_dropout))
         x = _norm(cfg, "final_norm")(x + drop(h, cfg.dropout))
-        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return (x, self_kv) if step else x
 
 
 class Stack(nn.Module):
-    """Embeddings (shared word table + own positions + LayerNorm) and the blocks of one side."""
+    """Embeddings (shared word table + own positions + LayerNorm) and the blocks of one side.
+
+    Modes as Block's: 'full'; 'cross_kv' (a list of each layer's cross keys/values); 'step':
+    `ids` is [B, 1] at position `index`, `caches` a list of each layer's {self, cross}, and the
+    result (x, the list of updated self keys/values).
+    """
 
     cfg: Seq2SeqConfig
     num_layers: int
@@ -144,8 +189,13 @@ class Stack(nn.Module):
     cross: bool
 
     @nn.compact
-    def __call__(self, word_table, ids, self_mask, memory, memory_mask, deterministic: bool):
+    def __call__(self, word_table, ids, self_mask, memory, memory_mask, deterministic: bool, *,
+                 mode: str = "full", caches=None, index=None):
         cfg = self.cfg
+        blocks = [Block(cfg, self.num_heads, self.ffn_dim, self.cross, name=f"layer_{i}")
+                  for i in range(self.num_layers)]
+        if mode == "cross_kv":
+            return [block(None, None, memory, None, True, mode="cross_kv") for block in blocks]
         dtype = jnp.dtype(cfg.dtype)
         scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
         x = jnp.take(word_table, ids, axis=0).astype(dtype) * scale
@@ -153,11 +203,18 @@ class Stack(nn.Module):
             nn.initializers.normal(cfg.init_std), (None, "embed")),
             (cfg.max_position_embeddings + POSITION_OFFSET, cfg.d_model),
             jnp.dtype(cfg.param_dtype))
-        x = x + position[POSITION_OFFSET:POSITION_OFFSET + ids.shape[1]].astype(dtype)[None]
+        start = POSITION_OFFSET if index is None else POSITION_OFFSET + index
+        x = x + jax.lax.dynamic_slice_in_dim(position, start, ids.shape[1]).astype(dtype)[None]
         x = nn.Dropout(cfg.dropout)(_norm(cfg, "norm_embedding")(x), deterministic=deterministic)
-        for i in range(self.num_layers):
-            x = Block(cfg, self.num_heads, self.ffn_dim, self.cross, name=f"layer_{i}")(
-                x, self_mask, memory, memory_mask, deterministic)
+        if mode == "step":
+            updated = []
+            for block, cache in zip(blocks, caches):
+                x, kv = block(x, self_mask, None, memory_mask, True, mode="step", cache=cache,
+                              index=index)
+                updated.append(kv)
+            return x, updated
+        for block in blocks:
+            x = block(x, self_mask, memory, memory_mask, deterministic)
         return x
 
 
@@ -181,14 +238,28 @@ class Seq2SeqModule(nn.Module):
         key_mask = attention_mask[:, None, None, :].astype(bool)
         return self.encoder(self.shared, input_ids, key_mask, None, None, deterministic)
 
+    def _logits(self, h):
+        logits = jnp.einsum("...d,vd->...v", h, self.shared.astype(h.dtype))
+        return logits.astype(jnp.float32) + self.final_logits_bias[0].astype(jnp.float32)
+
     def decode(self, memory, attention_mask, decoder_input_ids, deterministic: bool = True):
         t = decoder_input_ids.shape[1]
         causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
         memory_mask = attention_mask[:, None, None, :].astype(bool)
-        h = self.decoder(self.shared, decoder_input_ids, causal, memory, memory_mask,
-                         deterministic)
-        logits = jnp.einsum("btd,vd->btv", h, self.shared.astype(h.dtype))
-        return logits.astype(jnp.float32) + self.final_logits_bias.astype(jnp.float32)
+        return self._logits(self.decoder(self.shared, decoder_input_ids, causal, memory,
+                                         memory_mask, deterministic))
+
+    def cross_kv(self, memory):
+        return self.decoder(None, None, None, memory, None, True, mode="cross_kv")
+
+    def decode_step(self, cross, attention_mask, cache, token, index):
+        memory_mask = attention_mask[:, None, None, :].astype(bool)
+        slots = cache[0][0].shape[1]
+        self_mask = (jnp.arange(slots) <= index)[None, None, None, :]
+        caches = [{"self": kv, "cross": ckv} for kv, ckv in zip(cache, cross)]
+        h, updated = self.decoder(self.shared, token[:, None], self_mask, None, memory_mask,
+                                  True, mode="step", caches=caches, index=index)
+        return self._logits(h[:, 0]), updated
 
     def __call__(self, input_ids, attention_mask, decoder_input_ids, deterministic: bool = True):
         memory = self.encode(input_ids, attention_mask, deterministic)
@@ -196,6 +267,7 @@ class Seq2SeqModule(nn.Module):
 
 
 def _sample_inputs(cfg: Seq2SeqConfig):
+    del cfg
     ids = jnp.zeros((1, 4), jnp.int32)
     return ids, jnp.ones((1, 4), jnp.int32), ids
 
@@ -251,6 +323,25 @@ class Seq2Seq(base.Model):
         """[B, T, vocab] float32 next-token logits of every decoder position (causal)."""
         return self.module.apply({"params": params}, memory, attention_mask, decoder_input_ids,
                                  method=Seq2SeqModule.decode)
+
+    def cross_kv(self, params: dict, memory: jax.Array) -> list:
+        """Each decoder layer's cross-attention (keys, values) of `memory`: once per batch."""
+        return self.module.apply({"params": params}, memory, method=Seq2SeqModule.cross_kv)
+
+    def empty_cache(self, batch: int, slots: int) -> list:
+        """Each decoder layer's self-attention (keys, values), [batch, slots, heads, d] zeros."""
+        c = self.config
+        shape = (batch, slots, c.decoder_attention_heads, c.d_model // c.decoder_attention_heads)
+        return [(jnp.zeros(shape, jnp.dtype(c.dtype)), jnp.zeros(shape, jnp.dtype(c.dtype)))
+                for _ in range(c.decoder_layers)]
+
+    def decode_step(self, params: dict, cross: list, attention_mask: jax.Array, cache: list,
+                    token: jax.Array, index: jax.Array) -> tuple[jax.Array, list]:
+        """One decoder position with a key/value cache: ([B, vocab] float32 logits of the token
+        after `token` [B] at slot `index`, the updated cache). Slots past `index` are masked,
+        so the cache may hold anything there."""
+        return self.module.apply({"params": params}, cross, attention_mask, cache, token, index,
+                                 method=Seq2SeqModule.decode_step)
 
     def word_embeddings(self, params: dict) -> Any:
         return params["shared"]

@@ -40,7 +40,7 @@ def main() -> None:
     log = (root / "cmlm_log.txt").open("a")
     teacher, topk = root / "cmlm_teacher", root / "cmlm" / "topk.jsonl"
     scale = [] if args.scale == 1.0 else ["steps=%d" % max(2, int(500 * args.scale))]
-    student_scale = [] if args.scale == 1.0 else [f"epochs={5 * args.scale}"]
+    student_scale = [] if args.scale == 1.0 else [f"epochs={8 * args.scale}"]
     plan = {
         "teacher": ["finetune", "--config", str(TASK / "cmlm_teacher.yaml"),
                     f"run_dir={teacher}", *scale],

@@ -267,3 +267,7 @@ def test_both_stages_end_to_end_with_resume_and_evaluate(tmp_path):
     bad = run_cli(*common[:-len(TINY_STUDENT)], f"run_dir={tmp_path / 'bad'}", "task.augmented=",
                   "steps=2", check=False)
     assert bad.returncode == 2 and "task.augmented" in " ".join(bad.stderr.split())
+    long = run_cli(*common, f"run_dir={tmp_path / 'long'}", "target_len=40", "steps=2",
+                   "method.options.alpha=0", "task.augmented=", check=False)
+    assert long.returncode == 2 and "target_len=40" in " ".join(long.stderr.split())
+    assert "Traceback" not in long.stderr

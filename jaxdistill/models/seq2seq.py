@@ -348,12 +348,12 @@ class Seq2Seq(base.Model):
 
     def forward_flops_per_token(self, seq_len: int,
                                 predictions_per_seq: int | None = None) -> float:
-        """Per token of a pair whose source and target are both `seq_len` long: the encoder's
-        matmuls for one source token plus the decoder's (cross-attention and the output layer
-        included) for one target token, attention's 4*L*T*d per side; halved because a pair
-        has two tokens per position."""
+        """Per token of a pair of `seq_len` tokens, half source and half target (the loop
+        counts both sides): the mean of one source token's encoder matmuls and one target
+        token's decoder matmuls (cross-attention and the output layer included), with
+        attention's 4*L*T*d per attention block."""
         del predictions_per_seq
-        c, d, t = self.config, self.config.d_model, seq_len
+        c, d, t = self.config, self.config.d_model, seq_len / 2
         encoder = c.encoder_layers * (2 * (4 * d * d + 2 * d * c.encoder_ffn_dim) + 4 * t * d)
         decoder = c.decoder_layers * (2 * (8 * d * d + 2 * d * c.decoder_ffn_dim) + 8 * t * d)
         return (encoder + decoder + 2 * d * c.vocab_size) / 2

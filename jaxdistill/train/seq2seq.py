@@ -257,7 +257,7 @@ def _run_student(cfg: FinetuneConfig, task: s2s.Seq2SeqTask, method_cls, options
               f"seq2seq student, vocabulary {roles.models[STUDENT].config.vocab_size} pieces; "
               f"{kd}; dev metric greedy BLEU")
     return _train(cfg, roles, TaskSource(batches), batches, BleuDevEvaluator, dev, header,
-                  seq_len=cfg.seq_len, predictions=None, task=task)
+                  seq_len=cfg.seq_len + cfg.target_len, predictions=None, task=task)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,6 +266,14 @@ def _run_student(cfg: FinetuneConfig, task: s2s.Seq2SeqTask, method_cls, options
 
 def _train(cfg, roles, source, batches, evaluator_cls, dev, header, *, seq_len, predictions,
            task) -> dict:
+    student = roles.models[STUDENT]
+    longest, needed = student.max_seq_len(), (
+        max(cfg.seq_len, cfg.target_len) if student.input_spec().get("decoder_input_ids")
+        else cfg.seq_len + cfg.target_len)
+    if longest is not None and needed > longest:
+        raise UserError(f"seq_len={cfg.seq_len} and target_len={cfg.target_len} need {needed} "
+                        f"positions; the '{student.kind}' model has {longest}. Shorten them or "
+                        f"give the model more positions.")
     steps = total_steps(cfg, batches)
     setup = loop.assemble(cfg, sharding.make_mesh(cfg.mesh), roles, total_steps=steps,
                           batch_spec=source.spec)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -32,7 +33,12 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies every step budget")
     ap.add_argument("--results", default=str(REPO / "docs" / "results.md"),
                     help="the Markdown file whose C-MLM section is rewritten")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the section from --out without running anything")
     args = ap.parse_args()
+    if args.render_only:
+        write_section(Path(args.results), render(json.loads(Path(args.out).read_text())))
+        return
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     stages_file = root / "cmlm_stages.json"
@@ -74,7 +80,7 @@ def main() -> None:
                                           str(TASK / "cmlm_teacher.yaml"), "--split", split],
                                          log)
     demo = sum(stages[s]["minutes"] for s in ("teacher", "topk", "student_kd"))
-    out = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+    out = {"machine": f"{platform.machine()} with {os.cpu_count()} CPU cores",
            "scale": args.scale, "stages": stages, "evaluations": evals,
            "demo_minutes": demo}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -131,8 +137,14 @@ def render(out: dict) -> str:
               f"{t_test['parameters'] / 1e6:.1f} M parameters.", "",
               "| stage | wall time | command |", "|---|---|---|"]
     for name in ("teacher", "topk", "student_kd", "student_nokd"):
-        lines.append(f"| {name} | {st[name]['minutes']:.1f} min | `{st[name]['command']}` |")
-    lines += ["", f"The demo (teacher, top-K targets, KD student): {out['demo_minutes']:.1f} min."]
+        command = st[name]["command"].replace(str(REPO) + "/", "")
+        lines.append(f"| {name} | {st[name]['minutes']:.1f} min | `{command}` |")
+    lines += ["", f"The demo (teacher, top-K targets, KD student): {out['demo_minutes']:.1f} min.",
+              "", "First test pairs, beam 5:", "",
+              "| source | reference | without the teacher | with the teacher |", "|---|---|---|---|"]
+    pairs = zip(ev["student_nokd/test/beam5"]["samples"], ev["student_kd/test/beam5"]["samples"])
+    lines += [f"| {a['source']} | {a['reference']} | {a['output']} | {b['output']} |"
+              for a, b in pairs]
     kd = (ev["student_kd/dev/beam5"]["dev_bleu"], ev["student_kd/test/beam5"]["test_bleu"])
     no = (ev["student_nokd/dev/beam5"]["dev_bleu"], ev["student_nokd/test/beam5"]["test_bleu"])
     met = kd[0] > no[0] and kd[1] > no[1]

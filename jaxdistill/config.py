@@ -242,9 +242,9 @@ class TaskConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-    """How a sequence-to-sequence student writes its outputs in `jaxdistill evaluate` and in its
-    export's generation_config.json (beam_size 1: greedy). Dev BLEU during training (checkpoint
-    selection) is always greedy: one pass, no beam."""
+    """How a sequence-to-sequence student writes its outputs in `jaxdistill evaluate`
+    (beam_size 1: greedy). Dev BLEU during training (checkpoint selection) is always greedy, one
+    pass, and so is the export's generation_config.json."""
 
     _RANGES: ClassVar[dict[str, str]] = {"beam_size": "[1, inf)", "length_penalty": "[0, inf)",
                                           "samples": "[0, inf)"}

@@ -44,13 +44,7 @@ class ModelOutputs:
     exit_layers: Any = None  # with `speed`: the 1-based layer each row exited at
 
 
-def _forward(model: Model, params: dict, input_ids, attention_mask, token_type_ids,
-             wants: Wants) -> ModelOutputs:
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask,
-             "token_type_ids": token_type_ids}
-    if model.kind == "seq2seq":  # token_type_ids carries the decoder inputs
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
-                 "decoder_input_ids": token_type_ids}
+def _forward(model: Model, params: dict, batch: dict, wants: Wants) -> ModelOutputs:
     out = model.apply(params, batch, wants=wants, train=False)
     # Our model stacks per-layer arrays on axis 0; transformers returns tuples.
     hidden = tuple(out.hidden_states) if out.hidden_states is not None else None
@@ -85,6 +79,7 @@ class HFModel:
         self.id2label = id2label
         self.model = _model(config)
         self._jitted = _jitted_forward(config)
+        self._generators: dict = {}  # (max_len, beam_size, length_penalty) -> jitted decoder
         self.early_exit = None  # FastBERT's exit branches, when the directory has them
         self.exported, self.exported_by = {}, {}  # what `save` writes beside the model
 
@@ -102,9 +97,10 @@ class HFModel:
             if decoder_input_ids is None:
                 raise ValueError("a seq2seq model needs decoder_input_ids (or use generate)")
             ids = _ids(input_ids)
-            mask = jnp.ones_like(ids) if attention_mask is None else _ids(attention_mask)
-            out = self._jitted(self.params, ids, mask, _ids(decoder_input_ids), wants=Wants())
-            return ModelOutputs(last_hidden_state=None, logits=out.logits)
+            batch = {"input_ids": ids, "decoder_input_ids": _ids(decoder_input_ids),
+                     "attention_mask": jnp.ones_like(ids) if attention_mask is None
+                     else _ids(attention_mask)}
+            return self._jitted(self.params, batch, wants=Wants())
         if speed is not None:
             if self.early_exit is None:
                 raise ValueError("this model has no FastBERT exit branches; `speed` needs a "
@@ -119,8 +115,9 @@ class HFModel:
             return ModelOutputs(last_hidden_state=None, logits=jnp.asarray(logits),
                                 exit_layers=exits)
         wants = Wants(hidden_states=output_hidden_states, attention_probs=output_attentions)
-        return self._jitted(self.params, _ids(input_ids), _ids(attention_mask),
-                            _ids(token_type_ids), wants=wants)
+        batch = {"input_ids": _ids(input_ids), "attention_mask": _ids(attention_mask),
+                 "token_type_ids": _ids(token_type_ids)}
+        return self._jitted(self.params, batch, wants=wants)
 
     def generate(self, input_ids: Any, attention_mask: Any = None, *, max_len: int | None = None,
                  beam_size: int = 1, length_penalty: float = 1.0) -> np.ndarray:
@@ -135,13 +132,14 @@ class HFModel:
 
         ids = np.asarray(_ids(input_ids))
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(_ids(attention_mask))
+        setting = (max_len or self.config.max_position_embeddings, beam_size, length_penalty)
         mesh = sharding.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-        params_sh = sharding.shardings_for(self.model.logical_axes(), self.params, mesh)
-        fn, _ = make_generate(self.model, params_sh, mesh,
-                              max_len or self.config.max_position_embeddings, beam_size,
-                              length_penalty)
+        if setting not in self._generators:  # one compilation per setting, not per call
+            params_sh = sharding.shardings_for(self.model.logical_axes(), self.params, mesh)
+            self._generators[setting] = make_generate(self.model, params_sh, mesh, *setting)[0]
         with mesh:
-            return np.asarray(fn(self.params, {"input_ids": ids, "attention_mask": mask}))
+            return np.asarray(self._generators[setting](
+                self.params, {"input_ids": ids, "attention_mask": mask}))
 
     def __repr__(self) -> str:
         c = self.config

@@ -203,11 +203,20 @@ class Specials:
         return cls(s["pad"], s["cls"], s["sep"], s["mask"])
 
 
-def token_ids(tokenizer_dir: str | Path, texts: Sequence[str]) -> tuple[list[list[int]], Specials]:
+def specials(tokenizer_dir: str | Path) -> Specials:
+    from jaxdistill.data.tokenizer import load_tokenizer
+
+    return Specials.of(load_tokenizer(tokenizer_dir)[1])
+
+
+def _pair_ids(pairs: Sequence[Pair], tokenizer_dir: str | Path
+              ) -> tuple[list[list[int]], list[list[int]], Specials]:
+    """(source ids, target ids, special ids) of `pairs`, with one tokenizer load."""
     from jaxdistill.data.tokenizer import encode_segments, load_tokenizer
 
     tok, info = load_tokenizer(tokenizer_dir)
-    return encode_segments(tok, list(texts)), Specials.of(info)
+    return (encode_segments(tok, [p.source for p in pairs]),
+            encode_segments(tok, [p.target for p in pairs]), Specials.of(info))
 
 
 def encode_pairs(pairs: Sequence[Pair], tokenizer_dir: str | Path, source_len: int,
@@ -215,8 +224,7 @@ def encode_pairs(pairs: Sequence[Pair], tokenizer_dir: str | Path, source_len: i
     """The student's arrays: input_ids/attention_mask [N, source_len] ([CLS] X [SEP]),
     decoder_input_ids [N, target_len] ([CLS] Y), labels [N, target_len] (Y [SEP], pad 0) and
     label_weights (1 on real target tokens)."""
-    sources, sp = token_ids(tokenizer_dir, [p.source for p in pairs])
-    targets, _ = token_ids(tokenizer_dir, [p.target for p in pairs])
+    sources, targets, sp = _pair_ids(pairs, tokenizer_dir)
     n = len(pairs)
     out = {"input_ids": np.full((n, source_len), sp.pad, np.int32),
            "attention_mask": np.zeros((n, source_len), np.int32),
@@ -239,8 +247,7 @@ def encode_conditional(pairs: Sequence[Pair], tokenizer_dir: str | Path, source_
     """The teacher's unmasked arrays: [CLS] X [SEP] Y [SEP] in source_len + target_len slots
     (X truncated to source_len - 2 pieces, Y to target_len - 1), token types 0 for X and 1 for
     Y, and target_start / target_count: where Y [SEP] begins and how many slots it has."""
-    sources, sp = token_ids(tokenizer_dir, [p.source for p in pairs])
-    targets, _ = token_ids(tokenizer_dir, [p.target for p in pairs])
+    sources, targets, sp = _pair_ids(pairs, tokenizer_dir)
     n, width = len(pairs), source_len + target_len
     out = {"input_ids": np.full((n, width), sp.pad, np.int32),
            "attention_mask": np.zeros((n, width), np.int32),

@@ -94,7 +94,7 @@ def generate_texts(generate, batch_sh: dict, params: Any, arrays: dict[str, np.n
     from jaxdistill.train.finetune import process_rows
 
     outputs, seconds, tokens = [], 0.0, 0
-    eos = None
+    eos = _decoder(str(tokenizer_dir))[1].special_ids["sep"]
     for batch in eval_batches({k: arrays[k] for k in INPUT_KEYS}, batch_size):
         weights = batch.pop("weights")
         inputs = to_global(process_rows({k: batch[k] for k in INPUT_KEYS}), batch_sh, batch_size)
@@ -103,8 +103,6 @@ def generate_texts(generate, batch_sh: dict, params: Any, arrays: dict[str, np.n
         seconds += time.perf_counter() - t0
         out = out[weights > 0]
         outputs.append(out)
-        if eos is None:
-            eos = _decoder(str(tokenizer_dir))[1].special_ids["sep"]
         tokens += int(np.sum(np.cumsum(out == eos, axis=1) == 0)) + int(np.sum(out == eos))
     out = np.concatenate(outputs)
     seconds = max(seconds, 1e-9)

@@ -79,7 +79,7 @@ class TopKTargets(TeacherDataset):
         self.columns = np.asarray([index[p] for p in student_vocab], np.int32)
         self.to_student = np.full(len(teacher_vocab), -1, np.int64)
         self.to_student[self.columns] = np.arange(len(self.columns))
-        self.special = s2s.token_ids(tokenizer_dir, [])[1]
+        self.special = s2s.specials(tokenizer_dir)
         self.topk = self._compile(model, params)
 
     def _compile(self, model, params):

@@ -108,7 +108,7 @@ def masked_metrics(scores_fn, batch_sh: dict, params: Any, masked: dict[str, np.
 def fixed_dev_masks(pairs: list[s2s.Pair], tokenizer_dir: Path, cfg: FinetuneConfig,
                     probability: float, predictions: int) -> dict[str, np.ndarray]:
     arrays = s2s.encode_conditional(pairs, tokenizer_dir, cfg.seq_len, cfg.target_len)
-    mask_id = s2s.token_ids(tokenizer_dir, [])[1].mask
+    mask_id = s2s.specials(tokenizer_dir).mask
     return s2s.mask_targets(arrays, np.arange(len(pairs)), probability, predictions,
                             np.random.default_rng(DEV_MASK_SEED), mask_id)
 
@@ -140,7 +140,7 @@ def _run_teacher(cfg: FinetuneConfig, task: s2s.Seq2SeqTask, options: Any) -> di
     arrays = s2s.encode_conditional(task.train, tok, cfg.seq_len, cfg.target_len)
     batches = tasks.TaskBatches(arrays, cfg.batch_size, cfg.seed)
     source = MaskedSource(batches, options.mask_probability, predictions,
-                          s2s.token_ids(tok, [])[1].mask, cfg.seed)
+                          s2s.specials(tok).mask, cfg.seed)
     dev = fixed_dev_masks(task.dev, tok, cfg, options.mask_probability, predictions)
     header = (f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev pairs; "
               f"conditional MLM over [CLS] X [SEP] Y [SEP] ({cfg.seq_len} + {cfg.target_len} "
@@ -201,7 +201,7 @@ def build_student(cfg: FinetuneConfig, vocab_dir: Path, method_cls, options) -> 
     if cfg.student.init not in ("default", "random"):
         raise UserError(f"student.init={cfg.student.init}: the C-MLM student starts from random "
                         f"weights on its own vocabulary (student.init: random).")
-    sp = s2s.token_ids(vocab_dir, [])[1]
+    sp = s2s.specials(vocab_dir)
     vocab_size = len((vocab_dir / "vocab.txt").read_text().splitlines())
     cls = models.model_class(cfg.student.kind)
     fields = {**cfg.student.architecture, "kind": cls.kind, "head": "lm",
@@ -225,10 +225,11 @@ def with_teacher_targets(cfg: FinetuneConfig, arrays: dict[str, np.ndarray], top
     if topk["topk_ids"].shape[2] < top_k:
         raise UserError(f"method.options.top_k={top_k}, but {cfg.task.augmented} holds "
                         f"{topk['topk_ids'].shape[2]} entries per position.")
-    width = min(t, topk["target_ids"].shape[1])
+    # Both sides as ids with -1 past the target, padded to one width: they must be equal.
+    width = max(t, topk["target_ids"].shape[1])
+    widen = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=-1)  # noqa
     labels = np.where(arrays["label_weights"] > 0, arrays["labels"], -1)
-    if topk["target_ids"].shape[1] > t and (topk["target_ids"][:, t:] >= 0).any() or \
-            not np.array_equal(labels[:, :width], topk["target_ids"][:, :width]):
+    if not np.array_equal(widen(labels), widen(topk["target_ids"])):
         raise UserError(f"task.augmented={cfg.task.augmented}: its targets are not the training "
                         f"targets tokenized with target_len={cfg.target_len}; write it with the "
                         f"same task.* and target_len.")

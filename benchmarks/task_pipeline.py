@@ -12,6 +12,8 @@ configs/teacher_mlm.yaml, configs/task/*.yaml) with run dirs under --root:
   -> `jaxdistill evaluate` of every result on the dev set (BiLSTM rows and the teacher at batch
   128 and batch 1), and FastBERT's speed sweep.
 --scale multiplies every stage's step budget (for a quick smoke run; the table says so).
+--skip mtdnn,mobilebert leaves those stage groups out and carries their sections over, marked,
+from the existing results file.
 """
 from __future__ import annotations
 
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     skip = {g for g in args.skip.split(",") if g}
     if not skip <= set(GROUPS):
         p.error(f"--skip: unknown group(s) {sorted(skip - set(GROUPS))}; expected {list(GROUPS)}")
+    out = Path(args.out)
+    carried = {g: section_of(out, HEADINGS[g]) for g in skip}  # read before any stage runs
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     # Finished stages are recorded, so an interrupted pipeline continues where it stopped.
@@ -277,8 +281,6 @@ def main(argv: list[str] | None = None) -> int:
         _cli(["evaluate", "--model", str(root / "task_fastbert" / "hf"), "--config",
               "configs/task/teacher.yaml", "--speeds", SPEEDS, "--report-dir", str(sweep_dir)], log)
         evals["fastbert_sweep"] = json.loads((sweep_dir / "report.json").read_text())
-    out = Path(args.out)
-    carried = {g: section_of(out, HEADINGS[g]) for g in skip}
     table = render(args, timings, total, evals, carried)
     # Hand-written analysis below the marker survives a regeneration.
     kept = out.read_text().split(MARKER, 1) if out.is_file() else []

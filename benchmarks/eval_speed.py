@@ -16,7 +16,7 @@ import sys
 
 
 def measure(models: list[str], recipe: str, passes: int, batch_size: int) -> dict:
-    from jaxdistill import config as config_lib, loading
+    from jaxdistill import config as config_lib
     from jaxdistill.data import tasks
     from jaxdistill.train import finetune
 
@@ -24,19 +24,16 @@ def measure(models: list[str], recipe: str, passes: int, batch_size: int) -> dic
     task = tasks.load_task(cfg.task)
     placed = []
     for ref in models:
-        model, params, tok = loading.load_pretrained(ref)
-        arrays = tasks.encode(task.dev, tok, cfg.seq_len, task.num_labels == 1)
-        predict, batch_sh, params, mesh = finetune.placed_predict(model, params)
+        _, arrays, predict, batch_sh, params, mesh = finetune.load_classifier(ref, task,
+                                                                              cfg.seq_len)
         with mesh:  # compile outside the timing
             finetune.set_logits(predict, batch_sh, params, arrays, batch_size)
-        placed.append((predict, batch_sh, params, mesh, arrays))
+        placed.append((mesh, (predict, batch_sh, params, arrays, batch_size)))
     rates: list[list[float]] = [[] for _ in models]
     for _ in range(passes):
-        for i, (predict, batch_sh, params, mesh, arrays) in enumerate(placed):
+        for i, (mesh, args) in enumerate(placed):
             with mesh:
-                logits, seconds = finetune.set_logits(predict, batch_sh, params, arrays,
-                                                      batch_size)
-            rates[i].append(len(logits) / seconds)
+                rates[i].append(finetune.pass_rate(*args))
     medians = [statistics.median(r) for r in rates]
     return {"task": task.name, "seq_len": cfg.seq_len, "batch_size": batch_size,
             "passes": passes, "models": [

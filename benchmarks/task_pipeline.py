@@ -275,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 ["evaluate", "--model", str(root / run / "best"), "--config",
                  "configs/task/teacher.yaml", "eval_batch_size=1", "task.max_dev_examples=256"],
                 log))
-        evals["side_by_side"] = side_by_side(root, log, [r for r in SIDE_BY_SIDE if not (
-            "mobilebert" in skip and r == "task_mobilebert")])
+        evals["side_by_side"] = side_by_side(root, log, [r for r in SIDE_BY_SIDE if r in evals])
         sweep_dir = root / "task_fastbert" / "speed_sweep"
         _cli(["evaluate", "--model", str(root / "task_fastbert" / "hf"), "--config",
               "configs/task/teacher.yaml", "--speeds", SPEEDS, "--report-dir", str(sweep_dir)], log)

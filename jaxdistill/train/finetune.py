@@ -227,12 +227,10 @@ def run(cfg: FinetuneConfig) -> dict:
 TIMED_PASSES = 5
 
 
-def evaluate_model(model_ref: str, task_cfg: config_lib.TaskConfig, seq_len: int,
-                   batch_size: int, split: str = "dev") -> dict:
-    """A checkpoint or model directory's classifier on a task's dev set: metrics, size, FLOPs,
-    examples/s."""
+def load_classifier(model_ref: str, task: tasks.TaskData, seq_len: int, split: str = "dev"):
+    """(model, encoded split, predict, batch shardings, params on the devices, mesh) of a
+    checkpoint or model directory that must be a classifier for `task`."""
     model, params, tok = loading.load_pretrained(model_ref)
-    task = tasks.load_task(task_cfg)
     cfg = model.config
     if cfg.head != "classifier" or cfg.num_labels != task.num_labels:
         raise UserError(f"{model_ref}: expected a classifier with {task.num_labels} labels for "
@@ -242,7 +240,24 @@ def evaluate_model(model_ref: str, task_cfg: config_lib.TaskConfig, seq_len: int
         raise UserError(f"{model_ref} has no tokenizer files (vocab.txt or tokenizer.json).")
     examples = task.dev if split == "dev" else task.train
     arrays = tasks.encode(examples, tok, seq_len, task.num_labels == 1)
-    predict, batch_sh, params, mesh = placed_predict(model, params)
+    return (model, arrays, *placed_predict(model, params))
+
+
+def pass_rate(predict, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray],
+              batch_size: int) -> float:
+    """Examples/s of one timed pass of the forward over `arrays`."""
+    logits, seconds = set_logits(predict, batch_sh, params, arrays, batch_size)
+    return len(logits) / max(seconds, 1e-9)
+
+
+def evaluate_model(model_ref: str, task_cfg: config_lib.TaskConfig, seq_len: int,
+                   batch_size: int, split: str = "dev") -> dict:
+    """A checkpoint or model directory's classifier on a task's dev set: metrics, size, FLOPs,
+    examples/s."""
+    task = tasks.load_task(task_cfg)
+    model, arrays, predict, batch_sh, params, mesh = load_classifier(model_ref, task, seq_len,
+                                                                     split)
+    cfg = model.config
     with mesh:
         evaluate_arrays(predict, batch_sh, params, {k: v[:batch_size] for k, v in arrays.items()},
                         batch_size, task.num_labels, task.metrics)  # compile outside the timing
@@ -250,13 +265,12 @@ def evaluate_model(model_ref: str, task_cfg: config_lib.TaskConfig, seq_len: int
                                        task.num_labels, task.metrics)
         # One pass over a small dev set lasts seconds, and on a shared CPU single passes of the
         # same model differ by 20%: the speed is the median of TIMED_PASSES passes.
-        rates = [rate]
-        for _ in range(TIMED_PASSES - 1):
-            logits, seconds = set_logits(predict, batch_sh, params, arrays, batch_size)
-            rates.append(len(logits) / max(seconds, 1e-9))
+        rates = [rate] + [pass_rate(predict, batch_sh, params, arrays, batch_size)
+                          for _ in range(TIMED_PASSES - 1)]
         rate = float(np.median(rates))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    return {"model": str(model_ref), "task": task.name, "split": split, "examples": len(examples),
+    return {"model": str(model_ref), "task": task.name, "split": split,
+            "examples": len(arrays["labels"]),
             **{f"{split}_{k}": v for k, v in values.items()}, "metric": task.select_metric,
             "parameters": n_params, "layers": getattr(cfg, "num_layers", None),
             "hidden_size": getattr(cfg, "hidden_size", None),

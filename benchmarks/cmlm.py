@@ -3,10 +3,12 @@
   python -m benchmarks.cmlm                      # runs/cmlm_*, writes benchmarks/results/cmlm.json
   python -m benchmarks.cmlm --root /tmp/c --scale 0.1
 
-Stages, each one `jaxdistill` command on the shipped recipes (configs/task/cmlm_*.yaml), run dirs
-under --root: the conditional-MLM teacher -> its top-K targets -> the student with KD -> the same
+Stages, each one `jaxdistill` command on the shipped recipes (configs/teacher_mlm.yaml,
+configs/task/cmlm_*.yaml), run dirs under --root: the packaged MiniLM's MLM head -> the
+conditional-MLM teacher started from it -> its top-K targets -> the student with KD -> the same
 student without the teacher -> `jaxdistill evaluate` of both students on dev and test (beam 5,
-length penalty 0.6, and greedy) and of the teacher (masked-token accuracy). A stage whose summary
+length penalty 0.6, and greedy; every output kept for sacreBLEU's paired bootstrap of KD against
+no KD) and of the teacher (masked-token accuracy). A stage whose summary
 is already in --root/cmlm_stages.json is not rerun (delete the file to start over).
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks import task_pipeline
+from jaxdistill import significance
 from benchmarks.task_pipeline import REPO, TASK
 
 
@@ -47,9 +50,12 @@ def main() -> None:
     teacher, topk = root / "cmlm_teacher", root / "cmlm" / "topk.jsonl"
     scale = [] if args.scale == 1.0 else ["steps=%d" % max(2, int(500 * args.scale))]
     student_scale = [] if args.scale == 1.0 else [f"epochs={8 * args.scale}"]
+    mlm_head = root / "teacher_mlm"
     plan = {
+        "teacher_mlm": ["pretrain", "--config", str(REPO / "configs" / "teacher_mlm.yaml"),
+                        f"run_dir={mlm_head}"],
         "teacher": ["finetune", "--config", str(TASK / "cmlm_teacher.yaml"),
-                    f"run_dir={teacher}", *scale],
+                    f"run_dir={teacher}", f"student.init={mlm_head}", *scale],
         "topk": ["augment", "--config", str(TASK / "cmlm_topk.yaml"), f"out={topk}",
                  f"teacher={teacher}/best"],
         "student_kd": ["finetune", "--config", str(TASK / "cmlm_student.yaml"),
@@ -68,21 +74,29 @@ def main() -> None:
             stages_file.write_text(json.dumps(stages, indent=2))
     evals = {}
     recipe = str(TASK / "cmlm_student.yaml")
+    outputs = root / "cmlm_outputs"
     for name in ("student_kd", "student_nokd"):
         model = f"{root}/cmlm_{'student' if name == 'student_kd' else 'nokd'}/best"
         for split in ("dev", "test"):
             for beam in (5, 1):
                 evals[f"{name}/{split}/beam{beam}"] = _cli(
                     ["evaluate", "--model", model, "--config", recipe, "--split", split,
-                     f"decode.beam_size={beam}"], log)
+                     f"decode.beam_size={beam}", "--predictions",
+                     str(outputs / f"{name}_{split}_beam{beam}.jsonl")], log)
+    # KD against no KD on the same pairs: sacreBLEU's paired bootstrap.
+    tests = {f"{split}/beam{beam}": significance.compare_files(
+        outputs / f"student_nokd_{split}_beam{beam}.jsonl",
+        outputs / f"student_kd_{split}_beam{beam}.jsonl")
+        for split in ("dev", "test") for beam in (5, 1)}
     for split in ("dev", "test"):
         evals[f"teacher/{split}"] = _cli(["evaluate", "--model", f"{teacher}/best", "--config",
                                           str(TASK / "cmlm_teacher.yaml"), "--split", split],
                                          log)
-    demo = sum(stages[s]["minutes"] for s in ("teacher", "topk", "student_kd"))
+    demo = sum(stages[s]["minutes"] for s in ("teacher_mlm", "teacher", "topk", "student_kd"))
     out = {"machine": f"{platform.machine()} with {os.cpu_count()} CPU cores",
            "scale": args.scale, "stages": stages, "evaluations": evals,
-           "demo_minutes": demo}
+           "paired_tests": tests, "demo_minutes": demo,
+           "date": time.strftime("%Y-%m-%d")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     write_section(Path(args.results), render(out))
@@ -113,44 +127,61 @@ def render(out: dict) -> str:
     scale = "" if out["scale"] == 1 else f" --scale {out['scale']}"
     lines = [
         "## C-MLM: a conditional-MLM BERT teacher distilled into a Seq2Seq student", "",
-        f"Produced by `python -m benchmarks.cmlm{scale}` ({out['machine']}). Task: WordNet "
+        f"Produced by `python -m benchmarks.cmlm{scale}` ({out['machine']}, "
+        f"{out.get('date', 'date not recorded')}). Task: WordNet "
         "definition modelling (word ; example sentence -> gloss, Debian `wordnet-base`), 8,000 "
         "training pairs, 300 dev and 300 test pairs of the fixed-seed splits. Teacher: the "
-        "packaged MiniLM-L6 fine-tuned as a conditional MLM (configs/task/cmlm_teacher.yaml). "
-        "Students: the BART-shaped encoder-decoder of configs/task/cmlm_student.yaml (3 + 3 "
-        "layers, d 256), same data and budget. BLEU is sacreBLEU (13a) against lowercased "
-        "references (the vocabulary is uncased); decoding speed is sentences/s of "
-        "`jaxdistill evaluate` on the test split (batch 100, key/value cache).", "",
+        "packaged MiniLM-L6 with the MLM head of configs/teacher_mlm.yaml, fine-tuned as a "
+        "conditional MLM (configs/task/cmlm_teacher.yaml). Students: the BART-shaped "
+        "encoder-decoder of configs/task/cmlm_student.yaml, same data and budget. BLEU is "
+        "sacreBLEU (13a) against lowercased references (the vocabulary is uncased); decoding "
+        "speed is sentences/s of `jaxdistill evaluate` on the test split (batch 100, key/value "
+        "cache). Cross entropy is nats per target token, teacher-forced, with each pair's own "
+        "source and with the sources shuffled across the pairs (a student that ignores its "
+        "source scores the same on both); distinct outputs are of the 300 test pairs.", "",
         "| model | dev BLEU (beam 5) | test BLEU (beam 5) | dev BLEU (greedy) | test BLEU "
-        "(greedy) | parameters | sentences/s (beam 5) | sentences/s (greedy) |",
-        "|---|---|---|---|---|---|---|---|"]
+        "(greedy) | test CE, true / shuffled sources | distinct test outputs (beam 5 / greedy) "
+        "| parameters | sentences/s (beam 5 / greedy) |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for label, key in rows:
         b5d, b5t = ev[f"{key}/dev/beam5"], ev[f"{key}/test/beam5"]
         g_d, g_t = ev[f"{key}/dev/beam1"], ev[f"{key}/test/beam1"]
         lines.append(f"| {label} | {b5d['dev_bleu']:.2f} | {b5t['test_bleu']:.2f} | "
                      f"{g_d['dev_bleu']:.2f} | {g_t['test_bleu']:.2f} | "
-                     f"{b5t['parameters'] / 1e6:.1f} M | {b5t['sentences_per_sec']:.1f} | "
+                     f"{b5t['test_cross_entropy']:.3f} / "
+                     f"{b5t['test_cross_entropy_shuffled_sources']:.3f} | "
+                     f"{b5t['distinct_outputs']} / {g_t['distinct_outputs']} | "
+                     f"{b5t['parameters'] / 1e6:.1f} M | {b5t['sentences_per_sec']:.1f} / "
                      f"{g_t['sentences_per_sec']:.1f} |")
+    lines += ["", "KD against no KD on the same pairs (sacreBLEU's paired bootstrap, 1,000 "
+              "resamples; significant when p < 0.05):", "",
+              "| split, decoding | no KD | KD | difference | p | significant |",
+              "|---|---|---|---|---|---|"]
+    for name, test in out["paired_tests"].items():
+        lines.append(f"| {name.replace('/', ', ')} | {test['a']:.2f} | {test['b']:.2f} | "
+                     f"{test['difference']:+.2f} | {test['p_value']:.3g} | "
+                     f"{'yes' if test['significant'] else 'no'} |")
     t_dev, t_test = ev["teacher/dev"], ev["teacher/test"]
     lines += ["", f"Teacher: masked-token accuracy {t_dev['masked_accuracy']:.4f} (dev) / "
               f"{t_test['masked_accuracy']:.4f} (test) at 15% of the target masked, "
               f"{t_test['parameters'] / 1e6:.1f} M parameters.", "",
               "| stage | wall time | command |", "|---|---|---|"]
-    for name in ("teacher", "topk", "student_kd", "student_nokd"):
+    for name in ("teacher_mlm", "teacher", "topk", "student_kd", "student_nokd"):
         command = st[name]["command"].replace(str(REPO) + "/", "")
         lines.append(f"| {name} | {st[name]['minutes']:.1f} min | `{command}` |")
-    lines += ["", f"The demo (teacher, top-K targets, KD student): {out['demo_minutes']:.1f} min.",
+    lines += ["", f"The demo (MLM head, teacher, top-K targets, KD student): "
+              f"{out['demo_minutes']:.1f} min.",
               "", "First test pairs, beam 5:", "",
               "| source | reference | without the teacher | with the teacher |", "|---|---|---|---|"]
     pairs = zip(ev["student_nokd/test/beam5"]["samples"], ev["student_kd/test/beam5"]["samples"])
     lines += [f"| {a['source']} | {a['reference']} | {a['output']} | {b['output']} |"
               for a, b in pairs]
-    kd = (ev["student_kd/dev/beam5"]["dev_bleu"], ev["student_kd/test/beam5"]["test_bleu"])
-    no = (ev["student_nokd/dev/beam5"]["dev_bleu"], ev["student_nokd/test/beam5"]["test_bleu"])
-    met = kd[0] > no[0] and kd[1] > no[1]
-    lines += ["", f"**Against the target** (the KD student beats the no-KD student on dev and "
-              f"test): {'met' if met else 'not met'}, {kd[0] - no[0]:+.2f} BLEU on dev and "
-              f"{kd[1] - no[1]:+.2f} on test (beam 5)."]
+    dev, test = out["paired_tests"]["dev/beam5"], out["paired_tests"]["test/beam5"]
+    met = dev["difference"] > 0 and test["difference"] > 0 and test["significant"]
+    lines += ["", f"**Against the target** (the KD student ahead of the no-KD student on dev and "
+              f"test, significant on test): {'met' if met else 'not met'}, "
+              f"{dev['difference']:+.2f} BLEU on dev (p = {dev['p_value']:.3g}) and "
+              f"{test['difference']:+.2f} on test (p = {test['p_value']:.3g}), beam 5."]
     return "\n".join(lines)
 
 

@@ -71,7 +71,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if cfg.task.name in seq2seq_tasks():
         from jaxdistill.train import seq2seq
 
-        print(json.dumps(seq2seq.evaluate_model(args.model, cfg, split=args.split)))
+        print(json.dumps(seq2seq.evaluate_model(args.model, cfg, split=args.split,
+                                                predictions=args.predictions)))
         return 0
     if args.split == "test":
         from jaxdistill.errors import UserError
@@ -81,10 +82,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if cfg.tasks or _is_multitask(args.model):
         from jaxdistill.train import multitask
 
-        print(json.dumps(multitask.evaluate_model(args.model, cfg)))
+        print(json.dumps(multitask.evaluate_model(args.model, cfg, args.predictions)))
         return 0
     print(json.dumps(finetune.evaluate_model(args.model, cfg.task, cfg.seq_len,
-                                             cfg.eval_batch_size, split=args.split)))
+                                             cfg.eval_batch_size, split=args.split,
+                                             predictions=args.predictions)))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from jaxdistill import significance
+
+    test = significance.compare_files(args.baseline, args.other)
+    print(json.dumps({"baseline": args.baseline, "other": args.other, **test,
+                      "verdict": significance.verdict(test, "points" if "ci95" in test
+                                                      else "BLEU")}))
     return 0
 
 
@@ -209,10 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
                                         "speed_sweep/ beside the model directory)")
     p.add_argument("--latency-examples", type=int, default=256,
                    help="dev examples timed one at a time for the batch-1 figures (default 256)")
+    p.add_argument("--predictions", metavar="FILE",
+                   help="write every example's label and prediction (a seq2seq student: source, "
+                        "reference, output) to FILE, JSON Lines, for `jaxdistill compare`")
     p.add_argument("--config", help=f"recipe giving task.*, seq_len, eval_batch_size "
                                     f"(default: configs/{FINETUNE_DEFAULT})")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. task.name=sst2")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="paired significance test of two models on the same "
+                                       "examples: McNemar + bootstrap interval for accuracy, "
+                                       "sacreBLEU's paired bootstrap for BLEU")
+    p.add_argument("baseline", help="`evaluate --predictions` file of the baseline model")
+    p.add_argument("other", help="the other model's file, same task and split")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("augment", help="teacher-made training sets of a task: TinyBERT's "
                                        "augmentation; method=tang: Tang et al.'s, teacher-"

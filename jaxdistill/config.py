@@ -139,16 +139,19 @@ class OptimizerConfig:
     _RANGES: ClassVar[dict[str, str]] = {
         "b1": "[0, 1)", "b2": "[0, 1)", "eps": "(0, inf)", "weight_decay": "[0, inf)",
         "grad_clip": "[0, inf)", "warmup_ratio": "[0, 1]", "warmup_steps": "[-1, inf)",
-        "end_lr_ratio": "[0, 1]", "grad_accum": "[1, inf)", "schedule": "linear|cosine|constant",
+        "end_lr_ratio": "[0, 1]", "grad_accum": "[1, inf)",
+        "schedule": "linear|cosine|constant|inverse_sqrt",
         "name": "adamw|lamb"}
 
-    name: str = "adamw"  # or 'lamb' (MobileBERT's): Adam moments, then a per-tensor trust ratio
+    name: str = "adamw"  # or 'lamb' (MobileBERT's): Adam moments, then a per-layer trust ratio
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-6
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # global norm; 0 disables
-    schedule: str = "linear"  # 'linear', 'cosine', 'constant' (after warmup)
+    # After warmup: 'linear', 'cosine', 'constant', or 'inverse_sqrt' (peak * sqrt(warmup /
+    # step), the Transformer's Noam schedule with its peak named)
+    schedule: str = "linear"
     warmup_ratio: float = 0.1
     warmup_steps: int = -1  # >= 0 overrides warmup_ratio
     end_lr_ratio: float = 0.0
@@ -247,10 +250,13 @@ class DecodeConfig:
     pass, and so is the export's generation_config.json."""
 
     _RANGES: ClassVar[dict[str, str]] = {"beam_size": "[1, inf)", "length_penalty": "[0, inf)",
-                                          "samples": "[0, inf)"}
+                                          "samples": "[0, inf)", "length_penalty_form": "hf|wu"}
 
     beam_size: int = 5  # Distill-BERT-Textgen's evaluation: beam 5, length penalty 0.6
-    length_penalty: float = 0.6  # score = sum log p / length ** length_penalty
+    length_penalty: float = 0.6  # alpha of the length normaliser
+    # 'hf': score = sum log p / n ** alpha (Hugging Face's); 'wu': / ((5 + n) / 6) ** alpha
+    # (Wu et al. 2016; OpenNMT's, which the reference decodes with)
+    length_penalty_form: str = "hf"
     samples: int = 5  # outputs printed with the scores
 
 

@@ -130,3 +130,10 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
+
+
+def stacked_layers(logical_tree: Any, shape_tree: Any) -> Any:
+    """Per array: True when its leading axis is the 'layers' axis of a scanned layer stack."""
+    is_spec = lambda x: isinstance(x, P) or x is None  # noqa: E731
+    return jax.tree.map(lambda spec, _: bool(spec) and tuple(spec)[0] == "layers",
+                        logical_tree, shape_tree, is_leaf=is_spec)

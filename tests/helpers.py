@@ -10,6 +10,11 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+# WordNet for the C-MLM tests: Debian's wordnet-base when installed, else the excerpt of its files
+# that ships with the tests (tests/data/wordnet/README.md).
+FULL_WORDNET = Path("/usr/share/wordnet")
+WORDNET = FULL_WORDNET if (FULL_WORDNET / "data.noun").is_file() else \
+    Path(__file__).resolve().parent / "data" / "wordnet"
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # A tiny pretrain run: small student, short sequences, every step logged.
 TINY = ["seq_len=32", "batch_size=8", "student.hidden_size=24", "student.num_layers=2",

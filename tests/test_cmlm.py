@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import read_metrics, run_cli, write_tiny_teacher
+from helpers import FULL_WORDNET, WORDNET, read_metrics, run_cli, write_tiny_teacher
 from jaxdistill import losses
 from jaxdistill.config import TaskConfig
 from jaxdistill.data import seq2seq as s2s
@@ -28,8 +28,9 @@ def _pairs(n=12):
 
 
 def test_wordnet_pairs_and_fixed_seed_splits_keep_senses_apart():
-    pairs = s2s.read_wordnet("/usr/share/wordnet")
-    assert len(pairs) > 30000
+    pairs = s2s.read_wordnet(WORDNET)
+    full = WORDNET == FULL_WORDNET
+    assert len(pairs) > 30000 if full else len(pairs) == 641
     assert all(" ; " in p.source and p.target for p in pairs)
     # Examples go to the source, never into the definition ('def: "example"' glosses too).
     assert not any(re.search(r'[;:]\s*"', p.target) for p in pairs)
@@ -37,13 +38,16 @@ def test_wordnet_pairs_and_fixed_seed_splits_keep_senses_apart():
     assert sub.source == ("substitution ; he sent Smith in for Jones but the substitution came "
                           "too late to help")
     assert sub.target == "the act of putting one thing or person in the place of another"
-    task = s2s.load_task(TaskConfig(name="wordnet_definitions"))
-    again = s2s.load_task(TaskConfig(name="wordnet_definitions"))
-    assert (len(task.dev), len(task.test)) == (1000, 1000)
+    task = s2s.load_task(TaskConfig(name="wordnet_definitions", source=str(WORDNET)))
+    again = s2s.load_task(TaskConfig(name="wordnet_definitions", source=str(WORDNET)))
+    held = 1000 if full else 64  # 10% of the pairs, at most 1,000
+    assert (len(task.dev), len(task.test)) == (held, held)
+    assert len(task.train) == len(pairs) - 2 * held
     assert task.dev == again.dev and task.train[:50] == again.train[:50]
     keys = [{p.key for p in split} for split in (task.train, task.dev, task.test)]
     assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
-    other = s2s.load_task(TaskConfig(name="wordnet_definitions", split_seed=1))
+    other = s2s.load_task(TaskConfig(name="wordnet_definitions", split_seed=1,
+                                     source=str(WORDNET)))
     assert other.dev != task.dev
 
 
@@ -121,12 +125,13 @@ def test_label_smoothed_cross_entropy_ignores_padding_as_torch():
     np.testing.assert_allclose(float(got), float(ref), rtol=1e-5)
 
 
-def _random_student(vocab=40, seed=0):
+def _random_student(vocab=40, seed=0, normalize_before=False):
     from jaxdistill.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
     cfg = Seq2SeqConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2,
                         encoder_attention_heads=4, decoder_attention_heads=2, encoder_ffn_dim=64,
-                        decoder_ffn_dim=48, max_position_embeddings=16, dropout=0.0)
+                        decoder_ffn_dim=48, max_position_embeddings=16, dropout=0.0,
+                        normalize_before=normalize_before)
     model = Seq2Seq(cfg)
     params = model.init(jax.random.key(seed))
     # Perturb every tensor (biases and LayerNorms included) so that the mapping is exercised.
@@ -137,17 +142,21 @@ def _random_student(vocab=40, seed=0):
     return model, jax.device_get(params)
 
 
-def test_exported_student_matches_transformers_logits_and_greedy_generate(tmp_path):
+# Post-LN exports as BART, pre-LN (normalize_before) as mBART.
+@pytest.mark.parametrize("pre_ln, hf_class", [(False, "BartForConditionalGeneration"),
+                                              (True, "MBartForConditionalGeneration")])
+def test_exported_student_matches_transformers_logits_and_greedy_generate(tmp_path, pre_ln,
+                                                                          hf_class):
     import torch
     import transformers
 
     from jaxdistill.convert import read_model_dir, write_model_dir
     from jaxdistill.inference import decode
 
-    model, params = _random_student()
+    model, params = _random_student(normalize_before=pre_ln)
     write_model_dir(model, params, tmp_path)
     hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path)).eval()
-    assert type(hf).__name__ == "BartForConditionalGeneration"
+    assert type(hf).__name__ == hf_class
     r = np.random.default_rng(0)
     ids = r.integers(5, 40, (3, 9))
     mask = np.ones_like(ids)
@@ -192,6 +201,97 @@ def test_exported_student_matches_transformers_logits_and_greedy_generate(tmp_pa
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def _copy_arrays(n, rng, vocab=12, length=4):
+    """A copy task in the student's layout: [CLS]=1 x [SEP]=2 -> x [SEP], tokens 3..vocab-1."""
+    x = rng.integers(3, vocab, (n, length))
+    ones = np.ones((n, 1), np.int64)
+    return {"input_ids": np.concatenate([ones, x, 2 * ones], 1).astype(np.int32),
+            "attention_mask": np.ones((n, length + 2), np.int32),
+            "decoder_input_ids": np.concatenate([ones, x], 1).astype(np.int32),
+            "labels": np.concatenate([x, 2 * ones], 1).astype(np.int32),
+            "label_weights": np.ones((n, length + 1), np.float32)}
+
+
+def test_shuffled_source_diagnostic_tells_a_reader_from_a_model_that_ignores_its_source():
+    import optax
+
+    from jaxdistill import sharding
+    from jaxdistill.config import MeshConfig
+    from jaxdistill.models.seq2seq import Seq2Seq, Seq2SeqConfig
+    from jaxdistill.train import seq2seq as train_s2s
+
+    cfg = Seq2SeqConfig(vocab_size=12, d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                        decoder_ffn_dim=64, max_position_embeddings=8, dropout=0.0,
+                        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    model = Seq2Seq(cfg)
+    params = model.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    tx = optax.adam(3e-3)
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        def loss(p):
+            logits = model.apply(p, batch).logits
+            return losses.hard_cross_entropy(logits, batch["labels"], batch["label_weights"])
+        grads = jax.grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    opt_state = tx.init(params)
+    for _ in range(300):  # learns to copy its source
+        params, opt_state = step(params, opt_state, _copy_arrays(32, rng))
+    dev = _copy_arrays(40, np.random.default_rng(1))
+    mesh = sharding.make_mesh(MeshConfig())
+    params_sh = sharding.shardings_for(model.logical_axes(), params, mesh)
+    scores, batch_sh = train_s2s.pair_scores(model, params_sh, mesh)
+    with mesh:
+        reader = train_s2s.source_reliance(scores, batch_sh, params, dev, 16)
+    assert reader["cross_entropy"] < 0.5 * np.log(9)  # it copies (a guess: log 9 per token)
+    assert reader["source_gap"] > 1.0
+    assert reader["cross_entropy_shuffled_sources"] == pytest.approx(
+        reader["cross_entropy"] + reader["source_gap"])
+    # No row keeps its own source under the shuffle.
+    shuffled = train_s2s.shuffled_sources(dev)
+    assert not np.any(np.all(shuffled["input_ids"] == dev["input_ids"], axis=1))
+    assert np.array_equal(shuffled["labels"], dev["labels"])
+
+    # The encoder cut off (cross-attention's output zeroed): the sources cannot matter.
+    cut = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.zeros_like(x) if "cross_attn" in jax.tree_util.keystr(path)
+        and "out" in jax.tree_util.keystr(path) else x, params)
+    with mesh:
+        blind = train_s2s.source_reliance(scores, batch_sh, cut, dev, 16)
+    assert blind["source_gap"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_student_word_table_from_the_teachers_rows(tmp_path):
+    from jaxdistill.errors import UserError
+    from jaxdistill.loading import load_pretrained
+    from jaxdistill.train.seq2seq import teacher_word_rows
+
+    teacher = write_tiny_teacher(tmp_path / "teacher", arch="BertForMaskedLM", layers=1,
+                                 hidden=32)
+    vocab = s2s.write_vocabulary(teacher, _pairs(), tmp_path / "vocab")
+    model, params, tok = load_pretrained(str(teacher))
+    table = np.asarray(model.word_embeddings(params), np.float64)
+    ids = {p: i for i, p in enumerate((tok / "vocab.txt").read_text().splitlines())}
+    rows = table[[ids[p] for p in (vocab / "vocab.txt").read_text().splitlines()]]
+    centred = rows - rows.mean(0)
+    same = teacher_word_rows(str(teacher), vocab, 32, 0.02)
+    np.testing.assert_allclose(same, centred * 0.02 / centred.std(), rtol=1e-5, atol=1e-7)
+    # Narrower: the leading principal components, i.e. the best rank-16 fit of the rows' Gram
+    # matrix (sign-free), at the student's init std.
+    narrow = teacher_word_rows(str(teacher), vocab, 16, 0.02)
+    assert narrow.shape == (len(rows), 16) and narrow.std() == pytest.approx(0.02, rel=1e-5)
+    u, sv, _ = np.linalg.svd(centred, full_matrices=False)
+    best = (u[:, :16] * sv[:16]) @ (u[:, :16] * sv[:16]).T
+    scale = (0.02 / (u[:, :16] * sv[:16]).std()) ** 2
+    np.testing.assert_allclose(narrow @ narrow.T, best * scale, rtol=1e-4, atol=1e-9)
+    with pytest.raises(UserError, match="wider than the teacher's word embeddings"):
+        teacher_word_rows(str(teacher), vocab, 64, 0.02)
+
+
 def test_seq2seq_student_rejects_what_it_cannot_give():
     from jaxdistill.errors import UserError
     from jaxdistill.models import Wants
@@ -207,7 +307,8 @@ def test_seq2seq_student_rejects_what_it_cannot_give():
 TINY_STUDENT = ["student.d_model=32", "student.encoder_layers=1", "student.decoder_layers=2",
                 "student.encoder_attention_heads=2", "student.decoder_attention_heads=2",
                 "student.encoder_ffn_dim=64", "student.decoder_ffn_dim=64"]
-SMALL = ["task.max_train_examples=48", "task.max_dev_examples=16", "tensorboard=false",
+SMALL = [f"task.source={WORDNET}", "task.max_train_examples=48", "task.max_dev_examples=16",
+         "tensorboard=false",
          "log_every=1", "batch_size=8", "eval_batch_size=8", "seq_len=16", "target_len=12",
          "optimizer.schedule=constant", "optimizer.warmup_steps=0"]
 
@@ -222,7 +323,7 @@ def test_both_stages_end_to_end_with_resume_and_evaluate(tmp_path):
 
     topk = tmp_path / "data" / "topk.jsonl"
     out = run_cli("augment", "--config", "configs/task/cmlm_topk.yaml", f"out={topk}",
-                  f"teacher={teacher}/best", "task.max_train_examples=48",
+                  f"teacher={teacher}/best", f"task.source={WORDNET}", "task.max_train_examples=48",
                   "task.max_dev_examples=16", "seq_len=16", "target_len=12", "copies=3",
                   "top_k=4", "batch_size=16", "chunk_size=20")
     summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -244,6 +345,13 @@ def test_both_stages_end_to_end_with_resume_and_evaluate(tmp_path):
     assert [r["loss"] for r in again] == [r["loss"] for r in rows]  # bit for bit
     assert all(r["loss/kd"] > 0 and r["loss/ce"] > 0 for r in rows)
     assert "dev_bleu" in rows[2] and "dev_bleu" in rows[5]
+    # Dev cross entropy (with true and shuffled sources) selects the best checkpoint.
+    evals = [r for r in rows if "dev_cross_entropy" in r]
+    assert all(r["dev_cross_entropy_shuffled_sources"] - r["dev_cross_entropy"] ==
+               pytest.approx(r["dev_source_gap"], abs=1e-5) for r in evals)
+    best = min(evals, key=lambda r: r["dev_cross_entropy"])
+    assert rows[-1]["best_step"] == best["step"]
+    assert rows[-1]["best_dev_cross_entropy"] == pytest.approx(best["dev_cross_entropy"])
     # The sharded step and the sharded greedy decoder on a 2x2x2 mesh equal one device.
     eight = tmp_path / "eight"
     run_cli(*common, f"run_dir={eight}", "steps=6", "export=false", "mesh.data=2",
@@ -256,12 +364,19 @@ def test_both_stages_end_to_end_with_resume_and_evaluate(tmp_path):
     hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(straight / "hf"))
     assert type(hf).__name__ == "BartForConditionalGeneration"
     out = run_cli("evaluate", "--model", str(straight / "hf"), "--config",
-                  "configs/task/cmlm_student.yaml", "--split", "test", "task.max_dev_examples=16",
+                  "configs/task/cmlm_student.yaml", "--split", "test", f"task.source={WORDNET}",
+                  "task.max_dev_examples=16",
                   "seq_len=16", "target_len=12", "eval_batch_size=8", "decode.beam_size=3",
-                  "decode.samples=2")
+                  "decode.samples=2", "decode.length_penalty_form=wu", "--predictions",
+                  str(tmp_path / "test_outputs.jsonl"))
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["split"] == "test" and result["pairs"] == 16 and 0 <= result["test_bleu"] <= 100
     assert len(result["samples"]) == 2 and result["sentences_per_sec"] > 0
+    assert result["length_penalty_form"] == "wu" and 1 <= result["distinct_outputs"] <= 16
+    assert result["test_cross_entropy"] > 0 and "test_cross_entropy_shuffled_sources" in result
+    outputs = [json.loads(line) for line in (tmp_path / "test_outputs.jsonl").read_text().splitlines()]
+    assert len(outputs) == 16 and outputs[:2] == result["samples"]
+    assert len({o["output"] for o in outputs}) == result["distinct_outputs"]
 
     # A student trained without the teacher reads no teacher data; with alpha > 0 it needs it.
     bad = run_cli(*common[:-len(TINY_STUDENT)], f"run_dir={tmp_path / 'bad'}", "task.augmented=",

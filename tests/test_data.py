@@ -443,3 +443,19 @@ def test_loader_bad_input(prepared_docs, tmp_path):
         make_loader(prepared_docs, 4096, seed=0, process_index=0, process_count=1)
     with pytest.raises(UserError, match="mlm_probability"):
         make_loader(prepared_docs, 8, seed=0, mlm_probability=1.5, process_index=0, process_count=1)
+
+
+def test_vocab_txt_tokenizer_reads_special_tokens_whole():
+    from jaxdistill.data.tokenizer import load_tokenizer
+
+    vocab = assets.teacher_dir() / "vocab.txt"
+    text = "a [MASK] film [SEP] [CLS] ok"
+    for ref in (vocab, assets.teacher_dir() / "tokenizer.json"):
+        tok, info = load_tokenizer(ref)
+        ids = tok.encode(text, add_special_tokens=False).ids
+        assert ids.count(info.special_ids["mask"]) == 1, ref
+        assert len(ids) == 6, (ref, tok.encode(text, add_special_tokens=False).tokens)
+    # The same ids from vocab.txt alone as from tokenizer.json, specials included.
+    assert (load_tokenizer(vocab)[0].encode(text, add_special_tokens=False).ids ==
+            load_tokenizer(assets.teacher_dir() / "tokenizer.json")[0].encode(
+                text, add_special_tokens=False).ids)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill.inference.decode import beam_search, greedy_search
+from jaxdistill.inference.decode import beam_search, greedy_search, length_normaliser
 
 PAD, START, EOS = 0, 1, 2
 V, D, ROWS = 5, 3, 4
@@ -61,16 +61,44 @@ def logprob_table(state: dict, max_len: int) -> dict:
     return table
 
 
-def penalised(table: dict, row: int, seq: tuple, length_penalty: float) -> float:
+def penalised(table: dict, row: int, seq: tuple, length_penalty: float, form: str = "hf"
+              ) -> float:
     raw = sum(table[(row, seq[:i])][tok] for i, tok in enumerate(seq))
-    return raw / len(seq) ** length_penalty
+    n = len(seq)
+    return raw / (n ** length_penalty if form == "hf" else ((5 + n) / 6) ** length_penalty)
 
 
-def exhaustive(table: dict, row: int, max_len: int, length_penalty: float):
+def exhaustive(table: dict, row: int, max_len: int, length_penalty: float, form: str = "hf"):
     seqs = [p + (EOS,) for n in range(max_len) for p in itertools.product(CONTINUE, repeat=n)]
     seqs += list(itertools.product(CONTINUE, repeat=max_len))
-    best = max(seqs, key=lambda s: penalised(table, row, s, length_penalty))
-    return best + (PAD,) * (max_len - len(best)), penalised(table, row, best, length_penalty)
+    best = max(seqs, key=lambda s: penalised(table, row, s, length_penalty, form))
+    return best + (PAD,) * (max_len - len(best)), penalised(table, row, best, length_penalty, form)
+
+
+def test_length_normalisers_against_hand_values():
+    # Hugging Face: n ** alpha; Wu et al. (OpenNMT 'wu'): ((5 + n) / 6) ** alpha.
+    np.testing.assert_allclose(length_normaliser(4, 0.6), 4 ** 0.6, rtol=1e-6)  # 2.2974
+    np.testing.assert_allclose(length_normaliser(4, 0.6), 2.29739671, rtol=1e-6)
+    np.testing.assert_allclose(length_normaliser(7, 0.6, "wu"), 2.0 ** 0.6, rtol=1e-6)  # 1.5157
+    np.testing.assert_allclose(length_normaliser(7, 0.6, "wu"), 1.51571657, rtol=1e-6)
+    np.testing.assert_allclose(length_normaliser(1, 1.0, "wu"), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(length_normaliser(10, 0.0, "wu"), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="expected one of hf, wu"):
+        length_normaliser(3, 1.0, "gnmt")
+
+
+def test_wide_beam_with_wu_length_penalty_is_exhaustive():
+    max_len = 3
+    state = make_state()
+    table = logprob_table(state, max_len)
+    for length_penalty in (0.6, 2.0):
+        tokens, scores = beam_search(logits_fn, state, beam_size=(V - 1) ** (max_len - 1),
+                                     length_penalty=length_penalty, length_penalty_form="wu",
+                                     **decode_kw(max_len))
+        for r in range(ROWS):
+            want_tok, want_score = exhaustive(table, r, max_len, length_penalty, "wu")
+            assert tuple(np.asarray(tokens[r])) == want_tok, (r, length_penalty)
+            np.testing.assert_allclose(scores[r], want_score, rtol=1e-5, atol=1e-5)
 
 
 def unpad(tokens) -> tuple:

@@ -81,13 +81,23 @@ def _losses_and_dev(rows: list[dict]) -> dict:
             for r in rows}
 
 
-def test_evaluate_reports_the_best_dev_metric(tiny_classifier):
+def test_evaluate_reports_the_best_dev_metric(tiny_classifier, tmp_path):
     best = json.loads(next((tiny_classifier / "best" / "checkpoints").glob("*/meta/*")).read_text())
+    files = []
     for model in (tiny_classifier / "best", tiny_classifier / "hf"):
-        ev = _summary(run_cli("evaluate", "--model", str(model), *TINY_TASK))
+        files.append(str(tmp_path / f"{model.name}.jsonl"))
+        ev = _summary(run_cli("evaluate", "--model", str(model), *TINY_TASK, "--predictions",
+                              files[-1]))
         assert ev["dev_accuracy"] == pytest.approx(best["best"]["value"], abs=1e-9)
         assert ev["parameters"] > 0 and ev["flops_per_example"] > 0 and ev["examples_per_sec"] > 0
         assert (ev["layers"], ev["hidden_size"], ev["timed_passes"]) == (2, 32, 5)
+        rows = [json.loads(line) for line in Path(files[-1]).read_text().splitlines()]
+        assert len(rows) == ev["examples"]
+        assert np.mean([r["label"] == r["prediction"] for r in rows]) == pytest.approx(
+            ev["dev_accuracy"])
+    # The checkpoint and its export predict alike: no difference, p = 1.
+    same = json.loads(run_cli("compare", *files).stdout.strip().splitlines()[-1])
+    assert same["difference"] == 0 and same["p_value"] == 1.0 and not same["significant"]
 
 
 def test_eval_speed_times_models_side_by_side(tiny_classifier, tiny):

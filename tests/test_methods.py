@@ -288,10 +288,13 @@ D_STUDENT = D_TEACHER.replace(num_layers=2, flavor="distilbert", type_vocab_size
 
 
 def _distiller_reference(s_logits, t_logits, s_hidden, t_hidden, attention_mask, lm_labels, opts):
-    """distiller.py's step() loss with restrict_ce_to_mask, on full [B, T, V] logits."""
+    """distiller.py's step() loss, with or without restrict_ce_to_mask, on [B, T, V] logits."""
     s_logits, t_logits = torch.tensor(np.asarray(s_logits)), torch.tensor(np.asarray(t_logits))
     temperature = opts.temperature
-    mask = (lm_labels > -1).unsqueeze(-1).expand_as(s_logits)
+    if opts.restrict_ce_to_mask:
+        mask = (lm_labels > -1).unsqueeze(-1).expand_as(s_logits)
+    else:
+        mask = torch.tensor(attention_mask, dtype=torch.bool).unsqueeze(-1).expand_as(s_logits)
     s_slct = torch.masked_select(s_logits, mask).view(-1, s_logits.size(-1))
     t_slct = torch.masked_select(t_logits, mask).view(-1, s_logits.size(-1))
     loss_ce = torch.nn.KLDivLoss(reduction="batchmean")(
@@ -348,6 +351,29 @@ def test_distilbert_loss_matches_distiller(distil_run, options):
     assert set(metrics) == expected
     for key in expected:
         np.testing.assert_allclose(float(metrics[key]), ref_terms[key], rtol=1e-5, atol=2e-6)
+
+
+def test_distilbert_kl_on_every_token_matches_distiller(distil_run):
+    batch, s_full, t_full = distil_run["batch"], distil_run["s_full"], distil_run["t_full"]
+    options = {"restrict_ce_to_mask": False, "alpha_mse": 0.5}
+    method = make_method("distilbert", options, D_STUDENT, D_TEACHER)
+    assert not method.wants()["student"].logits_at_masked
+    loss, metrics = loss_of(method, {}, s_full, t_full, batch)
+    lm_labels = torch.full((B, T), -100, dtype=torch.long)
+    for row, col in zip(*np.nonzero(batch["masked_weights"])):
+        lm_labels[row, batch["masked_positions"][row, col]] = int(batch["masked_ids"][row, col])
+    ref_total, ref_terms = _distiller_reference(
+        s_full.logits, t_full.logits, s_full.last_hidden_state, t_full.last_hidden_state,
+        batch["attention_mask"], lm_labels, method.options)
+    np.testing.assert_allclose(float(loss), ref_total, rtol=1e-5)
+    for key in ("loss/ce", "loss/mlm", "loss/mse"):
+        np.testing.assert_allclose(float(metrics[key]), ref_terms[key], rtol=1e-5, atol=2e-6)
+    # Every real token, not only the masked ones: the KL differs from the restricted one.
+    restricted, _ = loss_of(make_method("distilbert", {}, D_STUDENT, D_TEACHER), {},
+                            _at_masked_positions(s_full, batch), _at_masked_positions(t_full, batch),
+                            batch)
+    assert abs(float(metrics["loss/ce"]) - ref_terms["loss/ce"]) < 1e-5
+    assert float(loss) != pytest.approx(float(restricted), rel=1e-3)
 
 
 def test_student_from_teacher_layers_outputs_equal_a_manual_copy(distil_run):

@@ -230,3 +230,86 @@ def test_lamb_skips_biases_and_norms_in_decay_and_trust_ratio():
     adam = optax.adam(1e-2, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)  # no decay, no trust ratio
     plain, _ = adam.update(grads, adam.init(params), params)
     np.testing.assert_allclose(ours["bias"], plain["bias"], rtol=1e-5)
+
+
+def _batch(seed=2):
+    r = _rng(seed)
+    return {"input_ids": jnp.asarray(r.integers(5, 50, (4, 8)), jnp.int32),
+            "attention_mask": jnp.ones((4, 8), jnp.int32),
+            "token_type_ids": jnp.zeros((4, 8), jnp.int32),
+            "masked_positions": jnp.asarray([[1, 2]] * 4, jnp.int32),
+            "masked_ids": jnp.asarray([[7, 8]] * 4, jnp.int32),
+            "masked_weights": jnp.ones((4, 2), jnp.float32)}
+
+
+def _lamb_run(scan: bool, start: int, steps: int, options=None, primed: bool = False):
+    """`steps` LAMB steps of the tiny student from `start`, with per-step losses and the final
+    params in the unscanned layout; `primed`: Adam moments start at 1e-3 instead of 0."""
+    import optax
+
+    from jaxdistill import sharding
+    from jaxdistill.config import OptimizerConfig
+    from jaxdistill.train import optim, state as state_lib
+    from jaxdistill.train.step import StepContext, train_step
+
+    # No dropout: a scanned stack draws its dropout masks differently.
+    no_dropout = {"hidden_dropout": 0.0, "attention_dropout": 0.0}
+    method = _method(options, scan=scan, **no_dropout)
+    models = method.models
+    flat = _method(options, **no_dropout).models["student"].init(jax.random.key(0))
+    params = {"student": models["student"].from_canonical(flat), "method": {}}
+    logical = {"student": models["student"].logical_axes(), "method": {}}
+    cfg = OptimizerConfig(name="lamb", schedule="constant", warmup_steps=0, weight_decay=0.01)
+    tx = optim.optimizer(cfg, 1e-2, 100, stacked=sharding.stacked_layers(logical, params))
+    state = state_lib.create(params, tx, 0).replace(step=jnp.asarray(start, jnp.int32))
+    if primed:
+        state = state.replace(opt_state=optax.tree_map_params(
+            tx, lambda x: jnp.full_like(x, 1e-3), state.opt_state))
+    teacher = {"teacher": models["teacher"].init(jax.random.key(1))}
+    ctx = StepContext(models=models, method=method, tx=tx, lr_schedule=lambda s: 1e-2)
+    step = jax.jit(lambda s, b: train_step(s, teacher, b, ctx))
+    loss = []
+    for i in range(steps):
+        state, metrics = step(state, _batch(10 + i))
+        loss.append(float(metrics["loss"]))
+    return loss, models["student"].canonical(state.params["student"]), state
+
+
+# From layer 0's progressive phase into layer 1's; from the joint phase into distillation.
+@pytest.mark.parametrize("start", [8, 33])
+def test_lamb_scanned_and_unscanned_take_the_same_steps(start):
+    plain_loss, plain, _ = _lamb_run(False, start, 4, {"train_embeddings": True})
+    scan_loss, scanned, _ = _lamb_run(True, start, 4, {"train_embeddings": True})
+    np.testing.assert_allclose(scan_loss, plain_loss, rtol=2e-5)
+    for path, a in __import__("flax").traverse_util.flatten_dict(plain).items():
+        b = __import__("flax").traverse_util.flatten_dict(scanned)[path]
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-5, atol=2e-6,
+                                   err_msg="/".join(path))
+
+
+def test_frozen_tensors_stay_bit_for_bit_with_weight_decay_on():
+    from flax import traverse_util
+
+    # Steps 11-14: layer 1's phase; layer 2 is frozen and so is the MLM head (no gradient from
+    # the transfer loss), though weight decay is on and the embeddings train.
+    _, before, _ = _lamb_run(True, 11, 0, {"train_embeddings": True})
+    _, after, state = _lamb_run(True, 11, 4, {"train_embeddings": True}, primed=True)
+    flat0, flat = traverse_util.flatten_dict(before), traverse_util.flatten_dict(after)
+    for path, old in flat0.items():
+        now = flat[path]
+        frozen = path[1:2] == ("layer_2",) or path[0] == "mlm_head"
+        assert np.array_equal(np.asarray(old), np.asarray(now)) == frozen, "/".join(path)
+    # The frozen layer's and the head's Adam moments are as they were (no decay while frozen).
+    for moments in _adam_moments(state.opt_state):
+        kernel = np.asarray(moments["student"]["encoder"]["layers"]["layer"]["output"]["kernel"])
+        assert np.all(kernel[2] == np.float32(1e-3)) and not np.all(kernel[1] == np.float32(1e-3))
+        head = np.asarray(moments["student"]["mlm_head"]["transform"]["kernel"])
+        assert np.all(head == np.float32(1e-3))
+
+
+def _adam_moments(opt_state):
+    import optax
+
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(
+        x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)]
+    return found[0].mu, found[0].nu

@@ -199,6 +199,11 @@ def test_ensemble_targets_then_multitask_run_with_resume_and_export(tmp_path, ti
     np.testing.assert_allclose(ours, full[:, 2:7], atol=1e-4)
     # `jaxdistill evaluate` of the checkpoint reads its tasks from the metadata.
     ev = multitask.evaluate_model(str(straight / "best"), config_lib.from_dict(
-        config_lib.FinetuneConfig, {"seq_len": 32, "eval_batch_size": 32}))
+        config_lib.FinetuneConfig, {"seq_len": 32, "eval_batch_size": 32}),
+        predictions=str(tmp_path / "predictions.jsonl"))
     assert ev["dev_average"] == pytest.approx(out["best_dev_average"], abs=1e-9)
     assert ev["dev_bbc_news_accuracy"] == out["best_dev"]["bbc_news_accuracy"]
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    bbc_rows = [r for r in rows if r["task"] == "bbc_news"]
+    assert np.mean([r["label"] == r["prediction"] for r in bbc_rows]) == pytest.approx(
+        ev["dev_bbc_news_accuracy"])

@@ -45,7 +45,7 @@ GENERATION_CONFIG = "generation_config.json"
 
 
 def exports(cfg: Any) -> bool:
-    return cfg.kind == KIND
+    return cfg.kind == KIND and not cfg.normalize_before
 
 
 def _attention(hf: str, ours: tuple[str, ...]) -> list[Entry]:
@@ -60,6 +60,8 @@ def table(cfg: Seq2SeqConfig) -> list[Entry]:
     for side, layers in (("encoder", cfg.encoder_layers), ("decoder", cfg.decoder_layers)):
         rows += [Entry(f"{side}.embed_positions.weight", (side, "position")),
                  *layer_norm(f"{side}.layernorm_embedding", (side, "norm_embedding"))]
+        if cfg.normalize_before:  # mBART: one more LayerNorm at the end of each stack
+            rows += layer_norm(f"{side}.layer_norm", (side, "norm_final"))
         for i in range(layers):
             hf, ours = f"{side}.layers.{i}", (side, f"layer_{i}")
             rows += [*_attention(f"{hf}.self_attn", ours + ("self_attn",)),
@@ -76,8 +78,9 @@ def config_from_hf(hf: dict[str, Any], head: str) -> Seq2SeqConfig:
     if head != "lm":
         raise UserError(f"head={head!r}: a BART model loads with its 'lm' head only.")
     if hf.get("normalize_before") or hf.get("add_final_layer_norm"):
-        raise UserError("This BART config uses pre-LN blocks (mBART's normalize_before / "
-                        "add_final_layer_norm), which jaxdistill's seq2seq model does not have.")
+        raise UserError("This BART config uses pre-LN blocks (normalize_before / "
+                        "add_final_layer_norm): jaxdistill reads pre-LN models as mBART "
+                        "(MBartForConditionalGeneration, model_type mbart).")
     values = {k: hf.get(k, HF_DEFAULTS[k]) for k in FIELDS}
     values["activation_function"] = _table.activation(values["activation_function"],
                                                       "activation_function")

@@ -30,13 +30,15 @@ from jaxdistill.assets import resolve_model_path
 from jaxdistill.convert import bart as bart_family
 from jaxdistill.convert import bert as bert_family
 from jaxdistill.convert import distilbert as distilbert_family
+from jaxdistill.convert import mbart as mbart_family
 from jaxdistill.convert import mobilebert as mobilebert_family
 from jaxdistill.errors import UserError
 
 log = logging.getLogger(__name__)
 
 FAMILIES: dict[str, ModuleType] = {"bert": bert_family, "distilbert": distilbert_family,
-                                   "mobilebert": mobilebert_family, "bart": bart_family}
+                                   "mobilebert": mobilebert_family, "bart": bart_family,
+                                   "mbart": mbart_family}
 # Architecture name -> (family module, head our model gives it).
 SUPPORTED: dict[str, tuple[ModuleType, str]] = {
     arch: (fam, head) for fam in FAMILIES.values() for arch, head in fam.ARCHITECTURES.items()}

@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Tokenizer
 
 from jaxdistill.assets import resolve_model_path
 from jaxdistill.errors import UserError
@@ -64,6 +64,11 @@ def _from_vocab(vocab: Path, lowercase: bool) -> Tokenizer:
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                 strip_accents=None, lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # As tokenizer.json and BertTokenizerFast do: "[MASK]" in text is the mask token, not the
+    # pieces "[", "mask", "]" (Tang et al.'s masked variants rely on it).
+    vocab_pieces = tok.get_vocab()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t in SPECIAL_TOKENS.values() if t in vocab_pieces])
     return tok
 
 

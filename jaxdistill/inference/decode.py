@@ -69,9 +69,24 @@ def greedy_search(logits_fn: LogitsFn, state: Any, *, max_len: int, start_id: in
     return buf[:, 1:]
 
 
+LENGTH_PENALTIES = ("hf", "wu")
+
+
+def length_normaliser(length: Any, alpha: float, form: str = "hf") -> jax.Array:
+    """What a hypothesis's summed log-probability is divided by: n ** alpha (Hugging Face's
+    `length_penalty`) or ((5 + n) / 6) ** alpha (Wu et al. 2016, OpenNMT's `-length_penalty wu`,
+    which Distill-BERT-Textgen decodes with)."""
+    n = jnp.asarray(length, jnp.float32)
+    if form == "hf":
+        return n ** alpha
+    if form == "wu":
+        return ((5.0 + n) / 6.0) ** alpha
+    raise ValueError(f"length penalty form {form!r}: expected one of {', '.join(LENGTH_PENALTIES)}")
+
+
 def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int, start_id: int,
-                eos_id: int, pad_id: int, length_penalty: float = 1.0, cache: Any = None
-                ) -> tuple[jax.Array, jax.Array]:
+                eos_id: int, pad_id: int, length_penalty: float = 1.0, cache: Any = None,
+                length_penalty_form: str = "hf") -> tuple[jax.Array, jax.Array]:
     """Beam search: the best hypothesis per row, (tokens int32 [N, max_len], scores float32 [N]).
 
     Contract:
@@ -80,8 +95,8 @@ def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int
       token is not masked.
     - A hypothesis's raw score is the sum of its tokens' log-probabilities, eos included. It is
       finished when it emits eos (its length n counts the eos) or reaches max_len tokens
-      without eos (n = max_len); its final score is raw / n ** length_penalty (Hugging Face's
-      convention, n = generated length).
+      without eos (n = max_len); its final score is raw / length_normaliser(n) (Hugging
+      Face's n ** length_penalty by default, n = generated length; or Wu et al.'s form).
     - Each step expands every alive beam by all V tokens and keeps the top 2 * beam_size of the
       beam_size * V candidates by raw score. Those ending in eos compete, by final score, with
       the finished set for its beam_size places; the best beam_size others stay alive. At the
@@ -106,7 +121,7 @@ def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int
     neg_inf = jnp.float32(-jnp.inf)
 
     def penalise(raw, length):
-        return raw / jnp.asarray(length, jnp.float32) ** length_penalty
+        return raw / length_normaliser(length, length_penalty, length_penalty_form)
 
     def step(carry, t):
         # [N, B, L + 1], [N, B], [N, B, L], [N, B], per-row pytree

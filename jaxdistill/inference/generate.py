@@ -25,10 +25,11 @@ INPUT_KEYS = ("input_ids", "attention_mask")
 
 
 def make_generate(model: Model, params_sh: Any, mesh: jax.sharding.Mesh, max_len: int,
-                  beam_size: int = 1, length_penalty: float = 1.0
+                  beam_size: int = 1, length_penalty: float = 1.0,
+                  length_penalty_form: str = "hf"
                   ) -> tuple[Callable[[Any, dict], jax.Array], dict]:
     """(jitted fn(params, {input_ids, attention_mask}) -> int32 [B, max_len] tokens, the batch
-    shardings). beam_size 1 is greedy."""
+    shardings). beam_size 1 is greedy; length_penalty_form as decode.length_normaliser."""
     cfg = model.config
     batch_sh = {k: sharding.batch_sharding(mesh, 2) for k in INPUT_KEYS}
     ids = dict(start_id=cfg.decoder_start_token_id, eos_id=cfg.eos_token_id,
@@ -48,7 +49,8 @@ def make_generate(model: Model, params_sh: Any, mesh: jax.sharding.Mesh, max_len
             if beam_size == 1:
                 return decode.greedy_search(logits_fn, state, cache=cache, **ids)
             tokens, _ = decode.beam_search(logits_fn, state, beam_size=beam_size,
-                                           length_penalty=length_penalty, cache=cache, **ids)
+                                           length_penalty=length_penalty, cache=cache,
+                                           length_penalty_form=length_penalty_form, **ids)
             return tokens
 
     return jax.jit(generate, in_shardings=(params_sh, batch_sh),

@@ -34,6 +34,10 @@ class CmlmOptions:
     temperature: float = 10.0
     top_k: int = 8  # teacher entries read per position (<= what the data file holds)
     label_smoothing: float = 0.1
+    # student stage: the student's word table starts from the teacher's rows of the same pieces
+    # (projected onto their top principal components when the student is narrower): a departure
+    # from the paper, DistilBERT's initialisation applied to the Seq2Seq student
+    embeddings_from_teacher: bool = False
 
     def __post_init__(self):
         if self.stage not in STAGES:

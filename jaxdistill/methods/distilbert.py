@@ -7,10 +7,11 @@ loss = alpha_ce  * KL(softmax(t/T) || softmax(s/T)) * T^2   (batchmean over the 
 
 The defaults are the published training command of DistilBERT (huggingface distillation
 README: --alpha_ce 5.0 --alpha_mlm 2.0 --alpha_cos 1.0, temperature 2.0, alpha_mse 0).
-Like distiller.py's `--restrict_ce_to_mask`, the KL runs over the MLM-masked positions only:
-both models then produce vocabulary logits at the [B, P] masked positions instead of all
-[B, T], which is most of the memory of a step. (The published run distilled on every
-non-padded token; set `restrict_ce_to_mask` there to get what this computes.)
+`restrict_ce_to_mask` (distiller.py's flag, on by default here) runs the KL (and the MSE) over
+the MLM-masked positions only: both models then produce vocabulary logits at the [B, P] masked
+positions instead of all [B, T], which is most of the memory of a step. The published run
+distilled on every non-padded token: `restrict_ce_to_mask: false` (configs/distilbert_general.yaml)
+does that, with [B, T, V] logits; the MLM term still reads the masked positions.
 
 The student's default initialisation, `student.init: teacher_layers`, is extract_distilbert.py:
 embeddings, evenly spaced teacher layers (`Method.student_init_matches`) and the MLM head are
@@ -38,6 +39,7 @@ class DistilBertOptions:
     alpha_mlm: float = 2.0
     alpha_cos: float = 1.0
     alpha_mse: float = 0.0
+    restrict_ce_to_mask: bool = True  # False: KL on every non-padded token (the published run)
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -73,21 +75,27 @@ class DistilBert(Method):
                 f"use the teacher's width (DistilBERT halves depth only) or set alpha_cos=0")
 
     def wants(self) -> dict[str, Wants]:
-        # Vocabulary logits only at the masked positions; the last hidden state always comes.
-        at_masked = Wants(logits_at_masked=True)
-        return {STUDENT: at_masked, TEACHER: at_masked}
+        # Vocabulary logits only at the masked positions unless the KL reads every token; the
+        # last hidden state always comes.
+        wants = Wants(logits_at_masked=self.options.restrict_ce_to_mask)
+        return {STUDENT: wants, TEACHER: wants}
 
     def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch,
              rng: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
         del params  # DistilBERT trains no parameters besides the student's
         student, teacher = outputs[STUDENT], outputs[TEACHER]
         opts = self.options
-        weights = batch["masked_weights"]
+        if opts.restrict_ce_to_mask:
+            weights, masked_logits = batch["masked_weights"], student.logits
+        else:  # [B, T, V] logits: every real token distils, the MLM reads the masked slots
+            weights = batch["attention_mask"].astype(jnp.float32)
+            masked_logits = jnp.take_along_axis(
+                student.logits, batch["masked_positions"][..., None].astype(jnp.int32), axis=1)
         terms = {
             "ce": (opts.alpha_ce, lambda: losses.kl_div_with_temperature(
                 student.logits, teacher.logits, opts.temperature, weights)),
             "mlm": (opts.alpha_mlm, lambda: losses.hard_cross_entropy(
-                student.logits, batch["masked_ids"], weights)),
+                masked_logits, batch["masked_ids"], batch["masked_weights"])),
             "cos": (opts.alpha_cos, lambda: losses.cosine_embedding_loss(
                 student.last_hidden_state, teacher.last_hidden_state, batch["attention_mask"])),
             "mse": (opts.alpha_mse, lambda: losses.logit_mse_batchmean(

@@ -22,9 +22,12 @@ inside any phase is exact):
   distillation  pretraining distillation of the whole student.
 A phase's `steps` is its length; the last phase may leave it out and run to the end of the run
 (a run longer than its schedule keeps the last phase's rule).
-`train_embeddings` lets the non-encoder parameters train with layer 0 during the transfer
-phases: for a teacher whose embeddings the student cannot copy (a BERT teacher rather than
-IB-BERT, whose embedding the paper copies into the student and freezes).
+`train_embeddings` lets the embeddings train with layer 0 during the transfer phases: for a
+teacher whose embeddings the student cannot copy (a BERT teacher rather than IB-BERT, whose
+embedding the paper copies into the student and freezes). The heads (the MLM head's transform
+and bias) get no gradient from a transfer loss and stay frozen until pretraining distillation:
+with an update scale of 0 a tensor gets no update at all (no weight decay, its optimizer moments
+kept), as in the reference, where it is not in the transfer phase's variable list.
 
 Deviations (docs/decisions.md): the mean/variance terms compare layer l with teacher layer l
 (the reference compares the student layer with the stack of every teacher layer, a bug); the
@@ -44,7 +47,7 @@ import numpy as np
 from jaxdistill import losses
 from jaxdistill.config import entries_of
 from jaxdistill.methods.base import STUDENT, TEACHER, Batch, Method, Metrics, register
-from jaxdistill.models.base import Model, Outputs, Wants
+from jaxdistill.models.base import EMBEDDINGS, Model, Outputs, Wants
 
 PHASE_KINDS = ("progressive", "joint", "distillation")
 _OPEN_END = np.iinfo(np.int32).max
@@ -199,7 +202,8 @@ class MobileBert(Method):
     # --- the schedule as tables indexed by segment ---------------------------------------------
     def _tables(self) -> None:
         opts, n = self.options, self.num_layers
-        gates, layer_lr, other_lr, distill, starts, lengths, warm = [], [], [], [], [], [], []
+        gates, layer_lr, other_lr, head_lr = [], [], [], []
+        distill, starts, lengths, warm = [], [], [], []
         for seg in self.segments:
             ids = np.arange(n)
             if seg.kind == "progressive":
@@ -207,14 +211,17 @@ class MobileBert(Method):
                 lr = np.where(ids == seg.layer, 1.0, np.where(ids < seg.layer, opts.lower_lr_ratio,
                                                               0.0)) * opts.phase_lr_multiplier
                 other = lr[0] if opts.train_embeddings else 0.0
+                head = 0.0
             elif seg.kind == "joint":
                 gate, lr = np.ones(n, np.float32), np.ones(n)
                 other = 1.0 if opts.train_embeddings else 0.0
+                head = 0.0
             else:
-                gate, lr, other = np.zeros(n, np.float32), np.ones(n), 1.0
+                gate, lr, other, head = np.zeros(n, np.float32), np.ones(n), 1.0, 1.0
             gates.append(gate)
             layer_lr.append(lr * seg.lr_multiplier)
             other_lr.append(other * seg.lr_multiplier)
+            head_lr.append(head * seg.lr_multiplier)
             distill.append(float(seg.kind == "distillation"))
             starts.append(seg.start)
             lengths.append(seg.stop - seg.start)
@@ -222,6 +229,7 @@ class MobileBert(Method):
         self._gates = np.stack(gates)
         self._layer_lr = np.stack(layer_lr).astype(np.float32)
         self._other_lr = np.asarray(other_lr, np.float32)
+        self._head_lr = np.asarray(head_lr, np.float32)
         self._distill = np.asarray(distill, np.float32)
         self._starts = np.asarray(starts, np.int32)
         self._lengths = np.asarray(lengths, np.int32)
@@ -241,11 +249,14 @@ class MobileBert(Method):
         background = self._background(step, index)
         layer_lr = jnp.asarray(self._layer_lr)[index] * background
         other_lr = jnp.asarray(self._other_lr)[index] * background
+        head_lr = jnp.asarray(self._head_lr)[index] * background
 
         def scale(layer_id: Any, leaf: jax.Array) -> jax.Array:
             if isinstance(layer_id, np.ndarray):  # layers stacked on a leading axis (scan)
                 return layer_lr[layer_id].reshape((-1,) + (1,) * (leaf.ndim - 1))
-            return layer_lr[layer_id] if layer_id >= 0 else other_lr
+            if layer_id >= 0:
+                return layer_lr[layer_id]
+            return other_lr if layer_id == EMBEDDINGS else head_lr
 
         return {"student": jax.tree.map(scale, self._layer_ids, params["student"]),
                 "method": jax.tree.map(lambda x: jnp.ones((), x.dtype), params["method"])}

@@ -71,6 +71,7 @@ class Wants:
 
 NOTHING = Wants()
 EVERYTHING = Wants(True, True, True)
+EMBEDDINGS, HEADS = -1, -2  # Model.layer_ids of the parameters outside the encoder layers
 
 PerLayer = tuple[jax.Array | None, ...] | jax.Array
 
@@ -202,9 +203,10 @@ class Model(abc.ABC):
 
     def layer_ids(self) -> dict:
         """Per parameter (nested like `init`'s output): the 0-based encoder layer it belongs to,
-        -1 for the rest (embeddings, pooler, heads); for layers stacked on a leading 'layers'
-        axis (scan), an int array over that axis. Read from the names every kind uses:
-        `layer_{i}` path components and the 'layers' logical axis."""
+        EMBEDDINGS (-1) under the top-level `embeddings`, HEADS (-2) for the rest (pooler,
+        heads); for layers stacked on a leading 'layers' axis (scan), an int array over that
+        axis. Read from the names every kind uses: `layer_{i}` path components, `embeddings`
+        and the 'layers' logical axis."""
         shapes = flatten_dict(jax.eval_shape(self.init, jax.random.key(0)))
         specs = flatten_dict(self.logical_axes())
         out = {}
@@ -215,7 +217,8 @@ class Model(abc.ABC):
                 continue
             numbered = [int(p[len("layer_"):]) for p in path
                         if p.startswith("layer_") and p[len("layer_"):].isdigit()]
-            out[path] = numbered[0] if numbered else -1
+            out[path] = (numbered[0] if numbered else
+                         EMBEDDINGS if path[0] == "embeddings" else HEADS)
         return unflatten_dict(out)
 
     def runtime(self, **options: Any) -> "Model":

@@ -1,6 +1,7 @@
 """A Transformer encoder-decoder in the shape of Hugging Face's BartForConditionalGeneration.
 
-C-MLM's student (methods/cmlm.py): post-LN blocks, learned positions (BART's table has two
+C-MLM's student (methods/cmlm.py): post-LN blocks (or pre-LN, mBART's layout, with
+`normalize_before`), learned positions (BART's table has two
 rows before position 0, so index = position + 2), a LayerNorm after the embeddings, one word table
 shared by the encoder, the decoder and the output layer, plus a per-token output bias
 (`final_logits_bias`). Every size is configurable; `convert/bart.py` maps it to and from
@@ -46,6 +47,10 @@ class Seq2SeqConfig:
     max_position_embeddings: int = 64
     activation_function: str = "gelu"
     scale_embedding: bool = False  # multiply word embeddings by sqrt(d_model)
+    # Pre-LN blocks (LayerNorm before each sublayer, residual around it, one more LayerNorm at
+    # the end of each stack): mBART's layout, exported as MBartForConditionalGeneration; trains
+    # from scratch without the long warmup post-LN needs (Xiong et al. 2020)
+    normalize_before: bool = False
     dropout: float = 0.1
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
@@ -133,7 +138,8 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """One post-LN block: self-attention, cross-attention (decoder only), feed-forward.
+    """One block, post-LN (BART) or pre-LN (mBART): self-attention, cross-attention (decoder
+    only), feed-forward.
 
     mode 'full' runs every position; 'cross_kv' returns the cross-attention's keys/values of
     `memory`; 'step' runs one position against `cache` = {self: (k, v), cross: (k, v)} and
@@ -154,22 +160,39 @@ class Block(nn.Module):
                                                                      mode="project")
         drop = lambda y, rate: nn.Dropout(rate)(y, deterministic=deterministic)  # noqa: E731
         step = mode == "step"
+        pre = cfg.normalize_before
+
+        def sublayer(x, norm_name, fn):
+            # post-LN: norm(x + f(x)); pre-LN: x + f(norm(x))
+            if pre:
+                return x + drop(fn(_norm(cfg, norm_name)(x)), cfg.dropout)
+            return _norm(cfg, norm_name)(x + drop(fn(x), cfg.dropout))
+
         self_attn = Attention(cfg, self.num_heads, name="self_attn")
-        if step:
-            h, self_kv = self_attn(x, x, self_mask, True, mode="cached", cache=cache["self"],
-                                   index=index)
-        else:
-            h = self_attn(x, x, self_mask, deterministic)
-        x = _norm(cfg, "self_attn_norm")(x + drop(h, cfg.dropout))
+        self_kv = None
+
+        def attend_self(y):
+            nonlocal self_kv
+            if step:
+                h, self_kv = self_attn(y, y, self_mask, True, mode="cached", cache=cache["self"],
+                                       index=index)
+                return h
+            return self_attn(y, y, self_mask, deterministic)
+
+        x = sublayer(x, "self_attn_norm", attend_self)
         if self.cross:
             cross = Attention(cfg, self.num_heads, name="cross_attn")
-            h = (cross(x, None, memory_mask, True, mode="cached", cache=cache["cross"]) if step
-                 else cross(x, memory, memory_mask, deterministic))
-            x = _norm(cfg, "cross_attn_norm")(x + drop(h, cfg.dropout))
-        h = ACTIVATIONS[cfg.activation_function](
-            _dense(self.ffn_dim, ("embed", "mlp"), cfg, "fc1")(x))
-        h = _dense(cfg.d_model, ("mlp", "embed"), cfg, "fc2")(drop(h, cfg.activation_dropout))
-        x = _norm(cfg, "final_norm")(x + drop(h, cfg.dropout))
+            x = sublayer(x, "cross_attn_norm", lambda y: (
+                cross(y, None, memory_mask, True, mode="cached", cache=cache["cross"]) if step
+                else cross(y, memory, memory_mask, deterministic)))
+
+        def feed_forward(y):
+            h = ACTIVATIONS[cfg.activation_function](
+                _dense(self.ffn_dim, ("embed", "mlp"), cfg, "fc1")(y))
+            return _dense(cfg.d_model, ("mlp", "embed"), cfg, "fc2")(
+                drop(h, cfg.activation_dropout))
+
+        x = sublayer(x, "final_norm", feed_forward)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return (x, self_kv) if step else x
 
@@ -206,16 +229,18 @@ class Stack(nn.Module):
         start = POSITION_OFFSET if index is None else POSITION_OFFSET + index
         x = x + jax.lax.dynamic_slice_in_dim(position, start, ids.shape[1]).astype(dtype)[None]
         x = nn.Dropout(cfg.dropout)(_norm(cfg, "norm_embedding")(x), deterministic=deterministic)
+        # Pre-LN stacks end with a LayerNorm of their own (mBART's encoder/decoder.layer_norm).
+        last = _norm(cfg, "norm_final") if cfg.normalize_before else (lambda y: y)
         if mode == "step":
             updated = []
             for block, cache in zip(blocks, caches):
                 x, kv = block(x, self_mask, None, memory_mask, True, mode="step", cache=cache,
                               index=index)
                 updated.append(kv)
-            return x, updated
+            return last(x), updated
         for block in blocks:
             x = block(x, self_mask, memory, memory_mask, deterministic)
-        return x
+        return last(x)
 
 
 class Seq2SeqModule(nn.Module):

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxdistill import config as config_lib, loading, sharding
+from jaxdistill import config as config_lib, loading, sharding, significance
 from jaxdistill.config import FinetuneConfig
 from jaxdistill.data import tasks
 from jaxdistill.errors import UserError
@@ -128,6 +128,8 @@ def score_logits(logits: np.ndarray, labels: np.ndarray, num_labels: int,
 
 class DevEvaluator:
     """The loop's evaluator: task metrics of the student on the encoded dev set."""
+
+    higher_is_better = True
 
     def __init__(self, setup: loop.Setup, task: tasks.TaskData, dev: dict[str, np.ndarray],
                  batch_size: int):
@@ -251,9 +253,10 @@ def pass_rate(predict, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray
 
 
 def evaluate_model(model_ref: str, task_cfg: config_lib.TaskConfig, seq_len: int,
-                   batch_size: int, split: str = "dev") -> dict:
+                   batch_size: int, split: str = "dev", predictions: str | None = None) -> dict:
     """A checkpoint or model directory's classifier on a task's dev set: metrics, size, FLOPs,
-    examples/s."""
+    examples/s; with `predictions`, each example's label and prediction written there (JSON
+    Lines, for `jaxdistill.significance`)."""
     task = tasks.load_task(task_cfg)
     model, arrays, predict, batch_sh, params, mesh = load_classifier(model_ref, task, seq_len,
                                                                      split)
@@ -261,8 +264,9 @@ def evaluate_model(model_ref: str, task_cfg: config_lib.TaskConfig, seq_len: int
     with mesh:
         evaluate_arrays(predict, batch_sh, params, {k: v[:batch_size] for k, v in arrays.items()},
                         batch_size, task.num_labels, task.metrics)  # compile outside the timing
-        values, rate = evaluate_arrays(predict, batch_sh, params, arrays, batch_size,
-                                       task.num_labels, task.metrics)
+        logits, seconds = set_logits(predict, batch_sh, params, arrays, batch_size)
+        values = score_logits(logits, arrays["labels"], task.num_labels, task.metrics)
+        rate = len(logits) / max(seconds, 1e-9)
         # One pass over a small dev set lasts seconds, and on a shared CPU single passes of the
         # same model differ by 20%: the speed is the median of TIMED_PASSES passes.
         rates = [rate] + [pass_rate(predict, batch_sh, params, arrays, batch_size)
@@ -276,4 +280,15 @@ def evaluate_model(model_ref: str, task_cfg: config_lib.TaskConfig, seq_len: int
             "hidden_size": getattr(cfg, "hidden_size", None),
             "flops_per_example": model.forward_flops_per_token(seq_len) * seq_len,
             "examples_per_sec": rate, "timed_passes": TIMED_PASSES, "seq_len": seq_len,
-            "batch_size": batch_size, "device": jax.devices()[0].device_kind}
+            "batch_size": batch_size, "device": jax.devices()[0].device_kind,
+            **({"predictions": significance.write_predictions(predictions, prediction_rows(
+                logits, arrays["labels"], task.num_labels))} if predictions else {})}
+
+
+def prediction_rows(logits: np.ndarray, labels: np.ndarray, num_labels: int,
+                    task: str | None = None) -> list[dict]:
+    """Per example: its gold label and the model's prediction (and task, for several)."""
+    preds = task_metrics.predictions_from_logits(logits, num_labels)
+    extra = {"task": task} if task else {}
+    return [{**extra, "label": y.item(), "prediction": p.item()}
+            for y, p in zip(np.asarray(labels)[:len(preds)], np.asarray(preds))]

@@ -61,9 +61,11 @@ class DataSource(Protocol):
 
 
 class Evaluator(Protocol):
-    """Dev-set metrics of the student; `metric` is the one the best checkpoint is chosen by."""
+    """Dev-set metrics of the student; `metric` is the one the best checkpoint is chosen by,
+    the highest unless `higher_is_better` is False (a loss)."""
 
     metric: str
+    higher_is_better: bool
 
     def __call__(self, student_params: Any) -> tuple[dict[str, float], float]:
         """(metric values, examples/s)."""
@@ -199,13 +201,14 @@ def assemble(cfg: RunConfig, mesh: jax.sharding.Mesh, roles: Roles, *, total_ste
                      "method": jax.eval_shape(method.init_params, jax.random.key(0))}
     frozen = tuple(cfg.student.freeze)
     _check_freeze(frozen, params_shapes["student"])
+    logical = {"student": student.logical_axes(), "method": method.param_axes()}
     tx = optim.optimizer(cfg.optimizer, cfg.learning_rate, total_steps,
                          frozen=(lambda path: path[0] == "student" and is_frozen(path[1:], frozen))
-                         if frozen else None, params=params_shapes)
+                         if frozen else None, params=params_shapes,
+                         stacked=sharding.stacked_layers(logical, params_shapes))
     ctx = StepContext(models=roles.models, method=method, tx=tx,
                       lr_schedule=optim.schedule(cfg.optimizer, cfg.learning_rate, total_steps),
                       grad_accum=cfg.optimizer.grad_accum, frozen=frozen)
-    logical = {"student": student.logical_axes(), "method": method.param_axes()}
     params_sh = state_lib.param_shardings(logical, params_shapes, mesh)
     state_sh = state_lib.state_shardings(tx, params_shapes, params_sh, mesh)
     teacher_sh = {role: sharding.shardings_for(roles.models[role].logical_axes(), p, mesh)
@@ -483,25 +486,27 @@ class _Best:
     def __init__(self, run_dir: Path, start: int, job: Job, setup: Setup):
         self.dir, self.job, self.setup = run_dir / BEST_DIR, job, setup
         self.metric = job.evaluator.metric
+        self.sign = 1.0 if job.evaluator.higher_is_better else -1.0
         self.value, self.step = self._saved(start)
 
     def _saved(self, start: int) -> tuple[float, int]:
-        """The best value saved at or before `start` (resume), else (-inf, -1)."""
+        """The best value saved at or before `start` (resume), else (the worst value, -1)."""
+        worst = -self.sign * math.inf
         try:
             meta = checkpoint.read_meta(checkpoint.find_step_dir(self.dir))
         except UserError:
-            return -math.inf, -1
+            return worst, -1
         info = meta.get("best", {})
         if info.get("step", math.inf) > start:
             # Written after the checkpoint we resume from: the rerun reproduces it exactly.
             if jax.process_index() == 0:
                 shutil.rmtree(self.dir)
-            return -math.inf, -1
+            return worst, -1
         return float(info["value"]), int(info["step"])
 
     def evaluate(self, state: Any, step: int) -> dict:
         values, rate = self.job.evaluator(state.params["student"])
-        if values[self.metric] > self.value or self.job.select == "last":
+        if self.sign * (values[self.metric] - self.value) > 0 or self.job.select == "last":
             self.value, self.step = values[self.metric], step
             tok = self.setup.roles.tokenizer_dir if jax.process_index() == 0 else None
             checkpoint.save_model(self.dir, self.setup.student, state.params["student"],

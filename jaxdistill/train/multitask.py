@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxdistill import checkpoint, config as config_lib, loading, sharding
+from jaxdistill import checkpoint, config as config_lib, loading, sharding, significance
 from jaxdistill.config import FinetuneConfig, TaskConfig
 from jaxdistill.data import tasks
 from jaxdistill.data.tasks.multitask import MultiTaskBatches, Span, spans_of, task_arrays
@@ -67,6 +67,7 @@ class MultiTaskEvaluator:
     """Every task's dev metrics on its span, and their average (the selecting metric)."""
 
     metric = AVERAGE
+    higher_is_better = True
 
     def __init__(self, setup: loop.Setup, spans: list[Span], devs: list[dict[str, np.ndarray]],
                  batch_size: int):
@@ -80,18 +81,22 @@ class MultiTaskEvaluator:
 
 
 def score_tasks(predict, batch_sh: dict, params: Any, spans: list[Span],
-                devs: list[dict[str, np.ndarray]], batch_size: int
-                ) -> tuple[dict[str, float], float]:
+                devs: list[dict[str, np.ndarray]], batch_size: int,
+                per_example: list | None = None) -> tuple[dict[str, float], float]:
     """({<task id>_<metric>: value, ..., 'average': mean of the tasks' select metrics},
-    examples/s of the forward passes)."""
+    examples/s of the forward passes); each example's label and prediction are appended to
+    `per_example` when one is given."""
     values, selected, rows, seconds = {}, [], 0, 0.0
     for span, dev in zip(spans, devs):
         logits, spent = finetune.set_logits(predict, batch_sh, params, dev, batch_size)
-        scores = finetune.score_logits(logits[:, span.label_start:span.label_stop],
-                                       dev["labels"], span.num_labels, span.metrics)
+        logits = logits[:, span.label_start:span.label_stop]
+        scores = finetune.score_logits(logits, dev["labels"], span.num_labels, span.metrics)
         values.update({f"{span.task_id}_{k}": v for k, v in scores.items()})
         selected.append(scores[span.select_metric])
         rows, seconds = rows + len(logits), seconds + spent
+        if per_example is not None:
+            per_example += finetune.prediction_rows(logits, dev["labels"], span.num_labels,
+                                                    span.task_id)
     values[AVERAGE] = float(np.mean(selected))
     return values, rows / max(seconds, 1e-9)
 
@@ -148,10 +153,14 @@ def run(cfg: FinetuneConfig) -> dict:
 # `jaxdistill evaluate` of a multi-task model
 
 
-def evaluate_model(model_ref: str, cfg: FinetuneConfig) -> dict:
+def evaluate_model(model_ref: str, cfg: FinetuneConfig, predictions: str | None = None) -> dict:
     """Every task's dev metrics of a multi-task checkpoint (its spans from the metadata, its
     tasks from the recipe or else the run's own config) or of its export (a directory with
-    tasks.json: one model directory per task, tasks from the recipe)."""
+    tasks.json: one model directory per task, tasks from the recipe); with `predictions`, every
+    task's per-example labels and predictions written there (a checkpoint only)."""
+    if predictions and (Path(model_ref).expanduser() / "tasks.json").is_file():
+        raise UserError("--predictions reads a multi-task checkpoint (its best/ or a step dir), "
+                        "not its per-task export.")
     path = Path(model_ref).expanduser()
     if (path / "tasks.json").is_file():
         listing = json.loads((path / "tasks.json").read_text())
@@ -183,12 +192,16 @@ def evaluate_model(model_ref: str, cfg: FinetuneConfig) -> dict:
         score_tasks(predict, batch_sh, params, spans[:1],
                     [{k: v[:cfg.eval_batch_size] for k, v in devs[0].items()}],
                     cfg.eval_batch_size)  # compile outside the timing
-        values, rate = score_tasks(predict, batch_sh, params, spans, devs, cfg.eval_batch_size)
+        rows: list = []
+        values, rate = score_tasks(predict, batch_sh, params, spans, devs, cfg.eval_batch_size,
+                                   rows)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     return {"model": str(model_ref), "tasks": ids, **{f"dev_{k}": v for k, v in values.items()},
             "metric": AVERAGE, "parameters": n_params, "examples_per_sec": rate,
             "seq_len": cfg.seq_len, "batch_size": cfg.eval_batch_size,
-            "device": jax.devices()[0].device_kind}
+            "device": jax.devices()[0].device_kind,
+            **({"predictions": significance.write_predictions(predictions, rows)}
+               if predictions else {})}
 
 
 def _task_configs(cfg: FinetuneConfig, spans: list[dict], model_ref: str

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill import config as config_lib, loading, models, sharding
+from jaxdistill import config as config_lib, loading, models, sharding, significance
 from jaxdistill.config import FinetuneConfig
 from jaxdistill.data import seq2seq as s2s
 from jaxdistill.data import tasks
@@ -115,6 +115,7 @@ def fixed_dev_masks(pairs: list[s2s.Pair], tokenizer_dir: Path, cfg: FinetuneCon
 
 class MaskedDevEvaluator:
     metric = "masked_accuracy"
+    higher_is_better = True
 
     def __init__(self, setup: loop.Setup, masked: dict[str, np.ndarray], batch_size: int):
         self.masked, self.batch_size = masked, batch_size
@@ -152,22 +153,86 @@ def _run_teacher(cfg: FinetuneConfig, task: s2s.Seq2SeqTask, options: Any) -> di
 # --------------------------------------------------------------------------------------------
 # Stage student: the Seq2Seq model
 
+PAIR_KEYS = ("input_ids", "attention_mask", "decoder_input_ids", "labels", "label_weights")
+SHUFFLE_SEED = 20200502  # one fixed permutation of the sources, the same for every evaluation
 
-class BleuDevEvaluator:
-    metric = "bleu"
+
+def pair_scores(model: models.Model, params_sh: Any, mesh: jax.sharding.Mesh):
+    """Jitted (nll sum, target tokens) of a seq2seq model over one batch, teacher-forced, without
+    label smoothing."""
+    batch_sh = {k: sharding.batch_sharding(mesh, 2) for k in PAIR_KEYS}
+
+    def scores(params, batch):
+        with nn.logical_axis_rules(sharding.RULES):
+            logits = model.apply(params, batch).logits.astype(jnp.float32)
+        logp = jax.nn.log_softmax(logits, -1)
+        nll = -jnp.take_along_axis(logp, batch["labels"][..., None], -1)[..., 0]
+        w = batch["label_weights"]
+        return jnp.stack([(nll * w).sum(), w.sum()])
+
+    return jax.jit(scores, in_shardings=(params_sh, batch_sh),
+                   out_shardings=sharding.replicated(mesh)), batch_sh
+
+
+def cross_entropy(scores_fn, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray],
+                  batch_size: int) -> float:
+    """Nats per target token of `arrays` (teacher-forced, no label smoothing)."""
+    total = np.zeros(2)
+    for batch in tasks.eval_batches({k: arrays[k] for k in PAIR_KEYS}, batch_size):
+        batch["label_weights"] = batch["label_weights"] * batch.pop("weights")[:, None]
+        inputs = to_global(process_rows(batch), batch_sh, batch_size)
+        total += np.asarray(jax.device_get(scores_fn(params, inputs)))
+    return float(total[0] / max(total[1], 1.0))
+
+
+def shuffled_sources(arrays: dict[str, np.ndarray], seed: int = SHUFFLE_SEED
+                     ) -> dict[str, np.ndarray]:
+    """The pairs with every row's source replaced by another row's (a fixed derangement: one
+    cycle through a seeded permutation), targets unchanged."""
+    n = len(arrays["input_ids"])
+    if n < 2:
+        raise UserError("shuffling sources across rows needs at least 2 pairs.")
+    order = np.random.default_rng(seed).permutation(n)
+    donor = np.empty(n, np.int64)
+    donor[order] = np.roll(order, -1)
+    return {**arrays, "input_ids": arrays["input_ids"][donor],
+            "attention_mask": arrays["attention_mask"][donor]}
+
+
+def source_reliance(scores_fn, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray],
+                    batch_size: int) -> dict[str, float]:
+    """Cross entropy with the true sources and with sources shuffled across rows: a model that
+    ignores its source scores the same on both (gap ~0)."""
+    true = cross_entropy(scores_fn, batch_sh, params, arrays, batch_size)
+    shuffled = cross_entropy(scores_fn, batch_sh, params, shuffled_sources(arrays), batch_size)
+    return {"cross_entropy": true, "cross_entropy_shuffled_sources": shuffled,
+            "source_gap": shuffled - true}
+
+
+class Seq2SeqDevEvaluator:
+    """Greedy BLEU, distinct outputs and the cross entropy with true and shuffled sources. The
+    best checkpoint is the one of lowest dev cross entropy: on a few hundred pairs greedy BLEU
+    moves by noise between evaluations (docs/decisions.md)."""
+
+    metric = "cross_entropy"
+    higher_is_better = False
 
     def __init__(self, setup: loop.Setup, dev: tuple[dict[str, np.ndarray], list[str]],
                  batch_size: int):
         self.arrays, self.references = dev
         self.batch_size, self.tokenizer_dir = batch_size, setup.roles.tokenizer_dir
-        self.generate, self.batch_sh = gen.make_generate(
-            setup.student, setup.state_sh.params["student"], setup.mesh,
-            setup.cfg.target_len)
+        params_sh = setup.state_sh.params["student"]
+        self.generate, self.batch_sh = gen.make_generate(setup.student, params_sh, setup.mesh,
+                                                         setup.cfg.target_len)
+        self.scores, self.pair_sh = pair_scores(setup.student, params_sh, setup.mesh)
 
     def __call__(self, student_params: Any) -> tuple[dict[str, float], float]:
         texts, speed = gen.generate_texts(self.generate, self.batch_sh, student_params,
                                           self.arrays, self.batch_size, self.tokenizer_dir)
-        return {"bleu": gen.bleu(texts, self.references)}, speed["sentences_per_sec"]
+        reliance = source_reliance(self.scores, self.pair_sh, student_params, self.arrays,
+                                   self.batch_size)
+        return ({"bleu": gen.bleu(texts, self.references), "distinct_outputs": len(set(texts)),
+                 **reliance}, speed["sentences_per_sec"])
 
 
 def student_vocabulary(cfg: FinetuneConfig, task: s2s.Seq2SeqTask) -> Path:
@@ -209,8 +274,43 @@ def build_student(cfg: FinetuneConfig, vocab_dir: Path, method_cls, options) -> 
               "eos_token_id": sp.sep, "decoder_start_token_id": sp.cls}
     student = cls(config_lib.from_dict(cls.Config, fields, where="student"))
     model_set = {STUDENT: student}
-    return loop.Roles(model_set, build_method(method_cls, options, model_set), {}, None,
+    init = None
+    if options.embeddings_from_teacher:
+        init = jax.device_get(jax.jit(student.init)(jax.random.key(cfg.seed)))
+        init["shared"] = teacher_word_rows(cfg.teacher.path, vocab_dir, student.config.d_model,
+                                           student.config.init_std).astype(init["shared"].dtype)
+    return loop.Roles(model_set, build_method(method_cls, options, model_set), {}, init,
                       vocab_dir)
+
+
+def teacher_word_rows(teacher_ref: str, vocab_dir: Path, width: int, std: float
+                      ) -> np.ndarray:
+    """[student vocabulary, width]: the teacher's word-embedding row of each student piece (the
+    student's pieces are the teacher's), projected onto the `width` leading principal components
+    of those rows when the teacher is wider, centred and scaled to `std` (the student's init)."""
+    if not teacher_ref:
+        raise UserError("method.options.embeddings_from_teacher needs teacher.path (the model "
+                        "whose word embeddings the student starts from).")
+    model, params, tok = loading.load_pretrained(teacher_ref)
+    table = np.asarray(model.word_embeddings(params), np.float32)
+    teacher_vocab = {piece: i for i, piece in enumerate(
+        (Path(tok) / "vocab.txt").read_text().splitlines())}
+    pieces = (vocab_dir / "vocab.txt").read_text().splitlines()
+    missing = [p for p in pieces if p not in teacher_vocab]
+    if missing:
+        raise UserError(f"{len(missing)} pieces of {vocab_dir}/vocab.txt (e.g. {missing[0]!r}) are "
+                        f"not in {teacher_ref}'s vocabulary: the student's vocabulary was built "
+                        f"from another teacher.")
+    rows = table[[teacher_vocab[p] for p in pieces]]
+    if width > rows.shape[1]:
+        raise UserError(f"student.d_model={width} is wider than the teacher's word embeddings "
+                        f"({rows.shape[1]}); embeddings_from_teacher needs d_model <= "
+                        f"{rows.shape[1]}.")
+    centred = rows - rows.mean(0)
+    if width < rows.shape[1]:
+        _, _, components = np.linalg.svd(centred, full_matrices=False)
+        centred = centred @ components[:width].T
+    return centred * (std / max(float(centred.std()), 1e-12))
 
 
 def with_teacher_targets(cfg: FinetuneConfig, arrays: dict[str, np.ndarray], top_k: int
@@ -256,8 +356,8 @@ def _run_student(cfg: FinetuneConfig, task: s2s.Seq2SeqTask, method_cls, options
           if options.alpha > 0 else "no teacher (alpha 0)")
     header = (f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev pairs; "
               f"seq2seq student, vocabulary {roles.models[STUDENT].config.vocab_size} pieces; "
-              f"{kd}; dev metric greedy BLEU")
-    return _train(cfg, roles, TaskSource(batches), batches, BleuDevEvaluator, dev, header,
+              f"{kd}; best checkpoint by dev cross entropy")
+    return _train(cfg, roles, TaskSource(batches), batches, Seq2SeqDevEvaluator, dev, header,
                   seq_len=cfg.seq_len + cfg.target_len, predictions=None, task=task)
 
 
@@ -309,9 +409,12 @@ def run(cfg: FinetuneConfig) -> dict:
 # `jaxdistill evaluate`
 
 
-def evaluate_model(model_ref: str, cfg: FinetuneConfig, split: str = "dev") -> dict:
-    """A seq2seq student's BLEU (cfg.decode: greedy or beam), decoding speed and sample outputs;
-    or a conditional-MLM teacher's masked-token accuracy, on a split of the task."""
+def evaluate_model(model_ref: str, cfg: FinetuneConfig, split: str = "dev",
+                   predictions: str | None = None) -> dict:
+    """A seq2seq student's BLEU (cfg.decode: greedy or beam), its cross entropy with true and
+    with shuffled sources, distinct outputs, decoding speed and sample outputs (every output
+    written to `predictions`, JSON Lines); or a conditional-MLM teacher's masked-token accuracy,
+    on a split of the task."""
     model, params, tok = loading.load_pretrained(model_ref)
     if tok is None:
         raise UserError(f"{model_ref} has no tokenizer files.")
@@ -325,8 +428,11 @@ def evaluate_model(model_ref: str, cfg: FinetuneConfig, split: str = "dev") -> d
             "parameters": n_params, "device": jax.devices()[0].device_kind}
     if model.config.head == "mlm":
         options = parse_options(method_class("cmlm"), {})
-        predictions = s2s.max_masked(cfg.target_len, options.mask_probability)
-        masked = fixed_dev_masks(pairs, tok, cfg, options.mask_probability, predictions)
+        if predictions is not None:
+            raise UserError(f"--predictions writes a seq2seq student's outputs; {model_ref} is a "
+                            f"conditional-MLM teacher.")
+        slots = s2s.max_masked(cfg.target_len, options.mask_probability)
+        masked = fixed_dev_masks(pairs, tok, cfg, options.mask_probability, slots)
         scores, batch_sh = masked_scores(model, params_sh, mesh)
         with mesh:
             return {**head, **masked_metrics(scores, batch_sh, params, masked,
@@ -337,15 +443,22 @@ def evaluate_model(model_ref: str, cfg: FinetuneConfig, split: str = "dev") -> d
     d = cfg.decode
     arrays = s2s.encode_pairs(pairs, tok, cfg.seq_len, cfg.target_len)
     generate, batch_sh = gen.make_generate(model, params_sh, mesh, cfg.target_len,
-                                           d.beam_size, d.length_penalty)
+                                           d.beam_size, d.length_penalty, d.length_penalty_form)
     with mesh:
         warm = {k: v[:cfg.eval_batch_size] for k, v in arrays.items()}
         gen.generate_texts(generate, batch_sh, params, warm, cfg.eval_batch_size, tok)  # compile
         texts, speed = gen.generate_texts(generate, batch_sh, params, arrays,
                                           cfg.eval_batch_size, tok)
-    samples = [{"source": p.source, "reference": p.target, "output": t}
-               for p, t in zip(pairs[:d.samples], texts)]
+        scores, pair_sh = pair_scores(model, params_sh, mesh)
+        reliance = source_reliance(scores, pair_sh, params, arrays, cfg.eval_batch_size)
+    rows = [{"source": p.source, "reference": p.target, "output": t}
+            for p, t in zip(pairs, texts)]
+    written = {"predictions": significance.write_predictions(predictions, rows)} \
+        if predictions else {}
+    samples = rows[:d.samples]
     return {**head, f"{split}_bleu": gen.bleu(texts, [p.target for p in pairs]),
+            **{f"{split}_{k}": v for k, v in reliance.items()}, "distinct_outputs": len(set(texts)),
             "bleu": "sacreBLEU 13a, lowercased references", "beam_size": d.beam_size,
-            "length_penalty": d.length_penalty, "max_len": cfg.target_len,
-            "batch_size": cfg.eval_batch_size, **speed, "samples": samples}
+            "length_penalty": d.length_penalty, "length_penalty_form": d.length_penalty_form,
+            "max_len": cfg.target_len,
+            "batch_size": cfg.eval_batch_size, **speed, **written, "samples": samples}

@@ -16,6 +16,7 @@ from flax import traverse_util
 
 from jaxdistill.methods.base import STUDENT, Batch, Method, Metrics
 from jaxdistill.models.base import Model, Outputs
+from jaxdistill.train import optim
 from jaxdistill.train.state import TrainState
 
 
@@ -102,7 +103,9 @@ def train_step(state: TrainState, teacher_params: Any, batch: Batch, ctx: StepCo
         grads = jax.tree.map(lambda g, s: jnp.where(s > 0, g, jnp.zeros_like(g)), grads, scale)
     updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
     if scale is not None:
+        # ... and no update at all: no weight decay, moments kept as they were.
         updates = jax.tree.map(lambda u, s: (u * s).astype(u.dtype), updates, scale)
+        opt_state = optim.keep_frozen_state(ctx.tx, opt_state, state.opt_state, scale)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": ctx.lr_schedule(state.step)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -44,8 +44,6 @@ def main() -> None:
         return
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    stages_file = root / "cmlm_stages.json"
-    stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
     log = (root / "cmlm_log.txt").open("a")
     teacher, topk = root / "cmlm_teacher", root / "cmlm" / "topk.jsonl"
     scale = [] if args.scale == 1.0 else ["steps=%d" % max(2, int(500 * args.scale))]
@@ -65,13 +63,7 @@ def main() -> None:
                          f"run_dir={root}/cmlm_nokd", f"teacher.path={teacher}/best",
                          *student_scale],
     }
-    for name, cmd in plan.items():
-        if name not in stages:
-            t0 = time.perf_counter()
-            summary = _cli(cmd, log)
-            stages[name] = {"summary": summary, "minutes": (time.perf_counter() - t0) / 60,
-                            "command": "jaxdistill " + " ".join(cmd)}
-            stages_file.write_text(json.dumps(stages, indent=2))
+    stages = task_pipeline.run_stages(plan, root / "cmlm_stages.json", log)
     evals = {}
     recipe = str(TASK / "cmlm_student.yaml")
     outputs = root / "cmlm_outputs"
@@ -106,14 +98,15 @@ def main() -> None:
 BEGIN, END = "<!-- cmlm: begin (python -m benchmarks.cmlm) -->", "<!-- cmlm: end -->"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the C-MLM section of docs/results.md. It sits below the task
-    pipeline's hand-written marker, so regenerating that table keeps it."""
+def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace (or append) a benchmark's marked section of docs/results.md (C-MLM's by
+    default). It sits below the task pipeline's hand-written marker, so regenerating that table
+    keeps it."""
     text = path.read_text() if path.is_file() else ""
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    block = f"{begin}\n{section}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)

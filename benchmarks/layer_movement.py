@@ -51,7 +51,9 @@ def movement(run_dir: Path) -> dict:
     model = models.from_meta(meta)
     options = parse_options(method_class(cfg.method.name), cfg.method.options)
     segs = segments(options.phases, model.config.num_layers)
-    init = jax.device_get(jax.jit(model.init)(jax.random.key(cfg.seed)))
+    # The loop's own draw of a fresh student (train/loop.py init_state); a started student
+    # (teacher_embeddings) replaces only its word table, which no layer holds.
+    init = jax.device_get(jax.jit(model.init)(jax.random.split(jax.random.key(cfg.seed))[0]))
     states = {0: _layer_vectors(model, init)}
     rows = []
     for seg in segs:

@@ -12,8 +12,11 @@ configs/teacher_mlm.yaml, configs/task/*.yaml) with run dirs under --root:
   -> `jaxdistill evaluate` of every result on the dev set (BiLSTM rows and the teacher at batch
   128 and batch 1), and FastBERT's speed sweep.
 --scale multiplies every stage's step budget (for a quick smoke run; the table says so).
---skip mtdnn,mobilebert leaves those stage groups out and carries their sections over, marked,
-from the existing results file.
+--skip mtdnn leaves that stage group out and carries its section over, marked, from the existing
+results file. Every comparison the table draws gets a paired test on the same dev examples
+(`jaxdistill evaluate --predictions`, then McNemar's test and a paired bootstrap interval:
+jaxdistill/significance.py). MobileBERT's demo and comparisons are benchmarks/mobilebert.py and
+C-MLM's benchmarks/cmlm.py, each with its own section of the same file.
 """
 from __future__ import annotations
 
@@ -44,6 +47,20 @@ def _cli(args: list[str], log) -> str:
         raise SystemExit(f"jaxdistill {' '.join(args)} failed ({proc.returncode}):\n"
                          f"{proc.stderr[-3000:]}")
     return proc.stdout.strip().splitlines()[-1]
+
+
+def run_stages(plan: dict[str, list[str]], stages_file: Path, log) -> dict:
+    """Run each named `jaxdistill` command of `plan` in order, unless stages_file (JSON) already
+    holds its summary; returns {name: {summary, minutes, command}}, written after every stage."""
+    stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
+    for name, cmd in plan.items():
+        if name not in stages:
+            t0 = time.perf_counter()
+            summary = json.loads(_cli(cmd, log))
+            stages[name] = {"summary": summary, "minutes": (time.perf_counter() - t0) / 60,
+                            "command": "jaxdistill " + " ".join(cmd)}
+            stages_file.write_text(json.dumps(stages, indent=2))
+    return stages
 
 
 def _steps(n: int, scale: float) -> int:
@@ -130,25 +147,7 @@ def stages(root: Path, scale: float, augment_n: int, max_augmented: int) -> list
          _task("tinybert_prediction.yaml", root, "task_tb_glove_pred", s("tb_aug_pred"),
                f"student.init={r('task_tb_glove_int')}/best", glove)),
         *mtdnn_stages(root, scale),
-        *mobilebert_stages(root, scale),
     ]
-
-
-def mobilebert_stages(root: Path, scale: float) -> list[tuple]:
-    """MobileBERT: progressive transfer + pretraining distillation from the MLM-headed MiniLM
-    (configs/mobilebert_demo.yaml), then fine-tuning on the task (mobilebert_student.yaml)."""
-    per_layer, distill = _steps(BUDGET["mb_layer"], scale), _steps(BUDGET["mb_distill"], scale)
-    phases = (f"method.options.phases=[{{kind: progressive, steps_per_layer: {per_layer}}}, "
-              f"{{kind: distillation}}]")
-    general = root / "mobilebert_demo"
-    return [("MobileBERT transfer + distillation", "mobilebert_demo",
-             ["pretrain", "--config", "configs/mobilebert_demo.yaml", f"run_dir={general}",
-              f"teacher.path={root / 'teacher_mlm'}", f"steps={6 * per_layer + distill}",
-              phases]),
-            ("MobileBERT student, fine-tuned", "task_mobilebert",
-             ["finetune", "--config", "configs/task/mobilebert_student.yaml",
-              f"run_dir={root / 'task_mobilebert'}", f"student.init={general}",
-              f"steps={_steps(BUDGET['student'], scale)}"])]
 
 
 MTDNN_TASKS = ("rotten_tomatoes", "imdb", "bbc_news")
@@ -218,10 +217,6 @@ ROWS = [("teacher (MiniLM-L6, fine-tuned)", "task_teacher"), ("student, fine-tun
         ("TinyBERT, no augmentation", "task_tb_pred"),
         ("TinyBERT, augmentation with embedding-table neighbours", "task_tb_aug_pred"),
         ("TinyBERT, augmentation with GloVe neighbours (the paper's)", "task_tb_glove_pred")]
-MOBILEBERT_ROWS = [("TinyBERT student (3 x 384), fine-tuned without KD", "task_student"),
-                   ("TinyBERT student, TinyBERT task distillation", "task_tb_pred"),
-                   ("MobileBERT-style student (6 x 384, bottleneck 192), fine-tuned",
-                    "task_mobilebert")]
 BILSTM_ROWS = [("BiLSTM, labels only (no KD)", "task_bilstm_student"),
                ("BiLSTM, KD", "task_bilstm_kd"), ("BiLSTM, KD + augmentation", "task_bilstm")]
 
@@ -237,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="training examples that get variants (a fixed-seed subset; the MLM "
                         "forwards cost ~60/s on 2 cores); every original is kept")
     p.add_argument("--skip", default="", help="comma-separated stage groups not to run: "
-                   "mtdnn, mobilebert (their sections are carried over, marked with their date, "
-                   "from the existing --out file)")
+                   "mtdnn (its section is carried over, marked with its date, from the existing "
+                   "--out file)")
     args = p.parse_args(argv)
     skip = {g for g in args.skip.split(",") if g}
     if not skip <= set(GROUPS):
@@ -266,10 +261,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {timings[-1][1]:.0f} s  {timings[-1][2][:160]}", flush=True)
         total = sum(t for _, t, _ in timings)
         evals = {}
-        for _, run in ROWS + BILSTM_ROWS + (MOBILEBERT_ROWS[2:] if "mobilebert" not in skip
-                                            else []):
+        preds = root / "predictions"
+        for _, run in ROWS + BILSTM_ROWS:
             evals[run] = json.loads(_cli(["evaluate", "--model", str(root / run / "best"),
-                                          "--config", "configs/task/teacher.yaml"], log))
+                                          "--config", "configs/task/teacher.yaml",
+                                          "--predictions", str(preds / f"{run}.jsonl")], log))
+        if "mtdnn" not in skip:
+            for run in MTDNN_STUDENTS:
+                evals[run] = json.loads(_cli(["evaluate", "--model", str(root / run / "best"),
+                                              "--predictions", str(preds / f"{_flat(run)}.jsonl")],
+                                             log))
+        evals["paired_tests"] = paired_tests(preds, skip)
         for _, run in [ROWS[0]] + BILSTM_ROWS:  # batch 1: one example at a time, no padding
             evals[run + "@1"] = json.loads(_cli(
                 ["evaluate", "--model", str(root / run / "best"), "--config",
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-SIDE_BY_SIDE = ("task_teacher", "task_kd", "task_kd_2layers", "task_mobilebert")
+SIDE_BY_SIDE = ("task_teacher", "task_kd", "task_kd_2layers")
 
 
 def side_by_side(root: Path, log, runs: list[str]) -> dict:
@@ -312,7 +314,7 @@ def side_by_side(root: Path, log, runs: list[str]) -> dict:
 
 def render_side_by_side(evals: dict) -> list[str]:
     report = evals["side_by_side"]
-    labels = {run: label for label, run in ROWS + MOBILEBERT_ROWS[2:]}
+    labels = {run: label for label, run in ROWS}
     lines = ["", f"Speed side by side (`python -m benchmarks.eval_speed`: every model in one "
              f"process, {report['passes']} interleaved passes over the dev set at batch "
              f"{report['batch_size']}, median; the column above times each model in its own "
@@ -326,8 +328,63 @@ def render_side_by_side(evals: dict) -> list[str]:
     return lines
 
 
-GROUPS = {"mtdnn": "MT-DNN", "mobilebert": "MobileBERT"}  # --skip group -> stage name prefix
-HEADINGS = {"mtdnn": "## MT-DNN: multi-task", "mobilebert": "## MobileBERT: progressive"}
+GROUPS = {"mtdnn": "MT-DNN"}  # --skip group -> stage name prefix
+HEADINGS = {"mtdnn": "## MT-DNN: multi-task"}
+# Every comparison the tables draw: (name, baseline run, other run), paired on the same examples.
+COMPARISONS = [("vanilla KD vs no KD", "task_student", "task_kd"),
+               ("PKD-last vs vanilla KD", "task_kd", "task_pkd_last"),
+               ("PKD-skip vs vanilla KD", "task_kd", "task_pkd_skip"),
+               ("PKD-skip mean-pooled vs PKD-skip", "task_pkd_skip", "task_pkd_skip_mean"),
+               ("TinyBERT vs no KD", "task_student", "task_tb_pred"),
+               ("TinyBERT, embedding-table augmentation vs none", "task_tb_pred",
+                "task_tb_aug_pred"),
+               ("TinyBERT, GloVe augmentation vs none", "task_tb_pred", "task_tb_glove_pred"),
+               ("BiLSTM, KD vs labels only", "task_bilstm_student", "task_bilstm_kd"),
+               ("BiLSTM, KD + augmentation vs labels only", "task_bilstm_student", "task_bilstm"),
+               ("BiLSTM, KD + augmentation vs KD", "task_bilstm_kd", "task_bilstm")]
+MTDNN_STUDENTS = ("mtdnn/student", "mtdnn/kd")
+MTDNN_COMPARISON = ("MT-DNN multi-task, KD vs no KD (the three tasks' dev sets pooled)",
+                    "mtdnn/student", "mtdnn/kd")
+
+
+def _flat(run: str) -> str:
+    return run.replace("/", "_")
+
+
+def paired_tests(preds: Path, skip: set) -> dict:
+    """McNemar's test and a paired bootstrap interval for each comparison (significance.py)."""
+    from jaxdistill import significance
+
+    pairs = COMPARISONS + ([] if "mtdnn" in skip else [MTDNN_COMPARISON])
+    return {name: significance.compare_files(preds / f"{_flat(a)}.jsonl",
+                                             preds / f"{_flat(b)}.jsonl")
+            for name, a, b in pairs}
+
+
+def render_paired_tests(tests: dict) -> list[str]:
+    lines = ["", "Paired tests of every comparison above, on the same dev examples (McNemar's "
+             "exact test on the examples where the two models disagree; paired bootstrap 95% "
+             "interval of the accuracy difference; significant when p < 0.05):", "",
+             "| comparison | difference | 95% interval | p | significant |", "|---|---|---|---|---|"]
+    return lines + [paired_row(name, t) for name, t in tests.items()]
+
+
+def accuracy_table(rows: list[tuple[str, str]], evals: dict, teacher: float) -> list[str]:
+    """Markdown table of (label, run) rows: dev accuracy, share of the teacher's, size, speed."""
+    lines = ["| model | dev accuracy | share of teacher | parameters | examples/s (dev, batch "
+             "128) |", "|---|---|---|---|---|"]
+    for label, run in rows:
+        ev = evals[run]
+        lines.append(f"| {label} | {ev['dev_accuracy']:.4f} | {ev['dev_accuracy'] / teacher:.1%} "
+                     f"| {ev['parameters'] / 1e6:.1f} M | {ev['examples_per_sec']:.0f} |")
+    return lines
+
+
+def paired_row(name: str, t: dict) -> str:
+    """A Markdown row of a paired accuracy test: difference, interval, p, significant."""
+    return (f"| {name} | {100 * t['difference']:+.2f} points | {100 * t['ci95'][0]:+.2f} to "
+            f"{100 * t['ci95'][1]:+.2f} | {t['p_value']:.3g} | "
+            f"{'yes' if t['significant'] else 'no'} |")
 
 
 def section_of(out: Path, heading: str) -> list[str]:
@@ -371,13 +428,9 @@ def render(args, timings, total: float, evals: dict, carried: dict | None = None
         "and 6, then TinyBERT general distillation from the packaged MiniLM "
         "(configs/demo_teacher_layers.yaml); teacher: the packaged MiniLM-L6 (6 layers, 384 "
         "wide) fine-tuned.", "",
-        "| model | dev accuracy | share of teacher | parameters | examples/s (dev, batch 128) |",
-        "|---|---|---|---|---|"]
-    for label, run in ROWS:
-        ev = evals[run]
-        lines.append(f"| {label} | {ev['dev_accuracy']:.4f} | {ev['dev_accuracy'] / teacher:.1%} "
-                     f"| {ev['parameters'] / 1e6:.1f} M | {ev['examples_per_sec']:.0f} |")
+        *accuracy_table(ROWS, evals, teacher)]
     lines += render_side_by_side(evals)
+    lines += render_paired_tests(evals["paired_tests"])
     lines += ["", f"Wall time of the whole pipeline"
               + (f" without the skipped stages ({args.skip})" if args.skip else "")
               + f": {total / 60:.1f} min "
@@ -390,9 +443,6 @@ def render(args, timings, total: float, evals: dict, carried: dict | None = None
         {n: json.loads(summary) for n, _, summary in timings if n.startswith("MT-DNN")},
         dict((n, t) for n, t, _ in timings))
     lines += render_fastbert(evals["fastbert_sweep"], dict((n, t) for n, t, _ in timings))
-    lines += carried["mobilebert"] if "mobilebert" in carried else render_mobilebert(
-        evals, dict((n, t) for n, t, _ in timings),
-        Path(args.root).resolve() / "mobilebert_demo" / "metrics.jsonl")
     return "\n".join(lines) + "\n"
 
 
@@ -488,55 +538,6 @@ def render_mtdnn(summaries: dict, seconds: dict) -> list[str]:
               f"({'met' if demo < 2400 else 'not met'}; the single-task baselines, not part "
               f"of the demo, took "
               f"{sum(v for k, v in seconds.items() if 'single-task' in k) / 60:.1f} min more)."]
-    return lines
-
-
-def render_mobilebert(evals: dict, seconds: dict, metrics_file: Path) -> list[str]:
-    """MobileBERT against the TinyBERT student of similar size, the transfer losses of each
-    phase, and the demo's time."""
-    teacher = evals["task_teacher"]["dev_accuracy"]
-    lines = ["", "## MobileBERT: progressive knowledge transfer, then pretraining distillation", "",
-             "General stage (`jaxdistill pretrain --config configs/mobilebert_demo.yaml`): the "
-             "MLM-headed MiniLM of `configs/teacher_mlm.yaml` teaches a MobileBERT-style student "
-             "with its depth, block width and heads (6 layers, 384 wide, 12 heads inside a "
-             f"192-wide bottleneck, 4 FFNs, NoNorm, 128-d trigram embeddings): "
-             f"{BUDGET['mb_layer']} steps of progressive transfer per layer (LAMB, 3x / 0.3x / 0 "
-             f"layer learning rates), then {BUDGET['mb_distill']} steps of pretraining "
-             "distillation, batch 32 x 64 tokens of the packaged IMDB text (0.49 M tokens in all, "
-             "the TinyBERT student's 120 x 32 x 128). Task stage "
-             "(`configs/task/mobilebert_student.yaml`): fine-tuned on the labels with the budget "
-             "of the TinyBERT student's no-KD row. Parameters: the fine-tuned classifiers.", "",
-             "| model | dev accuracy | share of teacher | parameters | examples/s (dev, batch 128) |",
-             "|---|---|---|---|---|",
-             f"| teacher (MiniLM-L6, fine-tuned) | {teacher:.4f} | 100.0% | "
-             f"{evals['task_teacher']['parameters'] / 1e6:.1f} M | "
-             f"{evals['task_teacher']['examples_per_sec']:.0f} |"]
-    for label, run in MOBILEBERT_ROWS:
-        ev = evals[run]
-        lines.append(f"| {label} | {ev['dev_accuracy']:.4f} | {ev['dev_accuracy'] / teacher:.1%} "
-                     f"| {ev['parameters'] / 1e6:.1f} M | {ev['examples_per_sec']:.0f} |")
-    if metrics_file.is_file():
-        rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-        lines += ["", "Transfer and distillation losses, first and last logged step of each "
-                  "phase (`metrics.jsonl`; phase k < 6 is layer k + 1's progressive transfer):",
-                  "", "| phase | steps | feature map | attention | mean | variance | "
-                  "distillation MLM |", "|---|---|---|---|---|---|---|"]
-        for phase in sorted({int(r["phase"]) for r in rows}):
-            seen = [r for r in rows if int(r["phase"]) == phase]
-            for r in (seen[0], seen[-1]) if len(seen) > 1 else seen:
-                cells = " | ".join(f"{r.get(k, 0):.4f}" for k in (
-                    "loss/feature_map", "loss/attention", "loss/mean", "loss/variance",
-                    "loss/distill_mlm"))
-                lines.append(f"| {phase} | {r['step']} | {cells} |")
-    demo = sum(seconds.get(k, 0) for k in ("MLM head for augmentation",
-                                           "MobileBERT transfer + distillation",
-                                           "MobileBERT student, fine-tuned"))
-    lines += ["", f"The demo (MLM head for the teacher, transfer + distillation, task stage) took "
-              f"{demo / 60:.1f} min ({'under' if demo < 1800 else 'over'} the 30-minute "
-              f"target): MLM head {seconds.get('MLM head for augmentation', 0) / 60:.1f} min, "
-              f"transfer + distillation "
-              f"{seconds.get('MobileBERT transfer + distillation', 0) / 60:.1f} min, task stage "
-              f"{seconds.get('MobileBERT student, fine-tuned', 0) / 60:.1f} min."]
     return lines
 
 

@@ -87,7 +87,9 @@ class StudentConfig:
     loads.
     The head and label count are not keys: the method and the task decide them.
     init: 'default' (the method's choice), 'random', 'teacher_layers' (DistilBERT: copy evenly
-    spaced teacher layers), or a model reference (Hugging Face dir, jaxdistill run dir,
+    spaced teacher layers), 'teacher_embeddings' (random, but the word table is the teacher's,
+    projected onto its leading principal components when the student's is narrower), or a
+    model reference (Hugging Face dir, jaxdistill run dir,
     package:minilm). From a reference the architecture is the reference's: only runtime keys
     (dtype, dropout, scan_layers, remat) may be given beside it.
     freeze: parameter path prefixes (e.g. 'encoder', 'embeddings') that are not trained.

@@ -288,7 +288,7 @@ def test_student_word_table_from_the_teachers_rows(tmp_path):
     best = (u[:, :16] * sv[:16]) @ (u[:, :16] * sv[:16]).T
     scale = (0.02 / (u[:, :16] * sv[:16]).std()) ** 2
     np.testing.assert_allclose(narrow @ narrow.T, best * scale, rtol=1e-4, atol=1e-9)
-    with pytest.raises(UserError, match="wider than the teacher's word embeddings"):
+    with pytest.raises(UserError, match="wider than the teacher.s"):
         teacher_word_rows(str(teacher), vocab, 64, 0.02)
 
 

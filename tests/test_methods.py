@@ -315,6 +315,14 @@ def _distiller_reference(s_logits, t_logits, s_hidden, t_hidden, attention_mask,
     return float(total), {k: float(v) for k, v in terms.items()}
 
 
+def _lm_labels(batch):
+    """distiller.py's lm_labels: the original token at each masked position, -100 elsewhere."""
+    lm_labels = torch.full((B, T), -100, dtype=torch.long)
+    for row, col in zip(*np.nonzero(batch["masked_weights"])):
+        lm_labels[row, batch["masked_positions"][row, col]] = int(batch["masked_ids"][row, col])
+    return lm_labels
+
+
 @pytest.fixture(scope="module")
 def distil_run():
     """Student copied from a tiny random teacher; full-length MLM logits of both models."""
@@ -340,9 +348,7 @@ def test_distilbert_loss_matches_distiller(distil_run, options):
     loss, metrics = loss_of(method, {}, _at_masked_positions(s_full, batch),
                                 _at_masked_positions(t_full, batch), batch)
 
-    lm_labels = torch.full((B, T), -100, dtype=torch.long)
-    for row, col in zip(*np.nonzero(batch["masked_weights"])):
-        lm_labels[row, batch["masked_positions"][row, col]] = int(batch["masked_ids"][row, col])
+    lm_labels = _lm_labels(batch)
     ref_total, ref_terms = _distiller_reference(
         s_full.logits, t_full.logits, s_full.last_hidden_state, t_full.last_hidden_state,
         batch["attention_mask"], lm_labels, method.options)
@@ -359,9 +365,7 @@ def test_distilbert_kl_on_every_token_matches_distiller(distil_run):
     method = make_method("distilbert", options, D_STUDENT, D_TEACHER)
     assert not method.wants()["student"].logits_at_masked
     loss, metrics = loss_of(method, {}, s_full, t_full, batch)
-    lm_labels = torch.full((B, T), -100, dtype=torch.long)
-    for row, col in zip(*np.nonzero(batch["masked_weights"])):
-        lm_labels[row, batch["masked_positions"][row, col]] = int(batch["masked_ids"][row, col])
+    lm_labels = _lm_labels(batch)
     ref_total, ref_terms = _distiller_reference(
         s_full.logits, t_full.logits, s_full.last_hidden_state, t_full.last_hidden_state,
         batch["attention_mask"], lm_labels, method.options)

@@ -169,6 +169,10 @@ class Model(abc.ABC):
         """[vocab, width] input word-embedding table, for methods that look words up in it."""
         raise UserError(f"A '{self.kind}' model has no word-embedding table.")
 
+    def with_word_embeddings(self, params: dict, table: Any) -> dict:
+        """`params` with its word-embedding table replaced by `table` (same shape)."""
+        raise UserError(f"A '{self.kind}' model has no word-embedding table to set.")
+
     def num_params(self) -> int:
         shapes = jax.eval_shape(self.init, jax.random.key(0))
         return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
@@ -337,3 +341,19 @@ def cast_floats(params: Any, dtype: Any) -> Any:
     return jax.tree.map(lambda x: np.asarray(x).astype(dtype)
                         if jnp.issubdtype(np.asarray(x).dtype, jnp.floating) else np.asarray(x),
                         params)
+
+
+def projected_rows(rows: np.ndarray, width: int, std: float) -> np.ndarray:
+    """Word vectors for a student `width` wide from a teacher's rows [n, teacher width]: centred,
+    projected onto their `width` leading principal components when the teacher is wider, and
+    scaled to the student's init std (DistilBERT's initialisation carried across widths)."""
+    rows = np.asarray(rows, np.float64)
+    if width > rows.shape[1]:
+        raise UserError(f"the student's word vectors ({width} wide) are wider than the teacher's "
+                        f"({rows.shape[1]}): a teacher's embeddings can start a student only as "
+                        f"wide or narrower.")
+    centred = rows - rows.mean(0)
+    if width < rows.shape[1]:
+        _, _, components = np.linalg.svd(centred, full_matrices=False)
+        centred = centred @ components[:width].T
+    return (centred * (std / max(float(centred.std()), 1e-12))).astype(np.float32)

@@ -520,6 +520,10 @@ class EncoderModel(base.Model):
     def word_embeddings(self, params: dict) -> Any:
         return params["embeddings"]["word"]["embedding"]
 
+    def with_word_embeddings(self, params: dict, table: Any) -> dict:
+        embeddings = {**params["embeddings"], "word": {"embedding": table}}
+        return {**params, "embeddings": embeddings}
+
     def fresh_host_params(self, rng: jax.Array) -> dict:
         # Embeddings, pooler and head only: the layers of a loaded checkpoint are never missing.
         cfg = self.config.replace(num_layers=0, scan_layers=False, remat="none")

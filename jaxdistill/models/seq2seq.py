@@ -371,6 +371,9 @@ class Seq2Seq(base.Model):
     def word_embeddings(self, params: dict) -> Any:
         return params["shared"]
 
+    def with_word_embeddings(self, params: dict, table: Any) -> dict:
+        return {**params, "shared": table}
+
     def forward_flops_per_token(self, seq_len: int,
                                 predictions_per_seq: int | None = None) -> float:
         """Per token of a pair of `seq_len` tokens, half source and half target (the loop

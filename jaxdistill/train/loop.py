@@ -33,6 +33,7 @@ from jaxdistill.errors import UserError
 from jaxdistill.methods import build_method, method_class, parse_options
 from jaxdistill.methods.base import STUDENT, Method
 from jaxdistill.models import Model
+from jaxdistill.models.base import projected_rows
 from jaxdistill.train import flops, optim, run_lock, state as state_lib, summaries
 from jaxdistill.train.feed import Prefetcher
 from jaxdistill.train.metrics_log import MetricsLog
@@ -112,7 +113,7 @@ def build_roles(cfg: RunConfig, *, num_labels: int | None = None, teacher_hint: 
     init = cfg.student.init if cfg.student.init != "default" else cls.default_student_init
     head = heads[STUDENT]
     init_params = None
-    if init in ("random", "teacher_layers"):
+    if init in ("random", "teacher_layers", "teacher_embeddings"):
         if reference is None and student_from:
             reference, _, student_tok = loading.load_pretrained(student_from)
         vocab_dir = Path(cfg.run_dir) / VOCAB_DIR
@@ -151,6 +152,8 @@ def build_roles(cfg: RunConfig, *, num_labels: int | None = None, teacher_hint: 
         matches = method.student_init_matches()
         init_params = student.copy_layers_from(raw["teacher"][0], raw["teacher"][1],
                                                tuple(m.teacher for m in matches), None)
+    if init == "teacher_embeddings":
+        init_params = _with_teacher_embeddings(cfg, student, raw.get("teacher"))
     if init_params is not None:
         init_params = jax.tree.map(np.asarray, init_params)
     # Pretraining tokenizes its corpus for the teacher; the task stage encodes for the student it
@@ -240,6 +243,24 @@ def _check_freeze(prefixes: tuple[str, ...], student_shapes: dict) -> None:
             tops = sorted({"/".join(path[:2]) for path in paths})
             raise UserError(f"student.freeze: '{p}' matches no student parameter; prefixes that "
                             f"exist: {', '.join(tops)}.")
+
+
+def _with_teacher_embeddings(cfg: RunConfig, student: Model, teacher: tuple | None) -> dict:
+    """A random student (the loop's own draw) whose word table is the teacher's, projected onto
+    its leading principal components when the student's is narrower (`student.init:
+    teacher_embeddings`)."""
+    if teacher is None:
+        raise UserError(f"student.init=teacher_embeddings takes the teacher's word embeddings, "
+                        f"but method '{cfg.method.name}' has no teacher.")
+    model, params, _ = teacher
+    rows = np.asarray(jax.device_get(model.word_embeddings(params)), np.float32)
+    fresh = jax.device_get(jax.jit(student.init)(jax.random.split(jax.random.key(cfg.seed))[0]))
+    own = student.word_embeddings(fresh)
+    if own.shape[0] != rows.shape[0]:
+        raise UserError(f"student.init=teacher_embeddings: the student's vocabulary has "
+                        f"{own.shape[0]} rows, the teacher's {rows.shape[0]}; they must share one.")
+    table = projected_rows(rows, own.shape[1], float(np.std(own)))
+    return student.with_word_embeddings(fresh, table.astype(own.dtype))
 
 
 def check_batch(batch_size: int, grad_accum: int, mesh, key: str = "batch_size") -> None:

@@ -277,8 +277,9 @@ def build_student(cfg: FinetuneConfig, vocab_dir: Path, method_cls, options) -> 
     init = None
     if options.embeddings_from_teacher:
         init = jax.device_get(jax.jit(student.init)(jax.random.key(cfg.seed)))
-        init["shared"] = teacher_word_rows(cfg.teacher.path, vocab_dir, student.config.d_model,
-                                           student.config.init_std).astype(init["shared"].dtype)
+        rows = teacher_word_rows(cfg.teacher.path, vocab_dir, student.config.d_model,
+                                 student.config.init_std)
+        init = student.with_word_embeddings(init, rows.astype(init["shared"].dtype))
     return loop.Roles(model_set, build_method(method_cls, options, model_set), {}, init,
                       vocab_dir)
 
@@ -286,8 +287,7 @@ def build_student(cfg: FinetuneConfig, vocab_dir: Path, method_cls, options) -> 
 def teacher_word_rows(teacher_ref: str, vocab_dir: Path, width: int, std: float
                       ) -> np.ndarray:
     """[student vocabulary, width]: the teacher's word-embedding row of each student piece (the
-    student's pieces are the teacher's), projected onto the `width` leading principal components
-    of those rows when the teacher is wider, centred and scaled to `std` (the student's init)."""
+    student's pieces are the teacher's), through `models.base.projected_rows`."""
     if not teacher_ref:
         raise UserError("method.options.embeddings_from_teacher needs teacher.path (the model "
                         "whose word embeddings the student starts from).")
@@ -301,16 +301,7 @@ def teacher_word_rows(teacher_ref: str, vocab_dir: Path, width: int, std: float
         raise UserError(f"{len(missing)} pieces of {vocab_dir}/vocab.txt (e.g. {missing[0]!r}) are "
                         f"not in {teacher_ref}'s vocabulary: the student's vocabulary was built "
                         f"from another teacher.")
-    rows = table[[teacher_vocab[p] for p in pieces]]
-    if width > rows.shape[1]:
-        raise UserError(f"student.d_model={width} is wider than the teacher's word embeddings "
-                        f"({rows.shape[1]}); embeddings_from_teacher needs d_model <= "
-                        f"{rows.shape[1]}.")
-    centred = rows - rows.mean(0)
-    if width < rows.shape[1]:
-        _, _, components = np.linalg.svd(centred, full_matrices=False)
-        centred = centred @ components[:width].T
-    return centred * (std / max(float(centred.std()), 1e-12))
+    return models.base.projected_rows(table[[teacher_vocab[p] for p in pieces]], width, std)
 
 
 def with_teacher_targets(cfg: FinetuneConfig, arrays: dict[str, np.ndarray], top_k: int

@@ -335,7 +335,7 @@ def test_both_stages_end_to_end_with_resume_and_evaluate(tmp_path):
 
     common = ["finetune", "--config", "configs/task/cmlm_student.yaml",
               f"teacher.path={teacher}/best", f"task.augmented={topk}", "method.options.top_k=4",
-              "eval_every=3", "save_every=3", *SMALL, *TINY_STUDENT]
+              "eval_every=3", "save_every=3", "select=best", *SMALL, *TINY_STUDENT]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_cli(*common, f"run_dir={straight}", "steps=6")
     run_cli(*common, f"run_dir={resumed}", "steps=3", "export=false")

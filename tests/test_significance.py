@@ -82,5 +82,5 @@ def test_compare_files_pairs_examples_and_names_mismatches(tmp_path):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["p_value"] == test["p_value"] and "significant at 5%" in result["verdict"]
     bad = run_cli("compare", fa, str(tmp_path / "missing.jsonl"), check=False)
-    assert bad.returncode == 2 and "no such predictions file" in bad.stderr
+    assert bad.returncode == 2 and "no such predictions file" in " ".join(bad.stderr.split())
     assert "Traceback" not in bad.stderr

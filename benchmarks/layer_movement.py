@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from jaxdistill import checkpoint, config as config_lib
+from jaxdistill import checkpoint, config as config_lib, loading
 from jaxdistill.methods import method_class, parse_options
 from jaxdistill.methods.mobilebert import _OPEN_END, segments
 
@@ -43,12 +43,9 @@ def _canonical_ids(model) -> dict:
 
 
 def movement(run_dir: Path) -> dict:
-    from jaxdistill import models
-
     cfg = config_lib.load(config_lib.PretrainConfig, str(run_dir / "config.yaml"), [])
     step_dirs = {int(p.name): p for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()}
-    meta = checkpoint.read_meta(step_dirs[max(step_dirs)])
-    model = models.from_meta(meta)
+    model, _, _ = loading.load_pretrained(str(step_dirs[max(step_dirs)]))
     options = parse_options(method_class(cfg.method.name), cfg.method.options)
     segs = segments(options.phases, model.config.num_layers)
     # The loop's own draw of a fresh student (train/loop.py init_state); a started student

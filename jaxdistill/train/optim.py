@@ -47,7 +47,10 @@ def _decay_mask(params, stacked: Any = None):
     # layers are stacked on a leading axis).
     if stacked is None:
         return jax.tree.map(lambda x: x.ndim > 1, params)
-    return jax.tree.map(lambda x, s: x.ndim > 1 + int(s), params, stacked)
+    # Inside optax.multi_transform (student.freeze) the other label's leaves are MaskedNodes.
+    masked = lambda x: isinstance(x, MaskedNode)  # noqa: E731
+    return jax.tree.map(lambda x, s: x if masked(x) else x.ndim > 1 + int(s), params, stacked,
+                        is_leaf=masked)
 
 
 def scale_by_layer_trust_ratio(stacked: Any = None) -> optax.GradientTransformation:

@@ -33,7 +33,9 @@ from jaxdistill import significance
 
 BEGIN = "<!-- mobilebert: begin (python -m benchmarks.mobilebert) -->"
 END = "<!-- mobilebert: end -->"
-MOBILEBERT_ARCH = ["student.kind=mobilebert", "student.init=random", "student.hidden_size=384",
+# The demo student's architecture from random weights; its vocabulary is the teacher's.
+MOBILEBERT_ARCH = ["teacher.path=package:minilm", "student.kind=mobilebert", "student.init=random",
+                   "student.hidden_size=384",
                    "student.num_layers=6", "student.num_heads=12", "student.embedding_size=128",
                    "student.intra_bottleneck_size=192", "student.intermediate_size=768",
                    "student.num_feedforward_networks=4", "student.trigram_input=true",

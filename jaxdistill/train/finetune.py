@@ -160,7 +160,10 @@ def build_roles(cfg: FinetuneConfig, num_labels: int,
         raise UserError(f"method '{cfg.method.name}' (options {cfg.method.options}) is not a task "
                         f"method; use finetune, kd, pkd, or tinybert with stage task_intermediate "
                         f"or task_prediction (mtdnn for several tasks).")
-    return loop.build_roles(cfg, num_labels=num_labels, teacher_hint=TEACHER_HINT, texts=texts)
+    # A random student without a teacher role reads the tokenizer of teacher.path, as pretraining
+    # with a teacher-free method does.
+    return loop.build_roles(cfg, num_labels=num_labels, teacher_hint=TEACHER_HINT, texts=texts,
+                            student_from=cfg.teacher.path or None)
 
 
 def check_train_arrays(cfg: FinetuneConfig, method: Any, train: dict[str, np.ndarray],
@@ -198,7 +201,8 @@ def run(cfg: FinetuneConfig) -> dict:
     tok = roles.tokenizer_dir
     if tok is None:
         raise UserError(f"student.init={cfg.student.init} has no tokenizer files (vocab.txt or "
-                        f"tokenizer.json) to encode the task with.")
+                        f"tokenizer.json) to encode the task with; a random student takes them "
+                        f"from teacher.path (e.g. teacher.path=package:minilm).")
     regression = task.num_labels == 1
     train = tasks.encode(task.train, tok, cfg.seq_len, regression)
     dev = tasks.encode(task.dev, tok, cfg.seq_len, regression)

@@ -369,13 +369,16 @@ def render_paired_tests(tests: dict) -> list[str]:
     return lines + [paired_row(name, t) for name, t in tests.items()]
 
 
-def accuracy_table(rows: list[tuple[str, str]], evals: dict, teacher: float) -> list[str]:
-    """Markdown table of (label, run) rows: dev accuracy, share of the teacher's, size, speed."""
+def accuracy_table(rows: list[tuple[str, str]], evals: dict, teacher: float | None
+                   ) -> list[str]:
+    """Markdown table of (label, run) rows: dev accuracy, share of the teacher's (when given),
+    size, speed."""
     lines = ["| model | dev accuracy | share of teacher | parameters | examples/s (dev, batch "
              "128) |", "|---|---|---|---|---|"]
     for label, run in rows:
         ev = evals[run]
-        lines.append(f"| {label} | {ev['dev_accuracy']:.4f} | {ev['dev_accuracy'] / teacher:.1%} "
+        share = f"{ev['dev_accuracy'] / teacher:.1%}" if teacher else "-"
+        lines.append(f"| {label} | {ev['dev_accuracy']:.4f} | {share} "
                      f"| {ev['parameters'] / 1e6:.1f} M | {ev['examples_per_sec']:.0f} |")
     return lines
 

@@ -6,12 +6,13 @@
       --student-layers 6 --student-hidden 768 --dtype bfloat16 --batch 256   # BERT-base -> TinyBERT6
   python -m benchmarks.distill_step --scaling            # 1 vs 8 fake CPU devices, several meshes
 
-The JAX side is the project's own code path: `pretrain.build(cfg)`, `init_state`, and the
-jitted `compile_step` with its shardings and donation; only the data pipeline is replaced by
-one synthetic batch in the batch contract. With `--vs torch` the same shapes, initial weights
-(exported with jaxdistill.convert.write_hf_dir and loaded by transformers), batch and loss are
-run with transformers' BertModel, eager and under torch.compile, in the same process after
-the JAX measurement, with torch using as many threads as JAX has cores.
+The JAX side is the project's own code path: `train.kinds.mlm_corpus.build(cfg)`,
+`init_state`, and the jitted `compile_step` with its shardings and donation; only the data
+pipeline is replaced by one synthetic batch in the batch contract. With `--vs torch` the same
+shapes, initial weights (exported with jaxdistill.convert.write_hf_dir and loaded by
+transformers), batch and loss are run with transformers' BertModel, eager and under
+torch.compile, in the same process after the JAX measurement, with torch using as many threads
+as JAX has cores.
 """
 from __future__ import annotations
 

@@ -16,11 +16,11 @@ import sys
 
 
 def measure(models: list[str], recipe: str, passes: int, batch_size: int) -> dict:
-    from jaxdistill import config as config_lib
     from jaxdistill.data import tasks
-    from jaxdistill.train import finetune
+    from jaxdistill.train import kinds
+    from jaxdistill.train.kinds import task as finetune
 
-    cfg = config_lib.load(config_lib.FinetuneConfig, recipe)
+    _, cfg = kinds.load("evaluate", recipe)
     task = tasks.load_task(cfg.task)
     placed = []
     for ref in models:

@@ -1,4 +1,5 @@
-"""The jaxdistill side of the benchmark: the real `pretrain.build` setup and `compile_step`.
+"""The jaxdistill side of the benchmark: the real `kinds.mlm_corpus.build` setup and
+`compile_step`.
 
 Import only after XLA_FLAGS is final (this module imports JAX).
 """
@@ -17,10 +18,11 @@ import optax
 
 from benchmarks.common import BenchConfig, cpu_threads, peak_rss_bytes, summarize, time_steps
 from jaxdistill import config as config_lib, sharding
-from jaxdistill.config import PretrainConfig
+from jaxdistill.train.kinds.mlm_corpus import PretrainConfig
 from jaxdistill.data import masking
 from jaxdistill.models import bert
-from jaxdistill.train import flops, loop, pretrain, step as step_lib
+from jaxdistill.train import flops, loop, step as step_lib
+from jaxdistill.train.kinds import mlm_corpus as pretrain
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 # An HLO instruction: `%name = type[...] all-reduce(...)` or its async `-start` half (the

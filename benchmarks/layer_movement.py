@@ -18,7 +18,8 @@ import jax
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from jaxdistill import checkpoint, config as config_lib, loading
+from jaxdistill import checkpoint, loading
+from jaxdistill.train import kinds
 from jaxdistill.methods import method_class, parse_options
 from jaxdistill.methods.mobilebert import _OPEN_END, segments
 
@@ -43,7 +44,7 @@ def _canonical_ids(model) -> dict:
 
 
 def movement(run_dir: Path) -> dict:
-    cfg = config_lib.load(config_lib.PretrainConfig, str(run_dir / "config.yaml"), [])
+    cfg = kinds.load("pretrain", str(run_dir / "config.yaml"))[1]
     step_dirs = {int(p.name): p for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()}
     model, _, _ = loading.load_pretrained(str(step_dirs[max(step_dirs)]))
     options = parse_options(method_class(cfg.method.name), cfg.method.options)

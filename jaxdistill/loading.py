@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -85,6 +86,27 @@ def with_head(model: Model, params: dict, head: str, rng: jax.Array | None,
     return new, new.adopt(model.canonical(params), rng)
 
 
+def check_student(student: StudentConfig) -> None:
+    """The `student.*` keys of a recipe: each a key of the student's kind (or a generic one),
+    each in the range the kind's config declares; UserError naming the key otherwise."""
+    for key in config_lib.SET_ELSEWHERE:
+        if key in student.architecture:
+            raise UserError(f"student.{key} is not a key: the student's kind is student.kind, "
+                            f"its head comes from the method and its labels from the task.")
+    cls = models.model_class(student.kind)
+    hints = typing.get_type_hints(cls.Config)
+    fields = [f.name for f in dataclasses.fields(cls.Config)
+              if f.name not in config_lib.SET_ELSEWHERE]
+    generic = [f.name for f in dataclasses.fields(student) if f.name != "architecture"]
+    config_lib.check_keys(student.architecture, generic + fields,
+                          f"student (kind {student.kind})")
+    ranges = getattr(cls.Config, "_RANGES", {})
+    for key, value in student.architecture.items():
+        value = config_lib.coerce(value, hints[key], f"student.{key}")
+        if key in ranges:
+            config_lib.check_value(f"student.{key}", value, ranges[key])
+
+
 def student_model(student: StudentConfig, teacher: Model | None, head: str,
                   num_labels: int | None = None,
                   texts: Sequence[tuple[str, str | None]] | None = None,
@@ -96,7 +118,7 @@ def student_model(student: StudentConfig, teacher: Model | None, head: str,
     own from the training `texts` (into `vocab_dir`, `Model.vocabulary_from`).
     """
     cls = models.model_class(student.kind)
-    fields = dict(student.architecture)  # validated against the kind by StudentConfig
+    fields = dict(student.architecture)  # validated against the kind by `check_student`
     built = None
     if texts is not None and vocab_dir is not None:
         built = cls.vocabulary_from(fields, texts, vocab_dir)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from jaxdistill import assets
-from jaxdistill.config import AugmentConfig, TaskConfig
+from jaxdistill.config import TaskConfig
+from jaxdistill.teacher_data.tinybert_augment import AugmentConfig
 from jaxdistill.convert.hf_dir import write_hf_dir
 from jaxdistill.data import tasks
 from jaxdistill.data.tasks import Example

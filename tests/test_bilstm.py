@@ -225,7 +225,7 @@ def test_ngram_sampling_bounds():
 
 
 def test_variants_are_distinct_deterministic_and_pairs_mutate_one_or_both():
-    from jaxdistill.config import TangAugmentConfig
+    from jaxdistill.teacher_data.tang_augment import TangAugmentConfig
 
     cfg = TangAugmentConfig(n_iter=30, n_iter_pairs=300, p_mask=0.3, p_pos=0.3, p_ng=0.2)
     ex = Example(" ".join(WORDS), None, 1)
@@ -278,12 +278,11 @@ def test_tang_augment_and_bilstm_distillation_resume_evaluate(tmp_path, tiny_cla
     assert not aug.with_name(aug.name + ".parts").exists()  # the parts are joined and removed
 
     # Methods that train on labels refuse rows that have none.
-    from jaxdistill import config
     from jaxdistill.methods import build_method, method_class, parse_options
-    from jaxdistill.train.finetune import check_train_arrays
+    from jaxdistill.train import kinds
+    from jaxdistill.train.kinds.task import check_train_arrays
 
-    cfg = config.load(config.FinetuneConfig, None, [f"task.augmented={aug}"],
-                      default="task/teacher.yaml")
+    _, cfg = kinds.load("finetune", None, [f"task.augmented={aug}"])
     rows_in = tasks.load_task(cfg.task).train
     arrays = label_arrays(rows_in, regression=False)
     student = {"student": Bilstm(BilstmConfig(vocab_size=10, embeddings="random"))}

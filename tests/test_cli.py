@@ -61,7 +61,6 @@ def test_out_of_range_keys_exit_2_before_anything_is_written(tmp_path, override,
 
 def test_keys_that_clash_with_the_models_or_the_run_exit_2(tmp_path, tiny):
     from helpers import tiny_task_args
-    from jaxdistill import config
     from jaxdistill.errors import UserError
     from jaxdistill.models.bert import Bert, BertConfig
     from jaxdistill.train.loop import check_run
@@ -72,7 +71,8 @@ def test_keys_that_clash_with_the_models_or_the_run_exit_2(tmp_path, tiny):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "seq_len=1000 is longer than the student" in proc.stderr
     assert "Traceback" not in proc.stderr and not (run_dir / "checkpoints").exists()
-    cfg = config.load(config.FinetuneConfig, None, ["optimizer.warmup_steps=50"],
-                      default="task/teacher.yaml")
+    from jaxdistill.train import kinds
+
+    _, cfg = kinds.load("finetune", None, ["optimizer.warmup_steps=50"])
     with pytest.raises(UserError, match="optimizer.warmup_steps=50 is longer than the run's 4"):
         check_run(cfg, {"student": Bert(BertConfig(vocab_size=10))}, total_steps=4)

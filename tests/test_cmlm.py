@@ -218,7 +218,7 @@ def test_shuffled_source_diagnostic_tells_a_reader_from_a_model_that_ignores_its
     from jaxdistill import sharding
     from jaxdistill.config import MeshConfig
     from jaxdistill.models.seq2seq import Seq2Seq, Seq2SeqConfig
-    from jaxdistill.train import seq2seq as train_s2s
+    from jaxdistill.train.kinds import seq2seq as train_s2s
 
     cfg = Seq2SeqConfig(vocab_size=12, d_model=32, encoder_layers=1, decoder_layers=1,
                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
@@ -268,7 +268,7 @@ def test_shuffled_source_diagnostic_tells_a_reader_from_a_model_that_ignores_its
 def test_student_word_table_from_the_teachers_rows(tmp_path):
     from jaxdistill.errors import UserError
     from jaxdistill.loading import load_pretrained
-    from jaxdistill.train.seq2seq import teacher_word_rows
+    from jaxdistill.train.kinds.seq2seq import teacher_word_rows
 
     teacher = write_tiny_teacher(tmp_path / "teacher", arch="BertForMaskedLM", layers=1,
                                  hidden=32)

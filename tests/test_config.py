@@ -3,17 +3,25 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import heads, loss_of, make_method
-from jaxdistill import config
-from jaxdistill.config import PretrainConfig
+from helpers import heads, make_method
+from jaxdistill import config, teacher_data
 from jaxdistill.errors import UserError
+from jaxdistill.teacher_data.tang_augment import TangAugmentConfig
+from jaxdistill.teacher_data.tinybert_augment import AugmentConfig
+from jaxdistill.train import kinds
+from jaxdistill.train.kinds.mlm_corpus import DataConfig, PretrainConfig
+from jaxdistill.train.kinds.task import FinetuneConfig
+
+
+def load_pretrain(path=None, overrides=()):
+    return kinds.load("pretrain", path, overrides)[1]
 
 
 def test_every_shipped_recipe_validates():
     from jaxdistill.methods import method_class, parse_options
 
     for path in sorted(config.CONFIG_DIR.glob("*.yaml")):
-        cfg = config.load(PretrainConfig, path)
+        cfg = load_pretrain(path)
         assert cfg.steps > 0 and cfg.batch_size > 0, path
         parse_options(method_class(cfg.method.name), cfg.method.options)  # e.g. phases
 
@@ -31,18 +39,19 @@ def test_every_task_recipe_validates_and_builds_its_method():
                          intermediate_size=1536, head="classifier")
     for path in paths:
         if path.stem.endswith("augment"):
-            cfg = config.load_augment(path)
+            cfg = teacher_data.load(path)[1]
             assert getattr(cfg, "n", getattr(cfg, "n_iter", 0)) >= 1 and cfg.task.name, path
             continue
         if config.read_yaml(path).get("method") == "ensemble":  # MT-DNN's soft targets
-            cfg = config.load_augment(path)
+            cfg = teacher_data.load(path)[1]
             assert len(cfg.teachers) == 3 and cfg.task.name in cfg.out, path
             continue
         if config.read_yaml(path).get("method") == "cmlm_topk":  # C-MLM's teacher targets
-            cfg = config.load_augment(path)
+            cfg = teacher_data.load(path)[1]
             assert (cfg.copies, cfg.top_k, cfg.task.name) == (7, 8, "wordnet_definitions"), path
             continue
-        cfg = config.load(config.FinetuneConfig, path)
+        kind, cfg = kinds.load("finetune", path)
+        assert (kind.name == "tasks") == (cfg.method.name == "mtdnn"), path
         assert cfg.steps > 0 or cfg.epochs > 0, path
         if cfg.method.name == "cmlm":  # a sequence-to-sequence task: a BERT MLM or a seq2seq
             from jaxdistill.methods import method_class, parse_options
@@ -61,7 +70,7 @@ def test_every_task_recipe_validates_and_builds_its_method():
 
 
 def test_default_is_demo_and_overrides_apply():
-    cfg = config.load(PretrainConfig, None, ["steps=7", "mesh.data=2", "student.num_layers=4",
+    cfg = load_pretrain(None, ["steps=7", "mesh.data=2", "student.num_layers=4",
                                              "method.options.temperature=3", "learning_rate=1e-3"])
     assert cfg.run_dir == "runs/demo" and cfg.method.name == "tinybert"
     assert (cfg.steps, cfg.mesh.data, cfg.student.architecture["num_layers"]) == (7, 2, 4)
@@ -79,7 +88,7 @@ def test_default_is_demo_and_overrides_apply():
 ])
 def test_bad_overrides_name_the_problem(override, needle):
     with pytest.raises(UserError, match=needle):
-        config.load(PretrainConfig, None, [override])
+        load_pretrain(None, [override])
 
 
 # Every numeric or enumerated key has an accepted range, checked when the recipe loads.
@@ -106,53 +115,107 @@ BAD_VALUES = [
     (PretrainConfig, "teacher.dtype=int8", "teacher.dtype", "float32, bfloat16"),
     (PretrainConfig, "data.mlm_probability=1", "data.mlm_probability", "(0, 1)"),
     (PretrainConfig, "data.max_documents=-3", "data.max_documents", "[0, inf)"),
-    (config.FinetuneConfig, "steps=-1", "steps=-1", "[0, inf)"),
-    (config.FinetuneConfig, "epochs=0", "epochs=0.0", "(0, inf)"),
-    (config.FinetuneConfig, "eval_every=0", "eval_every=0", "[1, inf)"),
-    (config.FinetuneConfig, "eval_batch_size=0", "eval_batch_size", "[1, inf)"),
-    (config.FinetuneConfig, "select=worst", "select='worst'", "best, last"),
-    (config.FinetuneConfig, "task.dev_split=1", "task.dev_split=1.0", "(0, 1)"),
-    (config.FinetuneConfig, "task.max_train_examples=-1", "task.max_train_examples", "[0, inf)"),
-    (config.AugmentConfig, "p_t=1.5", "p_t=1.5", "[0, 1]"),
-    (config.AugmentConfig, "m=0", "m=0", "[1, inf)"),
-    (config.TangAugmentConfig, "p_mask=-0.1", "p_mask=-0.1", "[0, 1]"),
-    (config.TangAugmentConfig, "ngram_max=0", "ngram_max=0", "[1, inf)"),
+    (FinetuneConfig, "steps=-1", "steps=-1", "[0, inf)"),
+    (FinetuneConfig, "epochs=0", "epochs=0.0", "(0, inf)"),
+    (FinetuneConfig, "eval_every=0", "eval_every=0", "[1, inf)"),
+    (FinetuneConfig, "eval_batch_size=0", "eval_batch_size", "[1, inf)"),
+    (FinetuneConfig, "select=worst", "select='worst'", "best, last"),
+    (FinetuneConfig, "task.dev_split=1", "task.dev_split=1.0", "(0, 1)"),
+    (FinetuneConfig, "task.max_train_examples=-1", "task.max_train_examples", "[0, inf)"),
+    (AugmentConfig, "p_t=1.5", "p_t=1.5", "[0, 1]"),
+    (AugmentConfig, "m=0", "m=0", "[1, inf)"),
+    (TangAugmentConfig, "p_mask=-0.1", "p_mask=-0.1", "[0, 1]"),
+    (TangAugmentConfig, "ngram_max=0", "ngram_max=0", "[1, inf)"),
 ]
 
 
 @pytest.mark.parametrize("cls, override, key, accepted", BAD_VALUES,
                          ids=[f"{c.__name__}:{o}" for c, o, _, _ in BAD_VALUES])
 def test_out_of_range_values_name_the_key_and_the_range(cls, override, key, accepted):
-    default = {config.FinetuneConfig: "task/teacher.yaml", config.AugmentConfig:
-               "task/augment.yaml", config.TangAugmentConfig: "task/bilstm_augment.yaml"}
+    writer = {AugmentConfig: "tinybert", TangAugmentConfig: "tang"}
     with pytest.raises(UserError) as err:
-        config.load(cls, None, [override], default=default.get(cls, "demo.yaml"))
+        if cls in writer:
+            teacher_data.load(None, [f"method={writer[cls]}", override])
+        else:
+            kinds.load("pretrain" if cls is PretrainConfig else "finetune", None, [override])
     assert key in str(err.value) and accepted in str(err.value), str(err.value)
 
 
 def test_every_range_table_names_real_fields_and_accepts_the_defaults():
     import dataclasses
 
-    for cls in (PretrainConfig, config.FinetuneConfig, config.AugmentConfig,
-                config.TangAugmentConfig, config.OptimizerConfig, config.DataConfig,
-                config.TaskConfig, config.TeacherConfig):
+    from jaxdistill.models import REGISTRY as MODEL_KINDS
+
+    for cls in (PretrainConfig, FinetuneConfig, AugmentConfig, TangAugmentConfig,
+                config.OptimizerConfig, DataConfig, config.TaskConfig, config.TeacherConfig,
+                *(kind.Config for kind in kinds.REGISTRY.values()),
+                *(spec.Config for spec in teacher_data.WRITERS.values()),
+                *(model.Config for model in MODEL_KINDS.values())):
         names = {f.name for f in dataclasses.fields(cls)}
-        assert set(cls._RANGES) <= names, cls
+        assert set(getattr(cls, "_RANGES", {})) <= names, cls
         config.check_ranges(cls())  # the defaults are in range
+
+
+# The model kinds' keys (student.*) have ranges too, checked when the recipe loads: each edge is
+# exit 2 naming the key and its range, before any model is built (a traceback, a NaN run or a
+# method's message about layer maps before).
+MODEL_EDGES = [
+    ("pretrain", None, "student.num_heads=0", "[1, inf)"),
+    ("pretrain", None, "student.intermediate_size=-1", "[1, inf)"),
+    ("pretrain", None, "student.hidden_size=0", "[1, inf)"),
+    ("pretrain", None, "student.hidden_dropout=1.5", "[0, 1)"),
+    ("pretrain", None, "student.num_layers=0", "[1, inf)"),
+    ("pretrain", None, "student.dtype=int4", "float32, bfloat16"),
+    ("pretrain", "configs/mobilebert_demo.yaml", "student.embedding_size=0", "[1, inf)"),
+    ("pretrain", "configs/mobilebert_demo.yaml", "student.attention_dropout=-0.1", "[0, 1)"),
+    ("finetune", "configs/task/bilstm_student.yaml", "student.hidden_size=0", "[1, inf)"),
+    ("finetune", "configs/task/bilstm_student.yaml", "student.dropout=1.0", "[0, 1)"),
+    ("finetune", "configs/task/cmlm_student.yaml", "student.d_model=0", "[1, inf)"),
+    ("finetune", "configs/task/cmlm_student.yaml", "student.decoder_layers=0", "[1, inf)"),
+    ("finetune", "configs/task/cmlm_student.yaml", "student.dropout=2", "[0, 1)"),
+]
+
+
+@pytest.mark.parametrize("command, recipe, override, accepted", MODEL_EDGES,
+                         ids=[f"{r or c}:{o}" for c, r, o, _ in MODEL_EDGES])
+def test_model_key_edges_exit_2_naming_the_key(command, recipe, override, accepted, capsys,
+                                               tmp_path):
+    from jaxdistill import cli
+
+    args = [command, *(["--config", recipe] if recipe else []), override,
+            f"run_dir={tmp_path / 'run'}"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert override.split("=")[0] in err and accepted in err, err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_keys_of_another_kind_are_errors_naming_the_kind():
+    """A classification recipe that sets a sequence-to-sequence key does not run and ignore it."""
+    with pytest.raises(UserError, match="unknown key 'decode'.*kind 'task'.*'decode' is a key "
+                                        "of seq2seq runs"):
+        kinds.load("finetune", "configs/task/kd.yaml", ["decode.beam_size=3"])
+    with pytest.raises(UserError, match="unknown key 'data'.*kind 'task'.*mlm_corpus"):
+        kinds.load("finetune", None, ["data.corpus=x.txt"])
+    with pytest.raises(UserError, match="method 'tinybert' trains on a text corpus.*"
+                                        "`jaxdistill pretrain`"):
+        kinds.load("finetune", None, ["method.name=tinybert", "method.options.stage=general"])
+    with pytest.raises(UserError, match="`jaxdistill finetune`"):
+        kinds.load("pretrain", None, ["method.name=kd"])
 
 
 def test_unknown_key_in_yaml_suggests_closest(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("base: " + str(config.CONFIG_DIR / "demo.yaml") + "\nbatch_sise: 8\n")
     with pytest.raises(UserError, match="unknown key 'batch_sise'.*Did you mean 'batch_size'"):
-        config.load(PretrainConfig, recipe)
+        load_pretrain(recipe)
 
 
 def test_base_composition_and_method_switch(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("base: " + str(config.CONFIG_DIR / "demo.yaml") + "\n"
                       "student: {num_layers: 6}\nmethod: {name: distilbert}\n")
-    cfg = config.load(PretrainConfig, recipe)
+    cfg = load_pretrain(recipe)
     assert cfg.student.architecture["num_layers"] == 6  # merged, not replaced
     assert cfg.student.architecture["hidden_size"] == 312
     assert cfg.method.options == {}  # the base's tinybert options do not leak into distilbert
@@ -160,17 +223,17 @@ def test_base_composition_and_method_switch(tmp_path):
 
 def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        config.load(PretrainConfig, tmp_path / "nope.yaml")
+        load_pretrain(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps: [1, 2\n")
     with pytest.raises(UserError, match="not valid YAML"):
-        config.load(PretrainConfig, bad)
+        load_pretrain(bad)
 
 
 def test_dump_roundtrip(tmp_path):
-    cfg = config.load(PretrainConfig, None, ["steps=9", "student.freeze=[encoder]"])
+    cfg = load_pretrain(None, ["steps=9", "student.freeze=[encoder]"])
     config.dump(cfg, tmp_path / "c.yaml")
-    assert config.load(PretrainConfig, tmp_path / "c.yaml") == cfg
+    assert load_pretrain(tmp_path / "c.yaml") == cfg
 
 
 def test_shorthand_for_teacher_path():

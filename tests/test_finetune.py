@@ -157,7 +157,7 @@ def test_tinybert_task_stages_on_augmented_data_and_pkd(tmp_path, tiny, tiny_cla
 @pytest.mark.parametrize("override, needle", [
     (["task.name=rotten_tomatoe"], "rotten_tomatoes"),
     (["method.name=kd", "teacher.path="], "teacher.path"),
-    (["method.name=mlm"], "not a task method"),
+    (["method.name=mlm"], "trains on a text corpus"),
     (["select=first"], "select"),
 ])
 def test_bad_input_exits_2(tmp_path, tiny, override, needle):

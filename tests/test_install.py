@@ -26,8 +26,8 @@ def test_wheel_runs_the_default_job_from_another_directory(tmp_path):
     where = run("-c", "import jaxdistill; print(jaxdistill.__file__)").stdout.strip()
     assert where.startswith(str(site)), where  # the wheel's copy runs, not the clone's
     # A shipped recipe named as in the docs resolves from any directory.
-    kd = run("-c", "from jaxdistill import config; "
-                   "print(config.load(config.FinetuneConfig, 'configs/task/kd.yaml').method.name)")
+    kd = run("-c", "from jaxdistill.train import kinds; "
+                   "print(kinds.load('finetune', 'configs/task/kd.yaml')[1].method.name)")
     assert kd.stdout.strip() == "kd", kd.stderr[-2000:]
     # configs/demo.yaml as shipped, only shorter: 1 step of a narrower student on 16 reviews.
     proc = run("-m", "jaxdistill.cli", "pretrain", "steps=1", "save_every=1", "seq_len=32",

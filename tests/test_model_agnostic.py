@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxdistill.methods.base import Method, register as register_method
@@ -122,7 +123,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_loop_checkpoints_and_method_base_import_no_bert():
-    files = [*sorted((PACKAGE / "train").glob("*.py")), PACKAGE / "checkpoint.py",
+    files = [*sorted((PACKAGE / "train").rglob("*.py")), PACKAGE / "checkpoint.py",
              PACKAGE / "methods" / "base.py"]
     assert len(files) > 5
     for f in files:
@@ -130,16 +131,52 @@ def test_loop_checkpoints_and_method_base_import_no_bert():
         assert not bert, f"{f.relative_to(PACKAGE.parent)} imports {bert}"
 
 
-def test_models_and_convert_never_import_upward():
-    """models/ knows no loader, checkpoint, method or loop; convert/ no loader or loop."""
-    upward = {"models": ("jaxdistill.loading", "jaxdistill.checkpoint", "jaxdistill.convert",
-                         "jaxdistill.methods", "jaxdistill.train"),
-              "convert": ("jaxdistill.loading", "jaxdistill.train", "jaxdistill.methods"),
-              "data": ("jaxdistill.models", "jaxdistill.loading", "jaxdistill.train")}
-    for room, banned in upward.items():
-        for f in (PACKAGE / room).rglob("*.py"):
-            bad = {m for m in _imports(f) if m.startswith(banned)}
-            assert not bad, f"{f.relative_to(PACKAGE.parent)} imports {bad}"
+def _lint(root: Path) -> subprocess.CompletedProcess:
+    """`lint-imports` with the repository's contracts (.importlinter) on the package under
+    `root` (its parent on PYTHONPATH)."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command;"
+                           " lint_imports_command()", "--config",
+                           str(PACKAGE.parent / ".importlinter"), "--no-cache"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_import_rules_hold():
+    """Every room imports only the rooms below it (docs/architecture.md), no package holds a
+    cycle, lazy imports included: the contracts of .importlinter."""
+    proc = _lint(PACKAGE.parent)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "3 kept, 0 broken" in proc.stdout
+
+
+@pytest.mark.parametrize("file, line, broken", [
+    # an upward import, lazy: a model reaching for the loop
+    ("models/bert.py", "    from jaxdistill.train import loop  # noqa", "Rooms import only"),
+    # a cycle inside a room: two data modules importing each other
+    ("data/words.py", "from jaxdistill.data import masking  # noqa", "No import cycle"),
+])
+def test_import_rules_catch_an_upward_import_and_a_cycle(tmp_path, file, line, broken):
+    import shutil
+
+    shutil.copytree(PACKAGE, tmp_path / "jaxdistill",
+                    ignore=shutil.ignore_patterns("__pycache__", "configs", "*.json", "*.txt"))
+    target = tmp_path / "jaxdistill" / file
+    text = target.read_text()
+    if line.startswith("    "):  # inside the first function: a lazy import
+        head, body = text.split("\ndef ", 1)
+        name, rest = body.split("\n", 1)
+        text = f"{head}\ndef {name}\n{line}\n{rest}"
+    else:
+        text += f"\n{line}\n"
+        if file == "data/words.py":  # and the other direction
+            other = tmp_path / "jaxdistill" / "data" / "masking.py"
+            other.write_text(other.read_text() + "\nfrom jaxdistill.data import words  # noqa\n")
+    target.write_text(text)
+    proc = _lint(tmp_path)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert f"{broken}" in proc.stdout and "BROKEN" in proc.stdout, proc.stdout[-3000:]
 
 
 # --- a non-BERT student through the real task loop -------------------------------------------

@@ -100,23 +100,23 @@ def test_bbc_news_task_from_the_package():
 
 
 def test_tasks_keys_name_their_task_and_bad_ones_are_named():
-    cfg = config_lib.load(config_lib.FinetuneConfig, "configs/task/mtdnn/kd.yaml",
-                          ["tasks.imdb.max_dev_examples=5"])
-    assert list(cfg.tasks) == ["rotten_tomatoes", "imdb", "bbc_news"]
+    from jaxdistill.train import kinds
+    from jaxdistill.train.kinds import multitask
+
+    kind, cfg = kinds.load("finetune", "configs/task/mtdnn/kd.yaml",
+                           ["tasks.imdb.max_dev_examples=5"])
+    assert kind.name == "tasks" and list(cfg.tasks) == ["rotten_tomatoes", "imdb", "bbc_news"]
     assert cfg.tasks["imdb"].name == "imdb" and cfg.tasks["imdb"].max_dev_examples == 5
     assert cfg.tasks["imdb"].augmented.endswith("imdb.jsonl")
     with pytest.raises(UserError, match="max_train_examples"):
-        config_lib.apply_overrides({}, ["tasks.imdb.max_train=3"], config_lib.FinetuneConfig)
-    from jaxdistill.train import multitask
-
-    with pytest.raises(UserError, match="method 'kd' trains on one"):
-        multitask.load_tasks(config_lib.from_dict(config_lib.FinetuneConfig, {
-            "method": "kd", "tasks": {"imdb": {}}}))
-    with pytest.raises(UserError, match="task.max_train_examples would be ignored"):
-        multitask.load_tasks(config_lib.from_dict(config_lib.FinetuneConfig, {
-            "method": "mtdnn", "tasks": {"imdb": {}}, "task": {"max_train_examples": 9}}))
+        config_lib.apply_overrides({}, ["tasks.imdb.max_train=3"], multitask.MultiTaskConfig)
+    # A one-task method has no `tasks`, a multi-task one no `task`: each names the other kind.
+    with pytest.raises(UserError, match="unknown key 'tasks'.*'tasks' is a key of tasks runs"):
+        kinds.load("finetune", None, ["method.name=kd", "tasks.imdb.max_train_examples=3"])
+    with pytest.raises(UserError, match="unknown key 'task'.*kind 'tasks'"):
+        kinds.load("finetune", "configs/task/mtdnn/kd.yaml", ["task.max_train_examples=9"])
     with pytest.raises(UserError, match="under `tasks`"):
-        multitask.load_tasks(config_lib.from_dict(config_lib.FinetuneConfig, {"method": "mtdnn"}))
+        multitask.load_tasks(config_lib.from_dict(multitask.MultiTaskConfig, {"method": "mtdnn"}))
 
 
 TINY_MT = ["seq_len=32", "batch_size=8", "tensorboard=false", "learning_rate=1e-3",
@@ -132,9 +132,9 @@ def test_ensemble_targets_then_multitask_run_with_resume_and_export(tmp_path, ti
     targets = tmp_path / "rt.jsonl"
     task_keys = {"max_train_examples": 48, "max_dev_examples": 40}
     from jaxdistill.teacher_data import ensemble
-    from jaxdistill.train import multitask
+    from jaxdistill.train.kinds import multitask
 
-    summary = ensemble.run(config_lib.from_dict(config_lib.EnsembleTargetsConfig, {
+    summary = ensemble.run(config_lib.from_dict(ensemble.EnsembleTargetsConfig, {
         "out": str(targets), "teachers": members, "seq_len": 32, "batch_size": 16,
         "task": {"name": "rotten_tomatoes", **task_keys}}))
     assert summary["rows"] == 48 and len(summary["dev"]["members"]) == 2
@@ -199,7 +199,7 @@ def test_ensemble_targets_then_multitask_run_with_resume_and_export(tmp_path, ti
     np.testing.assert_allclose(ours, full[:, 2:7], atol=1e-4)
     # `jaxdistill evaluate` of the checkpoint reads its tasks from the metadata.
     ev = multitask.evaluate_model(str(straight / "best"), config_lib.from_dict(
-        config_lib.FinetuneConfig, {"seq_len": 32, "eval_batch_size": 32}),
+        multitask.MultiTaskConfig, {"seq_len": 32, "eval_batch_size": 32}),
         predictions=str(tmp_path / "predictions.jsonl"))
     assert ev["dev_average"] == pytest.approx(out["best_dev_average"], abs=1e-9)
     assert ev["dev_bbc_news_accuracy"] == out["best_dev"]["bbc_news_accuracy"]

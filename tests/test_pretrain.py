@@ -92,14 +92,13 @@ def test_resume_is_exact(tmp_path, tiny_teacher, prepared, straight_run, sig):
 
 MESH_SCRIPT = r"""
 import json, sys
-from jaxdistill import config
-from jaxdistill.train import pretrain
+from jaxdistill.train import kinds
 args, meshes = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 out = {}
 for i, (d, f, t) in enumerate(meshes):
-    cfg = config.load(config.PretrainConfig, None, args + [
+    kind, cfg = kinds.load("pretrain", None, args + [
         f"run_dir={sys.argv[3]}/m{i}", f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}"])
-    pretrain.run(cfg)
+    kind.run(cfg)
     rows = [json.loads(l) for l in open(f"{sys.argv[3]}/m{i}/metrics.jsonl")]
     out[f"{d},{f},{t}"] = [{k: v for k, v in r.items() if k == "loss" or k.startswith("loss/")}
                           for r in rows]

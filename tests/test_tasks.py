@@ -1,4 +1,4 @@
-"""Labeled tasks (data/tasks/) and their metrics (train/task_metrics.py)."""
+"""Labeled tasks (data/tasks/) and their metrics (data/tasks/metrics.py)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from jaxdistill.data import tasks
 from jaxdistill.data.tasks import Example, TaskBatches, eval_batches, load_task
 from jaxdistill.data.tasks.encoding import _pair_lengths
 from jaxdistill.errors import UserError
-from jaxdistill.train import task_metrics
+from jaxdistill.data.tasks import metrics as task_metrics
 
 # ------------------------------------------------------------------------------------------
 # Metrics

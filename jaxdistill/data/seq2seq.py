@@ -321,3 +321,31 @@ def modk_copies(arrays: dict[str, np.ndarray], copies: int, mask_id: int
             "attention_mask": arrays["attention_mask"][rows],
             "token_type_ids": arrays["token_type_ids"][rows], "masked_positions": positions,
             "masked_ids": (keep * (weights > 0)).astype(np.int32), "masked_weights": weights}
+
+
+# The C-MLM top-K file (`jaxdistill augment` method cmlm_topk writes it, the student reads it)
+
+
+def vocabulary_dir(out: str | Path) -> Path:
+    """Where the student's vocabulary of a top-K file lives."""
+    out = Path(out)
+    return out.with_name(out.stem + "_vocabulary")
+
+
+def read_topk(path: str | Path) -> dict[str, np.ndarray]:
+    """The rows of a top-K file as arrays: target_ids [N, T] (-1 past the target), topk_ids /
+    topk_logits [N, T, K] (0 past the target)."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    if not rows:
+        raise UserError(f"{path} holds no rows; rerun `jaxdistill augment` method cmlm_topk.")
+    width = max(len(r["target_ids"]) for r in rows)
+    k = len(rows[0]["topk_ids"][0])
+    out = {"target_ids": np.full((len(rows), width), -1, np.int32),
+           "topk_ids": np.zeros((len(rows), width, k), np.int32),
+           "topk_logits": np.zeros((len(rows), width, k), np.float32)}
+    for i, r in enumerate(rows):
+        n = len(r["target_ids"])
+        out["target_ids"][i, :n] = r["target_ids"]
+        out["topk_ids"][i, :n] = r["topk_ids"]
+        out["topk_logits"][i, :n] = r["topk_logits"]
+    return out

@@ -84,6 +84,17 @@ def length_normaliser(length: Any, alpha: float, form: str = "hf") -> jax.Array:
     raise ValueError(f"length penalty form {form!r}: expected one of {', '.join(LENGTH_PENALTIES)}")
 
 
+def _reorder_beams(tree: Any, origin: jax.Array) -> Any:
+    """Rows of a [N * B, ...] pytree taken from the beams `origin` [N, B] came from."""
+    n, b = origin.shape
+
+    def take(x):
+        x = x.reshape(n, b, *x.shape[1:])
+        idx = origin.reshape(n, b, *([1] * (x.ndim - 2)))
+        return jnp.take_along_axis(x, idx, axis=1).reshape(n * b, *x.shape[2:])
+    return jax.tree_util.tree_map(take, tree)
+
+
 def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int, start_id: int,
                 eos_id: int, pad_id: int, length_penalty: float = 1.0, cache: Any = None,
                 length_penalty_form: str = "hf") -> tuple[jax.Array, jax.Array]:
@@ -111,13 +122,6 @@ def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int
     tiled = jax.tree_util.tree_map(lambda x: jnp.repeat(x, b, axis=0), state)
     cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, b, axis=0), cache)
 
-    def reorder(tree, origin):
-        """Rows of a [N * B, ...] pytree taken from the beams `origin` [N, B] came from."""
-        def take(x):
-            x = x.reshape(n, b, *x.shape[1:])
-            idx = origin.reshape(n, b, *([1] * (x.ndim - 2)))
-            return jnp.take_along_axis(x, idx, axis=1).reshape(n * b, *x.shape[2:])
-        return jax.tree_util.tree_map(take, tree)
     neg_inf = jnp.float32(-jnp.inf)
 
     def penalise(raw, length):
@@ -148,7 +152,7 @@ def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int
         alive_raw, keep = lax.top_k(jnp.where(is_eos, neg_inf, raw), b)
         alive_buf = jnp.take_along_axis(buf, keep[:, :, None], axis=1)
         if cache is not None:
-            cache = reorder(cache, jnp.take_along_axis(beam, keep, axis=1))
+            cache = _reorder_beams(cache, jnp.take_along_axis(beam, keep, axis=1))
         return (alive_buf, alive_raw, fin_tok, fin_score, cache), None
 
     alive_buf = _start_buffer(n * b, max_len, start_id, pad_id).reshape(n, b, max_len + 1)

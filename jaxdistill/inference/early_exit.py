@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxdistill.errors import UserError
 from jaxdistill.models import exit_branches
-from jaxdistill.models.base import Model
+from jaxdistill.models.base import LayerByLayer, Model
 
 
 class EarlyExit:
@@ -33,10 +33,9 @@ class EarlyExit:
 
     def __init__(self, model: Model, params: dict, branches: dict,
                  shape: exit_branches.BranchShape, min_bucket: int = 8):
-        for verb in ("embed", "layer", "layer_params", "classify"):
-            if not hasattr(model, verb):
-                raise UserError(f"A '{model.kind}' model does not run layer by layer, so it "
-                                f"cannot exit early.")
+        if not isinstance(model, LayerByLayer):
+            raise UserError(f"A '{model.kind}' model does not run layer by layer "
+                            f"(models.LayerByLayer), so it cannot exit early.")
         self.model, self.shape, self.min_bucket = model, shape, min_bucket
         self.num_layers = model.config.num_layers
         if jax.tree.leaves(branches)[0].shape[0] != self.num_layers - 1:
@@ -137,14 +136,12 @@ def load(model_ref: str) -> tuple[EarlyExit, Model, Path | None]:
 
 def build(model: Model, params: dict, exported: dict, info: dict, where: str) -> EarlyExit:
     """The runner from a model, its params and its exported FastBERT branches."""
-    from jaxdistill.methods.fastbert import FastBertOptions, branch_shape
-
     if "branches" not in exported or info.get("method") != "fastbert":
         raise UserError(f"{where} has no FastBERT exit branches (exported_params with "
                         f"'branches'); train them with `jaxdistill finetune --config "
                         f"configs/task/fastbert.yaml`.")
     try:
-        shape = branch_shape(model.config, FastBertOptions(**info.get("options", {})))
+        shape = exit_branches.shape_of(model.config, **info.get("options", {}))
     except (TypeError, ValueError) as e:
         raise UserError(f"{where}: its exported_params.json options do not describe FastBERT "
                         f"branches ({e}).") from None
@@ -157,7 +154,7 @@ def speed_sweep(model_ref: str, task_cfg: Any, seq_len: int, batch_size: int,
     """Metrics, exits, FLOPs and measured examples/s per speed; writes report.json and
     speed_sweep.png in report_dir."""
     from jaxdistill.data import tasks
-    from jaxdistill.train import task_metrics
+    from jaxdistill.data.tasks import metrics as task_metrics
 
     runner, model, tok = load(model_ref)
     task = tasks.load_task(task_cfg)

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from jaxdistill import sharding
+from jaxdistill.data.placement import device_batches
 from jaxdistill.inference import decode
 from jaxdistill.models import Model
 
@@ -91,15 +92,9 @@ def generate_texts(generate, batch_sh: dict, params: Any, arrays: dict[str, np.n
                    batch_size: int, tokenizer_dir: str | Path) -> tuple[list[str], dict]:
     """(one output text per row of `arrays`, {sentences_per_sec, tokens_per_sec}) over the
     decoding calls alone."""
-    from jaxdistill.data.tasks import eval_batches
-    from jaxdistill.train.feed import to_global
-    from jaxdistill.train.finetune import process_rows
-
     outputs, seconds, tokens = [], 0.0, 0
     eos = _decoder(str(tokenizer_dir))[1].special_ids["sep"]
-    for batch in eval_batches({k: arrays[k] for k in INPUT_KEYS}, batch_size):
-        weights = batch.pop("weights")
-        inputs = to_global(process_rows({k: batch[k] for k in INPUT_KEYS}), batch_sh, batch_size)
+    for inputs, weights in device_batches(arrays, INPUT_KEYS, batch_sh, batch_size):
         t0 = time.perf_counter()
         out = np.asarray(jax.device_get(generate(params, inputs)))
         seconds += time.perf_counter() - t0

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxdistill.config import from_dict, lookup
+from jaxdistill.config import from_dict
+from jaxdistill.errors import lookup
 from jaxdistill.errors import UserError
 from jaxdistill.methods import (  # noqa: F401  (registers each method)
     bilstm, cmlm, distilbert, fastbert, finetune, kd, mlm, mobilebert, mtdnn, pkd, tinybert)

@@ -45,21 +45,25 @@ class Method(abc.ABC):
     # Whether the loss weights the label term by `batch["labeled"]`: training data may then hold
     # rows without a gold label (teacher-labelled augmentation). Other methods refuse such data.
     trains_on_unlabeled_rows: ClassVar[bool] = False
-    # Whether it trains one student on several tasks (`tasks` in the recipe; batches carry the
-    # task's span of the shared output layer, data/tasks/multitask.py). Others train on `task`.
-    multi_task: ClassVar[bool] = False
+    # The kind of training data it trains on (train/kinds/): 'mlm_corpus' (general distillation,
+    # `jaxdistill pretrain`), 'task' (one classification task), 'tasks' (one student on several
+    # tasks: batches carry their task's span of the shared output layer), 'seq2seq' (source ->
+    # target text). `data_kind` may read the options instead (TinyBERT's stages).
+    DATA_KIND: ClassVar[str] = "task"
     # Whether `loss` takes `step=` (the optimizer updates done before this one, a traced int32
     # scalar): losses that follow a schedule of phases (MobileBERT's progressive transfer).
     reads_step: ClassVar[bool] = False
-    # Whether it trains on a sequence-to-sequence task (source -> target text: train/seq2seq.py,
-    # data/seq2seq.py) rather than a classification one (C-MLM's two stages).
-    seq2seq: ClassVar[bool] = False
 
     # --- the models it needs --------------------------------------------------------------------
     @classmethod
     def roles(cls, options: Any) -> dict[str, str]:
         del options
         return dict(cls.ROLES)
+
+    @classmethod
+    def data_kind(cls, options: Any) -> str:
+        del options
+        return cls.DATA_KIND
 
     @classmethod
     def teacher_roles(cls, options: Any) -> tuple[str, ...]:

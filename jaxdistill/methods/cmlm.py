@@ -8,7 +8,7 @@ Two stages, one method (`stage`):
   top-K logits at every target position (renormalised at temperature T, written by
   `jaxdistill augment` method cmlm_topk) to the student's full softmax (losses.topk_distillation).
   alpha 0 is the teacher-free baseline and reads no teacher data.
-Both run as `jaxdistill finetune` on a sequence-to-sequence task (train/seq2seq.py).
+Both run as `jaxdistill finetune` on a sequence-to-sequence task (train/kinds/seq2seq.py).
 """
 from __future__ import annotations
 
@@ -56,8 +56,7 @@ class CmlmOptions:
 class Cmlm(Method):
     name: ClassVar[str] = "cmlm"
     Options: ClassVar[type] = CmlmOptions
-    # Trains on a sequence-to-sequence task (train/seq2seq.py), not a classification one.
-    seq2seq: ClassVar[bool] = True
+    DATA_KIND: ClassVar[str] = "seq2seq"
 
     @classmethod
     def roles(cls, options: CmlmOptions) -> dict[str, str]:

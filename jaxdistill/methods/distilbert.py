@@ -58,6 +58,7 @@ class DistilBert(Method):
 
     name: ClassVar[str] = "distilbert"
     Options: ClassVar[type] = DistilBertOptions
+    DATA_KIND: ClassVar[str] = "mlm_corpus"
     default_student_init: ClassVar[str] = "teacher_layers"
 
     ROLES: ClassVar[dict[str, str]] = {STUDENT: "mlm", TEACHER: "mlm"}

@@ -101,7 +101,6 @@ class FastBert(Method):
 def branch_shape(cfg, options: FastBertOptions) -> exit_branches.BranchShape:
     """The branches of a student config (hidden size, labels) with the method's options."""
     try:
-        return exit_branches.BranchShape(cfg.hidden_size, cfg.num_labels, options.width,
-                                         options.heads, options.dropout, cfg.initializer_range)
+        return exit_branches.shape_of(cfg, options.width, options.heads, options.dropout)
     except ValueError as e:  # build_method names the options section
         raise ValueError(str(e)) from None

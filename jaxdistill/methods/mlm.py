@@ -26,6 +26,7 @@ class MlmOptions:
 class Mlm(Method):
     name: ClassVar[str] = "mlm"
     Options: ClassVar[type] = MlmOptions
+    DATA_KIND: ClassVar[str] = "mlm_corpus"
 
     ROLES: ClassVar[dict[str, str]] = {STUDENT: "mlm"}
 

@@ -175,6 +175,7 @@ class MobileBert(Method):
 
     name: ClassVar[str] = "mobilebert"
     Options: ClassVar[type] = MobileBertOptions
+    DATA_KIND: ClassVar[str] = "mlm_corpus"
     reads_step: ClassVar[bool] = True
 
     @classmethod

@@ -91,7 +91,7 @@ class Mtdnn(Method):
     name: ClassVar[str] = "mtdnn"
     Options: ClassVar[type] = MtdnnOptions
     ROLES: ClassVar[dict[str, str]] = {STUDENT: "classifier"}
-    multi_task: ClassVar[bool] = True
+    DATA_KIND: ClassVar[str] = "tasks"
 
     def batch_keys(self) -> dict[str, str]:
         return dict(MULTITASK_KEYS)

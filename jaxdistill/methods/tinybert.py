@@ -127,6 +127,10 @@ class TinyBert(Method):
         head = "none" if options.stage == "general" else "classifier"
         return {STUDENT: head, TEACHER: head}
 
+    @classmethod
+    def data_kind(cls, options: TinyBertOptions) -> str:
+        return "mlm_corpus" if options.stage == "general" else "task"
+
     def __init__(self, options: TinyBertOptions, models: dict[str, Model]):
         super().__init__(options, models)
         self.predicting = options.stage == "task_prediction"

@@ -5,8 +5,8 @@ Importing this package registers every kind shipped here; `build`, `from_meta` a
 `Model` subclass, imported below.
 """
 from jaxdistill.models import bert, bilstm, mobilebert, seq2seq  # noqa: F401  (registers their kinds)
-from jaxdistill.models.base import (EVERYTHING, NOTHING, REGISTRY, Model, Outputs, Wants,
-                                    fill_params, from_meta, model_class, register)
+from jaxdistill.models.base import (EVERYTHING, NOTHING, REGISTRY, LayerByLayer, Model, Outputs,
+                                    Wants, fill_params, from_meta, model_class, register)
 
-__all__ = ["EVERYTHING", "NOTHING", "REGISTRY", "Model", "Outputs", "Wants", "fill_params",
-           "from_meta", "model_class", "register"]
+__all__ = ["EVERYTHING", "NOTHING", "REGISTRY", "LayerByLayer", "Model", "Outputs", "Wants",
+           "fill_params", "from_meta", "model_class", "register"]

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jaxdistill.errors import UserError
+from jaxdistill.errors import UserError, lookup
 
 Batch = dict[str, jax.Array]
 
@@ -264,6 +264,38 @@ class Model(abc.ABC):
         return dataclasses.asdict(self.config)
 
 
+def ranges(*, sizes: str = "", counts: str = "", rates: str = "", positive: str = "",
+           dtypes: str = "") -> dict[str, str]:
+    """A model config's `_RANGES` (the accepted values of the keys a recipe may set) from
+    space-separated field names: sizes >= 1, counts >= 0, dropout rates in [0, 1), positive
+    reals, compute/parameter dtypes."""
+    accepted = {"[1, inf)": sizes, "[0, inf)": counts, "[0, 1)": rates, "(0, inf)": positive,
+                "float32|bfloat16|float16": dtypes}
+    return {name: rule for rule, names in accepted.items() for name in names.split()}
+
+
+class LayerByLayer(abc.ABC):
+    """An optional capability of a kind: running its encoder one layer at a time, for inference
+    that stops early (FastBERT's adaptive inference, inference/early_exit.py). A kind that can
+    inherits it; callers test `isinstance(model, LayerByLayer)`, never `hasattr`."""
+
+    @abc.abstractmethod
+    def embed(self, params: dict, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        """(the first layer's input [B, T, H], key mask [B, 1, 1, T]): the start of `apply`."""
+
+    @abc.abstractmethod
+    def layer_params(self, params: dict, i: int) -> dict:
+        """Layer i's parameters, in the form `layer` reads (the same for every i)."""
+
+    @abc.abstractmethod
+    def layer(self, layer_params: dict, x: jax.Array, key_mask: jax.Array) -> jax.Array:
+        """One encoder layer without dropout: the same function for every layer's params."""
+
+    @abc.abstractmethod
+    def classify(self, params: dict, last: jax.Array) -> jax.Array:
+        """The classifier head's logits from the last layer's output, as `apply` computes them."""
+
+
 REGISTRY: dict[str, type[Model]] = {}
 
 
@@ -274,8 +306,6 @@ def register(cls: type[Model]) -> type[Model]:
 
 
 def model_class(kind: str, where: str = "student.kind") -> type[Model]:
-    from jaxdistill.config import lookup  # config imports this registry lazily too
-
     return lookup(REGISTRY, kind, where, "model kind")
 
 

@@ -50,6 +50,14 @@ REMAT_POLICIES = {
 }
 
 
+# Accepted values of the keys a recipe may set (student.*), checked when it loads; MobileBERT's
+# config shares them.
+RANGES = base.ranges(
+    sizes="vocab_size hidden_size num_layers num_heads intermediate_size max_position_embeddings",
+    counts="type_vocab_size initializer_range pad_token_id", positive="layer_norm_eps",
+    rates="hidden_dropout attention_dropout classifier_dropout", dtypes="dtype param_dtype")
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     """Architecture of a BERT-family encoder; `flavor` picks BERT or DistilBERT conventions."""
@@ -77,6 +85,8 @@ class BertConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat: str = "none"
+
+    _RANGES: ClassVar[dict[str, str]] = RANGES
 
     def __post_init__(self):
         if self.kind != "bert":
@@ -480,7 +490,7 @@ _COPY_SAME = ("hidden_size", "num_heads", "intermediate_size", "vocab_size",
               "max_position_embeddings")
 
 
-class EncoderModel(base.Model):
+class EncoderModel(base.Model, base.LayerByLayer):
     """What the BERT-shaped kinds (bert, mobilebert) share behind the Model interface: a
     `BertModel`-shaped Flax module (`Module(config)`), token ids + mask + token types in, the
     `encoder/layer_{i}` layout (stacked with scan_layers), the word table at
@@ -536,6 +546,35 @@ class EncoderModel(base.Model):
     def from_canonical(self, params: dict) -> dict:
         return stack_layers(params, self.config.num_layers) if self.config.scan_layers else params
 
+    # --- running layer by layer (base.LayerByLayer): the pieces of `apply`, no dropout ------
+    def embed(self, params: dict, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
+        ids = batch["input_ids"]
+        types = batch.get("token_type_ids")
+        types = jnp.zeros_like(ids) if types is None else types
+        mask = batch.get("attention_mask")
+        mask = jnp.ones_like(ids) if mask is None else mask
+        x = self.Module.embeddings_cls(self.config).apply({"params": params["embeddings"]}, ids,
+                                                          types, True)
+        return x, mask[:, None, None, :] > 0
+
+    def layer_params(self, params: dict, i: int) -> dict:
+        return self.canonical(params)["encoder"][f"layer_{i}"]
+
+    def layer(self, layer_params: dict, x: jax.Array, key_mask: jax.Array) -> jax.Array:
+        return self.Module.encoder_cls.layer_cls(self.config, NOTHING, True).apply(
+            {"params": layer_params}, x, key_mask)[0]
+
+    def classify(self, params: dict, last: jax.Array) -> jax.Array:
+        """The pooler (when the config's `pooling` has one) and the classifier, as `apply`."""
+        cfg = self.config
+        pooled = None
+        if cfg.pooling is not None:
+            pooled = last[:, 0]
+            if cfg.pooling == "tanh":
+                pooled = jnp.tanh(_dense(cfg.hidden_size, ("embed", "embed_out"), cfg,
+                                         "pooler").apply({"params": params["pooler"]}, pooled))
+        return Classifier(cfg).apply({"params": params["classifier"]}, pooled, last[:, 0], True)
+
 
 @base.register
 class Bert(EncoderModel):
@@ -555,33 +594,6 @@ class Bert(EncoderModel):
         return forward_flops_per_token(self.config, seq_len, predictions_per_seq)
 
     # --- layer by layer (early exit) -----------------------------------------------------------
-    def embed(self, params: dict, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
-        """(embedding output [B, T, H], key mask [B, 1, 1, T]): the start of `apply`."""
-        ids = batch["input_ids"]
-        types = batch.get("token_type_ids")
-        types = jnp.zeros_like(ids) if types is None else types
-        mask = batch.get("attention_mask")
-        mask = jnp.ones_like(ids) if mask is None else mask
-        x = Embeddings(self.config).apply({"params": params["embeddings"]}, ids, types, True)
-        return x, mask[:, None, None, :] > 0
-
-    def layer_params(self, params: dict, i: int) -> dict:
-        return self.canonical(params)["encoder"][f"layer_{i}"]
-
-    def layer(self, layer_params: dict, x: jax.Array, key_mask: jax.Array) -> jax.Array:
-        """One encoder layer, no dropout: the same function for every layer's params."""
-        return TransformerLayer(self.config, NOTHING, True).apply(
-            {"params": layer_params}, x, key_mask)[0]
-
-    def classify(self, params: dict, last: jax.Array) -> jax.Array:
-        """The classifier head on the last hidden state (pooler first for BERT)."""
-        cfg = self.config
-        pooled = None
-        if cfg.flavor == "bert":
-            pooled = jnp.tanh(_dense(cfg.hidden_size, ("embed", "embed_out"), cfg, "pooler").apply(
-                {"params": params["pooler"]}, last[:, 0]))
-        return Classifier(cfg).apply({"params": params["classifier"]}, pooled, last[:, 0], True)
-
     def copy_layers_from(self, teacher: base.Model, teacher_params: dict,
                          layers: tuple[int, ...], fallback: dict | None) -> dict:
         """extract_distilbert.py: embeddings, the teacher layers `layers` (student layer i <-

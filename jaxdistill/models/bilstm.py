@@ -63,6 +63,11 @@ class BilstmConfig:
     pad_id: int = 0
     dtype: str = "float32"
 
+    # Accepted values of the keys a recipe may set (student.*), checked when it loads.
+    _RANGES: ClassVar[dict[str, str]] = base.ranges(
+        sizes="embedding_dim hidden_size classifier_size min_count",
+        counts="vocab_size max_words pad_id", rates="dropout", dtypes="dtype")
+
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r}: expected one of {', '.join(POOLINGS)}")

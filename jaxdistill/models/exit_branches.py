@@ -9,6 +9,7 @@ shape, so their parameters are stacked on a leading 'layers' axis and run with `
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -31,6 +32,13 @@ class BranchShape:
                              f"{self.heads} heads")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"branch dropout={self.dropout}: must be in [0, 1)")
+
+
+def shape_of(cfg: Any, width: int = 128, heads: int = 2, dropout: float = 0.1) -> BranchShape:
+    """The branches of an encoder config (its hidden size, labels and init scale) with the
+    options FastBERT trained them with (the reference's defaults)."""
+    return BranchShape(cfg.hidden_size, cfg.num_labels, width, heads, dropout,
+                       cfg.initializer_range)
 
 
 class ExitBranch(nn.Module):

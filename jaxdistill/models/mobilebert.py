@@ -36,7 +36,7 @@ layers under `encoder/layer_{i}`, stacked under `encoder/layers/layer` with `sca
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -93,6 +93,11 @@ class MobileBertConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat: str = "none"
+
+    # Accepted values of the keys a recipe may set (student.*), checked when it loads.
+    _RANGES: ClassVar[dict[str, str]] = {
+        **bert.RANGES,
+        **base.ranges(sizes="embedding_size intra_bottleneck_size num_feedforward_networks")}
 
     def __post_init__(self):
         if self.kind != "mobilebert":

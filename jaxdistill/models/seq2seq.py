@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -62,6 +62,13 @@ class Seq2SeqConfig:
     decoder_start_token_id: int = 2
     dtype: str = "float32"
     param_dtype: str = "float32"
+
+    # Accepted values of the keys a recipe may set (student.*), checked when it loads.
+    _RANGES: ClassVar[dict[str, str]] = base.ranges(
+        sizes="d_model encoder_layers decoder_layers encoder_attention_heads "
+              "decoder_attention_heads encoder_ffn_dim decoder_ffn_dim max_position_embeddings",
+        counts="vocab_size init_std pad_token_id", positive="layer_norm_eps",
+        rates="dropout attention_dropout activation_dropout", dtypes="dtype param_dtype")
 
     def __post_init__(self):
         if self.head != "lm":

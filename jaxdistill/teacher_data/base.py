@@ -12,7 +12,25 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
+
+
+class WriterSpec(NamedTuple):
+    """A teacher-data writer of `jaxdistill augment`: its `method` name, its config class (the
+    recipe's keys), `run(cfg) -> summary`, and its default recipe under configs/."""
+
+    method: str
+    Config: type
+    run: Callable[[Any], dict]
+    recipe: str
+
+
+WRITERS: dict[str, WriterSpec] = {}
+
+
+def register(spec: WriterSpec) -> WriterSpec:
+    WRITERS[spec.method] = spec
+    return spec
 
 
 class TeacherDataset(abc.ABC):

@@ -10,14 +10,14 @@ student ids. One jitted function does forward, gather and top-K for a fixed batc
 
 Output: the chunked, resumable JSONL of teacher_data/base.py, a row per training pair in the
 task's order ({"target_ids", "topk_ids", "topk_logits"}), and the student's vocabulary in
-`vocabulary_dir(out)`, which the student stage reads.
+`data.seq2seq.vocabulary_dir(out)`, which the student stage reads.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
+from typing import ClassVar
 from pathlib import Path
 
 import flax.linen as nn
@@ -26,36 +26,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill import loading, sharding
-from jaxdistill.config import CmlmTopKConfig, MeshConfig, check_ranges
+from jaxdistill.config import MeshConfig, TaskConfig, check_ranges
 from jaxdistill.data import seq2seq as s2s
 from jaxdistill.errors import UserError
 from jaxdistill.models.base import Wants
-from jaxdistill.teacher_data.base import TeacherDataset, write
+from jaxdistill.teacher_data.base import TeacherDataset, WriterSpec, register, write
 
+@dataclasses.dataclass(frozen=True)
+class CmlmTopKConfig:
+    """`jaxdistill augment` with method: cmlm_topk: C-MLM's teacher soft targets. Every training
+    pair is copied `copies` times, copy c masking the target slots j with j % copies == c (each
+    slot masked exactly once); the conditional-MLM teacher's `top_k` largest logits over the
+    student's vocabulary, and their ids, are stored per target slot. The student's vocabulary
+    (the teacher's pieces of the training text) is written beside `out`."""
 
-def vocabulary_dir(out: str | Path) -> Path:
-    """Where the student's vocabulary of a top-K file lives."""
-    out = Path(out)
-    return out.with_name(out.stem + "_vocabulary")
+    _RANGES: ClassVar[dict[str, str]] = {"copies": "[1, inf)", "top_k": "[1, inf)",
+                                          "batch_size": "[1, inf)", "seq_len": "[3, inf)",
+                                          "target_len": "[2, inf)", "chunk_size": "[1, inf)"}
 
-
-def read_topk(path: str | Path) -> dict[str, np.ndarray]:
-    """The rows of a top-K file as arrays: target_ids [N, T] (-1 past the target), topk_ids /
-    topk_logits [N, T, K] (0 past the target)."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
-    if not rows:
-        raise UserError(f"{path} holds no rows; rerun `jaxdistill augment` method cmlm_topk.")
-    width = max(len(r["target_ids"]) for r in rows)
-    k = len(rows[0]["topk_ids"][0])
-    out = {"target_ids": np.full((len(rows), width), -1, np.int32),
-           "topk_ids": np.zeros((len(rows), width, k), np.int32),
-           "topk_logits": np.zeros((len(rows), width, k), np.float32)}
-    for i, r in enumerate(rows):
-        n = len(r["target_ids"])
-        out["target_ids"][i, :n] = r["target_ids"]
-        out["topk_ids"][i, :n] = r["topk_ids"]
-        out["topk_logits"][i, :n] = r["topk_logits"]
-    return out
+    method: str = "cmlm_topk"
+    out: str = "runs/cmlm/topk.jsonl"
+    teacher: str = "runs/cmlm_teacher/best"  # a run of configs/task/cmlm_teacher.yaml
+    task: TaskConfig = TaskConfig(name="wordnet_definitions")
+    copies: int = 7
+    top_k: int = 8
+    batch_size: int = 128  # teacher forward batch (masked copies)
+    seq_len: int = 24  # the source's slots, as the teacher was trained
+    target_len: int = 24
+    chunk_size: int = 2000  # pairs per resumable part of the output
 
 
 class TopKTargets(TeacherDataset):
@@ -104,7 +102,7 @@ class TopKTargets(TeacherDataset):
 
     def fingerprint(self) -> dict:
         return {**dataclasses.asdict(self.cfg), "pairs": len(self.task.train),
-                "vocabulary": s2s.vocabulary_digest(vocabulary_dir(self.cfg.out))}
+                "vocabulary": s2s.vocabulary_digest(s2s.vocabulary_dir(self.cfg.out))}
 
     def process(self, start: int, chunk: Sequence[s2s.Pair]) -> list[dict]:
         del start
@@ -146,10 +144,14 @@ def run(cfg: CmlmTopKConfig) -> dict:
     if tokenizer_dir is None or not (Path(tokenizer_dir) / "vocab.txt").is_file():
         raise UserError(f"teacher={cfg.teacher} has no vocab.txt: the student's vocabulary is "
                         f"a subset of the teacher's WordPiece vocabulary.")
-    vocab_dir = s2s.write_vocabulary(tokenizer_dir, task.train, vocabulary_dir(cfg.out))
+    vocab_dir = s2s.write_vocabulary(tokenizer_dir, task.train, s2s.vocabulary_dir(cfg.out))
     dataset = TopKTargets(cfg, task, cfg.teacher, Path(tokenizer_dir), vocab_dir)
     stats = write(dataset, cfg.out, cfg.chunk_size)
     return {"out": cfg.out, "vocabulary": str(vocab_dir),
             "vocab_size": len(dataset.columns), "task": task.name, "pairs": stats["rows"],
             "copies": cfg.copies, "top_k": cfg.top_k, "chunks": stats["chunks"],
             "resumed_chunks": stats["resumed"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+register(WriterSpec("cmlm_topk", CmlmTopKConfig, run,
+                     "task/cmlm_topk.yaml"))

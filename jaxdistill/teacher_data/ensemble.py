@@ -13,17 +13,38 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
-from jaxdistill.config import EnsembleTargetsConfig, check_ranges
+from jaxdistill.config import TaskConfig, check_ranges
 from jaxdistill.data import tasks
 from jaxdistill.data.tasks import Example
 from jaxdistill.data.tasks.encoding import label_arrays
 from jaxdistill.data.tasks.examples import example_row
 from jaxdistill.errors import UserError
-from jaxdistill.teacher_data.base import TeacherDataset, write
+from jaxdistill.teacher_data.base import TeacherDataset, WriterSpec, register, write
 from jaxdistill.teacher_data.classifier import TeacherLogits
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleTargetsConfig:
+    """`jaxdistill augment` with method: ensemble: MT-DNN's soft targets, the average of
+    several fine-tuned teachers' class probabilities (regression: of their predictions) on
+    every training example, written with the examples; also the dev metrics of each teacher
+    and of the ensemble.
+    """
+
+    _RANGES: ClassVar[dict[str, str]] = {"batch_size": "[1, inf)", "seq_len": "[1, inf)",
+                                          "chunk_size": "[1, inf)"}
+
+    method: str = "ensemble"
+    out: str = "runs/mtdnn/targets/rotten_tomatoes.jsonl"
+    # Fine-tuned classifiers of the task (run dirs' best/, HF directories), e.g. seeds 1..3.
+    teachers: list = dataclasses.field(default_factory=list)
+    task: TaskConfig = TaskConfig()
+    batch_size: int = 128  # teacher forward batch
+    seq_len: int = 48  # teacher input length
+    chunk_size: int = 2000  # examples per resumable part of the output
 
 
 def member_outputs(logits: np.ndarray, regression: bool) -> np.ndarray:
@@ -62,7 +83,7 @@ class EnsembleTargets(TeacherDataset):
 
 def dev_scores(task: tasks.TaskData, teachers: list[TeacherLogits]) -> dict:
     """Each teacher's and the ensemble's dev metrics."""
-    from jaxdistill.train.finetune import score_logits
+    from jaxdistill.data.tasks.metrics import score_logits
 
     rows = [(ex.text_a, ex.text_b) for ex in task.dev]
     regression = task.num_labels == 1
@@ -94,3 +115,7 @@ def run(cfg: EnsembleTargetsConfig) -> dict:
     return {"out": cfg.out, "task": task.name, "teachers": [str(t) for t in cfg.teachers],
             "rows": stats["rows"], "chunks": stats["chunks"], "resumed_chunks": stats["resumed"],
             "metric": task.select_metric, "dev": dev, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+register(WriterSpec("ensemble", EnsembleTargetsConfig, run,
+                     "task/mtdnn/targets_rotten_tomatoes.yaml"))

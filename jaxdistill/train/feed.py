@@ -12,14 +12,9 @@ import threading
 from typing import Any, Iterator
 
 import jax
-import numpy as np
 from jax.sharding import NamedSharding
 
-
-def to_global(batch: dict[str, np.ndarray], shardings: dict[str, NamedSharding],
-              global_batch: int) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(
-        shardings[k], v, (global_batch, *v.shape[1:])) for k, v in batch.items()}
+from jaxdistill.data.placement import to_global
 
 
 class Prefetcher:

@@ -52,9 +52,11 @@ class TrainingDiverged(RuntimeError):
 
 
 class DataSource(Protocol):
-    """Global training batches. `spec` maps batch keys to their number of dimensions."""
+    """Global training batches. `spec` maps batch keys to their number of dimensions;
+    `prefetch` is how many batches a background thread prepares ahead."""
 
     spec: dict[str, int]
+    prefetch: int
 
     def iterator(self, start: int, saved_state: bytes | None) -> Any:
         """An iterator of this process's rows of batches start+1, start+2, ... with
@@ -123,9 +125,10 @@ def build_roles(cfg: RunConfig, *, num_labels: int | None = None, teacher_hint: 
             if raw:
                 raise UserError(f"A '{student.kind}' student reads its own word vocabulary, so "
                                 f"it cannot share a batch with the teacher's token ids; method "
-                                f"'{cls.name}' runs a teacher during training. Use method "
-                                f"bilstm with teacher logits written by `jaxdistill augment` "
-                                f"(configs/task/bilstm_augment.yaml).")
+                                f"'{cls.name}' runs a teacher during training. Write the "
+                                f"teacher's logits into the data first (`jaxdistill augment`) "
+                                f"and train with a method that reads them and has no teacher "
+                                f"role (configs/task/bilstm_augment.yaml, bilstm.yaml).")
             student_tok = vocab_dir
             init_params = student.initial_params(jax.random.key(cfg.seed + 1), vocab_dir)
     else:
@@ -401,90 +404,34 @@ def _run(job: Job) -> dict:
     mngr = checkpoint.manager(cfg.checkpoint_dir or run_dir / "checkpoints",
                               keep=cfg.keep_checkpoints, keep_every=cfg.keep_every,
                               async_save=cfg.async_checkpoint)
-    state = init_state(setup)
-    start, data_state = 0, None
-    latest = mngr.latest_step()
-    # Orbax itself may skip a step whose folders were lost: resume from the newest on disk or
-    # stop naming it, never from an older one silently.
-    checkpoint.newest_step_dir(Path(str(mngr.directory)))
-    if latest is not None:
-        checkpoint.check_same_model(Path(str(mngr.directory)) / str(latest), setup.student)
-        state, data_state = checkpoint.restore_state(mngr, latest, state)
-        start = int(latest)
-    meta = checkpoint.model_meta(setup.student, run_config=config_lib.to_dict(cfg),
-                                 exported_params=list(setup.method.exported_params),
-                                 exported_by=exported_by(setup.method),
-                                 **label_meta(job.label_names, job.tasks))
-    step_fn = compile_step(setup.ctx, setup.state_sh, setup.teacher_sh, setup.batch_sh,
-                           sharding.replicated(setup.mesh), sharding.RULES)
+    state, start, data_state = _restore(setup, mngr)
     peak, _ = flops.device_peak_flops()
     # A CPU's measured peak is the whole machine's, however many fake devices split it.
     peak_total = peak if jax.devices()[0].platform == "cpu" else peak * jax.device_count()
     clock = Clock(start, cfg.batch_size * job.seq_len,
                   step_flops(setup, job.seq_len, job.predictions_per_seq), peak_total)
     best = _Best(run_dir, start, job, setup) if job.evaluator is not None else None
-
     began = time.perf_counter()
     log = MetricsLog(run_dir, job.total_steps, start, tensorboard=cfg.tensorboard)
     for line in summaries.start_lines(setup, job.command, job.total_steps, job.seq_len, start):
         log.write(line)
     if job.header:
         log.write(job.header)
-    losses, token_rates = [], []
     feed = Prefetcher(job.source.iterator(start, data_state), setup.batch_sh, cfg.batch_size,
-                      depth=getattr(job.source, "prefetch", 2))
-    preempted, steps = False, job.total_steps
-
-    def check_finite(step: int, loss: Any) -> None:
-        if not math.isfinite(float(loss)):
-            raise TrainingDiverged(
-                f"Loss became {float(loss)} at step {step}; stopping. The last good checkpoint "
-                f"(step {mngr.latest_step()}) is kept in {mngr.directory}; lower "
-                f"learning_rate or check the data.")
-
+                      depth=job.source.prefetch)
     try:
-        with Preemption() as preempt, setup.mesh:
-            for step in range(start + 1, steps + 1):
-                batch, data_state = next(feed)
-                state, metrics = step_fn(state, setup.teacher_params, batch)
-                log.advance()
-                if step == start + 1:  # the first step includes compilation: not timed
-                    jax.block_until_ready(metrics)
-                    clock.restart(step)
-                row = {}
-                logged = step % cfg.log_every == 0 or step == steps
-                if logged:
-                    # Waiting for this step's metrics costs one dispatch gap per log interval
-                    # (the next batch is already prefetched) and makes tokens/s measured.
-                    row = jax.device_get(metrics)
-                    check_finite(step, row["loss"])
-                    row = {**row, **clock.rates(step)}
-                    losses.append(float(row["loss"]))
-                    token_rates.append(float(row["tokens_per_sec"]))
-                if best is not None and (step % job.eval_every == 0 or step == steps):
-                    row = {**row, **best.evaluate(state, step)}
-                    clock.restart(step)  # evaluation time is not training throughput
-                if row:
-                    log.log(step, row)
-                preempted = preemption_agreed(preempt, mngr, step, cfg.log_every)
-                if preempted or step % cfg.save_every == 0 or step == steps:
-                    if not logged:  # never save a diverged state as the last good one
-                        check_finite(step, metrics["loss"])
-                    checkpoint.save(mngr, step, state, data_state, meta, force=preempted)
-                if preempted:
-                    log.write(f"SIGTERM: saved step {step}; exiting.")
-                    break
+        state, preempted, losses, token_rates = _steps(job, state, start, feed, mngr, log,
+                                                       clock, best)
     finally:
         feed.close()
         mngr.wait_until_finished()
         mngr.close()
         log.close()
-
     summary = {"step": int(jax.device_get(state.step)), "run_dir": str(run_dir),
                "preempted": preempted}
     if best is not None:
         summary.update(best.summary())
-    if cfg.export and not preempted and steps > 0:
+    if cfg.export and not preempted and job.total_steps > 0:
         if best is None:
             summary["hf_dir"] = str(export_state(setup, state, run_dir / "hf",
                                                  id2label_of(job.label_names)))
@@ -497,6 +444,75 @@ def _run(job: Job) -> dict:
                                              setup.student.kind, losses, token_rates,
                                              time.perf_counter() - began, last)), flush=True)
     return summary
+
+
+def _restore(setup: Setup, mngr) -> tuple[state_lib.TrainState, int, Any]:
+    """(state, its step, the data iterator's saved state): the run's newest checkpoint, else
+    the initial state at step 0."""
+    state = init_state(setup)
+    latest = mngr.latest_step()
+    # Orbax itself may skip a step whose folders were lost: resume from the newest on disk or
+    # stop naming it, never from an older one silently.
+    checkpoint.newest_step_dir(Path(str(mngr.directory)))
+    if latest is None:
+        return state, 0, None
+    checkpoint.check_same_model(Path(str(mngr.directory)) / str(latest), setup.student)
+    state, data_state = checkpoint.restore_state(mngr, latest, state)
+    return state, int(latest), data_state
+
+
+def _steps(job: Job, state: Any, start: int, feed: Prefetcher, mngr, log: MetricsLog,
+           clock: "Clock", best: "_Best | None") -> tuple[Any, bool, list, list]:
+    """The steps from `start` to the end (or a SIGTERM): metrics, evaluations, checkpoints.
+    Returns (state, preempted, logged losses, logged tokens/s)."""
+    setup, cfg, steps = job.setup, job.setup.cfg, job.total_steps
+    meta = checkpoint.model_meta(setup.student, run_config=config_lib.to_dict(cfg),
+                                 exported_params=list(setup.method.exported_params),
+                                 exported_by=exported_by(setup.method),
+                                 **label_meta(job.label_names, job.tasks))
+    step_fn = compile_step(setup.ctx, setup.state_sh, setup.teacher_sh, setup.batch_sh,
+                           sharding.replicated(setup.mesh), sharding.RULES)
+    losses, token_rates, preempted, data_state = [], [], False, None
+
+    def check_finite(step: int, loss: Any) -> None:
+        if not math.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"Loss became {float(loss)} at step {step}; stopping. The last good checkpoint "
+                f"(step {mngr.latest_step()}) is kept in {mngr.directory}; lower "
+                f"learning_rate or check the data.")
+
+    with Preemption() as preempt, setup.mesh:
+        for step in range(start + 1, steps + 1):
+            batch, data_state = next(feed)
+            state, metrics = step_fn(state, setup.teacher_params, batch)
+            log.advance()
+            if step == start + 1:  # the first step includes compilation: not timed
+                jax.block_until_ready(metrics)
+                clock.restart(step)
+            row = {}
+            logged = step % cfg.log_every == 0 or step == steps
+            if logged:
+                # Waiting for this step's metrics costs one dispatch gap per log interval (the
+                # next batch is already prefetched) and makes tokens/s measured.
+                row = jax.device_get(metrics)
+                check_finite(step, row["loss"])
+                row = {**row, **clock.rates(step)}
+                losses.append(float(row["loss"]))
+                token_rates.append(float(row["tokens_per_sec"]))
+            if best is not None and (step % job.eval_every == 0 or step == steps):
+                row = {**row, **best.evaluate(state, step)}
+                clock.restart(step)  # evaluation time is not training throughput
+            if row:
+                log.log(step, row)
+            preempted = preemption_agreed(preempt, mngr, step, cfg.log_every)
+            if preempted or step % cfg.save_every == 0 or step == steps:
+                if not logged:  # never save a diverged state as the last good one
+                    check_finite(step, metrics["loss"])
+                checkpoint.save(mngr, step, state, data_state, meta, force=preempted)
+            if preempted:
+                log.write(f"SIGTERM: saved step {step}; exiting.")
+                break
+    return state, preempted, losses, token_rates
 
 
 class _Best:

@@ -1,4 +1,5 @@
-"""The task stage, `jaxdistill finetune` (plain fine-tuning or task distillation), and evaluation.
+"""One classification task, `jaxdistill finetune` (plain fine-tuning or task distillation), and
+its `evaluate`.
 
 The one loop (train/loop.py) with task batches and a dev-set evaluator: the student starts from a
 checkpoint or HF directory with a task classifier (or from random with `student.init: random`),
@@ -8,8 +9,9 @@ data state: the same command on the same run_dir continues exactly.
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -17,58 +19,27 @@ import jax
 import numpy as np
 
 from jaxdistill import config as config_lib, loading, sharding, significance
-from jaxdistill.config import FinetuneConfig
+from jaxdistill.config import TaskConfig, TaskRunConfig
 from jaxdistill.data import tasks
+from jaxdistill.data.placement import device_batches
+from jaxdistill.data.tasks.metrics import predictions_from_logits, score_logits
 from jaxdistill.errors import UserError
 from jaxdistill.methods import method_class, parse_options
-from jaxdistill.methods.base import STUDENT
 from jaxdistill.models import Model
-from jaxdistill.train import loop, task_metrics
-from jaxdistill.train.feed import to_global
+from jaxdistill.train import loop
+from jaxdistill.train.kinds.base import (DataKind, EvaluateRequest, register, task_source,
+                                         total_steps, train)
 
-BEST_DIR = loop.BEST_DIR
 TEACHER_HINT = (" A task teacher is a fine-tuned classifier: `jaxdistill finetune --config "
                 "configs/task/teacher.yaml` writes one to runs/task_teacher/best.")
 
 
-# --------------------------------------------------------------------------------------------
-# Data
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig(TaskRunConfig):
+    """`jaxdistill finetune` on one classification task: plain fine-tuning or task
+    distillation."""
 
-
-class TaskSource:
-    """The loop's data source: this process's rows of global batch `step` (no iterator state)."""
-
-    prefetch = 2
-
-    def __init__(self, batches: tasks.TaskBatches):
-        self.batches = batches
-        self.spec = {k: v.ndim for k, v in batches.arrays.items()}
-
-    def iterator(self, start: int, saved_state: Any) -> "_StepBatches":
-        del saved_state  # the step alone positions the data
-        return _StepBatches(self.batches, start)
-
-
-class _StepBatches:
-    def __init__(self, batches: tasks.TaskBatches, start: int):
-        self.batches, self.step = batches, start
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.batches.batch(self.step)
-        self.step += 1
-        return process_rows(batch)
-
-    def get_state(self) -> None:
-        return None
-
-
-def process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    n, p, i = len(next(iter(batch.values()))), jax.process_count(), jax.process_index()
-    return {k: v[i * n // p:(i + 1) * n // p] for k, v in batch.items()}
-
-
-def total_steps(cfg: FinetuneConfig, batches: tasks.TaskBatches) -> int:
-    return cfg.steps or max(1, math.ceil(cfg.epochs * batches.steps_per_epoch))
+    task: TaskConfig = TaskConfig()
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,22 +68,11 @@ def placed_predict(model: Model, params: Any):
     return predict, batch_sh, jax.device_put(params, params_sh), mesh
 
 
-def evaluate_arrays(predict, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray],
-                    batch_size: int, num_labels: int, metric_names: tuple[str, ...]
-                    ) -> tuple[dict[str, float], float]:
-    """(metrics over the whole set, examples/s of the forward passes)."""
-    logits, seconds = set_logits(predict, batch_sh, params, arrays, batch_size)
-    return score_logits(logits, arrays["labels"], num_labels, metric_names), \
-        len(logits) / max(seconds, 1e-9)
-
-
 def set_logits(predict, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray],
                batch_size: int) -> tuple[np.ndarray, float]:
     """(logits of every row of `arrays`, seconds spent in the forward passes)."""
     logits, seconds = [], 0.0
-    for batch in tasks.eval_batches(arrays, batch_size):
-        weights = batch.pop("weights")
-        inputs = to_global(process_rows({k: batch[k] for k in batch_sh}), batch_sh, batch_size)
+    for inputs, weights in device_batches(arrays, batch_sh, batch_sh, batch_size):
         t0 = time.perf_counter()
         out = np.asarray(jax.device_get(predict(params, inputs)))
         seconds += time.perf_counter() - t0
@@ -120,10 +80,13 @@ def set_logits(predict, batch_sh: dict, params: Any, arrays: dict[str, np.ndarra
     return np.concatenate(logits), seconds
 
 
-def score_logits(logits: np.ndarray, labels: np.ndarray, num_labels: int,
-                 metric_names: tuple[str, ...]) -> dict[str, float]:
-    preds = task_metrics.predictions_from_logits(logits, num_labels)
-    return task_metrics.compute(metric_names, preds, labels[:len(preds)])
+def evaluate_arrays(predict, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray],
+                    batch_size: int, num_labels: int, metric_names: tuple[str, ...]
+                    ) -> tuple[dict[str, float], float]:
+    """(metrics over the whole set, examples/s of the forward passes)."""
+    logits, seconds = set_logits(predict, batch_sh, params, arrays, batch_size)
+    return score_logits(logits, arrays["labels"], num_labels, metric_names), \
+        len(logits) / max(seconds, 1e-9)
 
 
 class DevEvaluator:
@@ -147,8 +110,9 @@ class DevEvaluator:
 # The run
 
 
-def build_roles(cfg: FinetuneConfig, num_labels: int,
+def build_roles(cfg: TaskRunConfig, num_labels: int,
                 texts: list[tuple[str, str | None]] | None = None) -> loop.Roles:
+    """The models of a classification run (one task or several), the tokenizer checked."""
     if cfg.student.init in ("", "default"):
         raise UserError(f"student.init={cfg.student.init!r}: the task stage starts from a trained "
                         f"encoder; name a general-distillation run dir (e.g. runs/demo), an Orbax "
@@ -157,13 +121,18 @@ def build_roles(cfg: FinetuneConfig, num_labels: int,
     cls = method_class(cfg.method.name)
     heads = cls.roles(parse_options(cls, cfg.method.options))
     if any(head != "classifier" for head in heads.values()):
-        raise UserError(f"method '{cfg.method.name}' (options {cfg.method.options}) is not a task "
-                        f"method; use finetune, kd, pkd, or tinybert with stage task_intermediate "
-                        f"or task_prediction (mtdnn for several tasks).")
+        raise UserError(f"method '{cfg.method.name}' (options {cfg.method.options}) does not "
+                        f"train classifiers on a task; its student's head is "
+                        f"'{heads['student']}'.")
     # A random student without a teacher role reads the tokenizer of teacher.path, as pretraining
     # with a teacher-free method does.
-    return loop.build_roles(cfg, num_labels=num_labels, teacher_hint=TEACHER_HINT, texts=texts,
-                            student_from=cfg.teacher.path or None)
+    roles = loop.build_roles(cfg, num_labels=num_labels, teacher_hint=TEACHER_HINT, texts=texts,
+                             student_from=cfg.teacher.path or None)
+    if roles.tokenizer_dir is None:
+        raise UserError(f"student.init={cfg.student.init} has no tokenizer files (vocab.txt or "
+                        f"tokenizer.json) to encode the task with; a random student takes them "
+                        f"from teacher.path (e.g. teacher.path=package:minilm).")
+    return roles
 
 
 def check_train_arrays(cfg: FinetuneConfig, method: Any, train: dict[str, np.ndarray],
@@ -188,41 +157,20 @@ def check_train_arrays(cfg: FinetuneConfig, method: Any, train: dict[str, np.nda
 def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune or distil to the end; returns a summary with the best dev metric."""
     config_lib.check_ranges(cfg)  # also for a config built in code
-    if method_class(cfg.method.name).seq2seq:
-        from jaxdistill.train import seq2seq
-
-        return seq2seq.run(cfg)
-    if method_class(cfg.method.name).multi_task or cfg.tasks:
-        from jaxdistill.train import multitask
-
-        return multitask.run(cfg)
     task = tasks.load_task(cfg.task)
     roles = build_roles(cfg, task.num_labels, [(ex.text_a, ex.text_b) for ex in task.train])
-    tok = roles.tokenizer_dir
-    if tok is None:
-        raise UserError(f"student.init={cfg.student.init} has no tokenizer files (vocab.txt or "
-                        f"tokenizer.json) to encode the task with; a random student takes them "
-                        f"from teacher.path (e.g. teacher.path=package:minilm).")
-    regression = task.num_labels == 1
-    train = tasks.encode(task.train, tok, cfg.seq_len, regression)
+    tok, regression = roles.tokenizer_dir, task.num_labels == 1
+    train_arrays = tasks.encode(task.train, tok, cfg.seq_len, regression)
     dev = tasks.encode(task.dev, tok, cfg.seq_len, regression)
-    check_train_arrays(cfg, roles.method, train, task.num_labels)
-    batches = tasks.TaskBatches(train, cfg.batch_size, cfg.seed)
+    check_train_arrays(cfg, roles.method, train_arrays, task.num_labels)
+    batches = tasks.TaskBatches(train_arrays, cfg.batch_size, cfg.seed)
     steps = total_steps(cfg, batches)
-    source = TaskSource(batches)
-    setup = loop.assemble(cfg, sharding.make_mesh(cfg.mesh), roles, total_steps=steps,
-                          batch_spec=source.spec)
-    loop.check_batch(cfg.batch_size, cfg.optimizer.grad_accum, setup.mesh)
-    loop.check_batch(cfg.eval_batch_size, 1, setup.mesh, key="eval_batch_size")
-    loop.start_run_dir(setup)
     header = (f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev examples, "
               f"{batches.steps_per_epoch} steps per epoch, {steps} steps; method "
               f"{cfg.method.name}; dev metric {task.select_metric}")
-    summary = loop.run(loop.Job(setup, source, total_steps=steps, seq_len=cfg.seq_len,
-                                evaluator=DevEvaluator(setup, task, dev, cfg.eval_batch_size),
-                                eval_every=cfg.eval_every, select=cfg.select, header=header,
-                                command="jaxdistill finetune",
-                                label_names=task.label_names))
+    summary = train(cfg, roles, task_source(batches), total_steps=steps, seq_len=cfg.seq_len,
+                    header=header, label_names=task.label_names,
+                    evaluator=lambda setup: DevEvaluator(setup, task, dev, cfg.eval_batch_size))
     return {**summary, "task": task.name}
 
 
@@ -256,7 +204,7 @@ def pass_rate(predict, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray
     return len(logits) / max(seconds, 1e-9)
 
 
-def evaluate_model(model_ref: str, task_cfg: config_lib.TaskConfig, seq_len: int,
+def evaluate_model(model_ref: str, task_cfg: TaskConfig, seq_len: int,
                    batch_size: int, split: str = "dev", predictions: str | None = None) -> dict:
     """A checkpoint or model directory's classifier on a task's dev set: metrics, size, FLOPs,
     examples/s; with `predictions`, each example's label and prediction written there (JSON
@@ -292,7 +240,33 @@ def evaluate_model(model_ref: str, task_cfg: config_lib.TaskConfig, seq_len: int
 def prediction_rows(logits: np.ndarray, labels: np.ndarray, num_labels: int,
                     task: str | None = None) -> list[dict]:
     """Per example: its gold label and the model's prediction (and task, for several)."""
-    preds = task_metrics.predictions_from_logits(logits, num_labels)
+    preds = predictions_from_logits(logits, num_labels)
     extra = {"task": task} if task else {}
     return [{**extra, "label": y.item(), "prediction": p.item()}
             for y, p in zip(np.asarray(labels)[:len(preds)], np.asarray(preds))]
+
+
+def speed_sweep(cfg: FinetuneConfig, request: EvaluateRequest) -> dict:
+    """FastBERT's adaptive inference at each exit threshold (`evaluate --speeds`)."""
+    from jaxdistill.inference import early_exit
+
+    speeds = early_exit.parse_speeds(request.speeds)
+    report_dir = request.report_dir or Path(request.model).expanduser().parent / "speed_sweep"
+    report = early_exit.speed_sweep(request.model, cfg.task, cfg.seq_len, cfg.eval_batch_size,
+                                    speeds, report_dir, latency_examples=request.latency_examples)
+    return {k: report[k] for k in ("model", "task", "report", "plot")} | {"rows": report["rows"]}
+
+
+def evaluate(cfg: FinetuneConfig, request: EvaluateRequest) -> dict:
+    """`jaxdistill evaluate` of a classifier: metrics, size and speed, or the FastBERT sweep."""
+    if request.speeds is not None:
+        return speed_sweep(cfg, request)
+    if request.split == "test":
+        raise UserError("--split test: only sequence-to-sequence tasks have a test split here; "
+                        "use dev or train.")
+    return evaluate_model(request.model, cfg.task, cfg.seq_len, cfg.eval_batch_size,
+                          split=request.split, predictions=request.predictions)
+
+
+register(DataKind("task", FinetuneConfig, run, "one classification task (`task`)",
+                  default_recipe="task/teacher.yaml", evaluate=evaluate))

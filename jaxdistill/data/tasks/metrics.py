@@ -103,3 +103,10 @@ def predictions_from_logits(logits: np.ndarray, num_labels: int) -> np.ndarray:
     if num_labels == 1:
         return logits.reshape(logits.shape[0], -1)[:, 0].astype(np.float64)
     return np.argmax(logits, axis=-1).astype(np.int64)
+
+
+def score_logits(logits: np.ndarray, labels: np.ndarray, num_labels: int,
+                 metric_names: Sequence[str]) -> dict[str, float]:
+    """The named metrics of a classifier's (or regressor's) logits against the labels."""
+    preds = predictions_from_logits(logits, num_labels)
+    return compute(metric_names, preds, labels[:len(preds)])

@@ -1,4 +1,4 @@
-"""Multi-task training (`jaxdistill finetune` with `tasks:`, method mtdnn) and its evaluation.
+"""Several tasks at once (`jaxdistill finetune` with `tasks:`, method mtdnn) and its evaluation.
 
 The one loop with MultiTaskBatches (data/tasks/multitask.py) as the data and an evaluator that
 scores every task's dev set on its span of the shared output layer; the best checkpoint is
@@ -16,34 +16,37 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxdistill import checkpoint, config as config_lib, loading, sharding, significance
-from jaxdistill.config import FinetuneConfig, TaskConfig
+from jaxdistill import checkpoint, config as config_lib, loading, significance
+from jaxdistill.config import TaskConfig, TaskRunConfig
 from jaxdistill.data import tasks
+from jaxdistill.data.tasks.metrics import score_logits
 from jaxdistill.data.tasks.multitask import MultiTaskBatches, Span, spans_of, task_arrays
 from jaxdistill.errors import UserError
-from jaxdistill.methods import method_class
-from jaxdistill.train import finetune, loop
+from jaxdistill.train import loop
+from jaxdistill.train.kinds import task as one_task
+from jaxdistill.train.kinds.base import (DataKind, EvaluateRequest, register, task_source,
+                                         total_steps, train)
 
 AVERAGE = "average"  # the dev metric that selects the best checkpoint
 
 
-def load_tasks(cfg: FinetuneConfig) -> list[tuple[str, tasks.TaskData]]:
+@dataclasses.dataclass(frozen=True)
+class MultiTaskConfig(TaskRunConfig):
+    """`jaxdistill finetune` of one student on several tasks at once (method mtdnn).
+
+    tasks: {task id: task keys}. A task's `name` defaults to its id; its `augmented` file may
+    carry ensemble soft targets (`jaxdistill augment` method ensemble).
+    """
+
+    tasks: dict[str, TaskConfig] = dataclasses.field(default_factory=dict)
+
+
+def load_tasks(cfg: MultiTaskConfig) -> list[tuple[str, tasks.TaskData]]:
     """(task id, TaskData) of every task of a multi-task recipe, in recipe order."""
-    cls = method_class(cfg.method.name)
-    if not cls.multi_task:
-        raise UserError(f"tasks: names {len(cfg.tasks)} tasks ({', '.join(cfg.tasks)}), but "
-                        f"method '{cfg.method.name}' trains on one (`task`). Use method mtdnn "
-                        f"(configs/task/mtdnn/student.yaml), or drop `tasks`.")
     if not cfg.tasks:
         raise UserError(f"method '{cfg.method.name}' trains one student on several tasks: list "
                         f"them under `tasks` ({{id: {{name, source, ...}}}}, as in "
                         f"configs/task/mtdnn/student.yaml).")
-    if cfg.task != TaskConfig():
-        set_keys = [k for k, v in config_lib.to_dict(cfg.task).items()
-                    if v != getattr(TaskConfig(), k)]
-        raise UserError(f"task.{', task.'.join(set_keys)} would be ignored: this run trains on "
-                        f"`tasks` ({', '.join(cfg.tasks)}); set those keys per task, e.g. "
-                        f"tasks.{next(iter(cfg.tasks))}.{set_keys[0]}.")
     out = []
     for task_id, task_cfg in cfg.tasks.items():
         task = tasks.load_task(task_cfg)
@@ -55,7 +58,7 @@ def load_tasks(cfg: FinetuneConfig) -> list[tuple[str, tasks.TaskData]]:
     return out
 
 
-def span_meta(spans: list[Span], cfg: FinetuneConfig) -> list[dict]:
+def span_meta(spans: list[Span], cfg: MultiTaskConfig) -> list[dict]:
     """Each task's span and the task keys it was read with (so `evaluate` needs no recipe)."""
     return [{"task_id": s.task_id, "name": s.name, "label_start": s.label_start,
              "num_labels": s.num_labels,
@@ -72,7 +75,7 @@ class MultiTaskEvaluator:
     def __init__(self, setup: loop.Setup, spans: list[Span], devs: list[dict[str, np.ndarray]],
                  batch_size: int):
         self.spans, self.devs, self.batch_size = spans, devs, batch_size
-        self.predict, self.batch_sh = finetune.make_predict(
+        self.predict, self.batch_sh = one_task.make_predict(
             setup.student, setup.state_sh.params["student"], setup.mesh)
 
     def __call__(self, student_params: Any) -> tuple[dict[str, float], float]:
@@ -88,47 +91,39 @@ def score_tasks(predict, batch_sh: dict, params: Any, spans: list[Span],
     `per_example` when one is given."""
     values, selected, rows, seconds = {}, [], 0, 0.0
     for span, dev in zip(spans, devs):
-        logits, spent = finetune.set_logits(predict, batch_sh, params, dev, batch_size)
+        logits, spent = one_task.set_logits(predict, batch_sh, params, dev, batch_size)
         logits = logits[:, span.label_start:span.label_stop]
-        scores = finetune.score_logits(logits, dev["labels"], span.num_labels, span.metrics)
+        scores = score_logits(logits, dev["labels"], span.num_labels, span.metrics)
         values.update({f"{span.task_id}_{k}": v for k, v in scores.items()})
         selected.append(scores[span.select_metric])
         rows, seconds = rows + len(logits), seconds + spent
         if per_example is not None:
-            per_example += finetune.prediction_rows(logits, dev["labels"], span.num_labels,
+            per_example += one_task.prediction_rows(logits, dev["labels"], span.num_labels,
                                                     span.task_id)
     values[AVERAGE] = float(np.mean(selected))
     return values, rows / max(seconds, 1e-9)
 
 
-def run(cfg: FinetuneConfig) -> dict:
+def run(cfg: MultiTaskConfig) -> dict:
     """Train one student on every task of `cfg.tasks`; returns a summary with the best dev
     average and each task's dev metrics at that step."""
+    config_lib.check_ranges(cfg)
     loaded = load_tasks(cfg)
     spans = spans_of(loaded)
     width = spans[-1].label_stop
     texts = [(ex.text_a, ex.text_b) for _, task in loaded for ex in task.train]
-    roles = finetune.build_roles(cfg, width, texts)
+    roles = one_task.build_roles(cfg, width, texts)
     tok = roles.tokenizer_dir
-    if tok is None:
-        raise UserError(f"student.init={cfg.student.init} has no tokenizer files (vocab.txt or "
-                        f"tokenizer.json) to encode the tasks with.")
     per_task, devs, taught = [], [], []
     for k, (span, (_, task)) in enumerate(zip(spans, loaded)):
         regression = span.num_labels == 1
-        train = tasks.encode(task.train, tok, cfg.seq_len, regression)
-        taught.append("soft_targets" in train)
-        per_task.append(tasks.TaskBatches(task_arrays(train, span, width), cfg.batch_size,
+        train_arrays = tasks.encode(task.train, tok, cfg.seq_len, regression)
+        taught.append("soft_targets" in train_arrays)
+        per_task.append(tasks.TaskBatches(task_arrays(train_arrays, span, width), cfg.batch_size,
                                           cfg.seed + k))
         devs.append(tasks.encode(task.dev, tok, cfg.seq_len, regression))
     batches = MultiTaskBatches(per_task, cfg.seed)
-    steps = finetune.total_steps(cfg, batches)
-    source = finetune.TaskSource(batches)
-    setup = loop.assemble(cfg, sharding.make_mesh(cfg.mesh), roles, total_steps=steps,
-                          batch_spec=source.spec)
-    loop.check_batch(cfg.batch_size, cfg.optimizer.grad_accum, setup.mesh)
-    loop.check_batch(cfg.eval_batch_size, 1, setup.mesh, key="eval_batch_size")
-    loop.start_run_dir(setup)
+    steps = total_steps(cfg, batches)
     listing = ", ".join(f"{s.task_id} ({len(t.train)} train / {len(t.dev)} dev, {b.steps_per_epoch}"
                         f" batches, classes {s.label_start}..{s.label_stop - 1}"
                         f"{', soft targets' if soft else ''})"
@@ -136,12 +131,11 @@ def run(cfg: FinetuneConfig) -> dict:
     header = (f"{len(spans)} tasks: {listing}; {batches.steps_per_epoch} steps per epoch, "
               f"{steps} steps; method {cfg.method.name}; dev metric: the average of "
               f"{', '.join(f'{s.task_id} {s.select_metric}' for s in spans)}")
-    summary = loop.run(loop.Job(setup, source, total_steps=steps, seq_len=cfg.seq_len,
-                                evaluator=MultiTaskEvaluator(setup, spans, devs,
-                                                             cfg.eval_batch_size),
-                                eval_every=cfg.eval_every, select=cfg.select, header=header,
-                                command="jaxdistill finetune (multi-task)",
-                                tasks=span_meta(spans, cfg)))
+    summary = train(cfg, roles, task_source(batches), total_steps=steps, seq_len=cfg.seq_len,
+                    header=header, command="jaxdistill finetune (multi-task)",
+                    tasks=span_meta(spans, cfg),
+                    evaluator=lambda setup: MultiTaskEvaluator(setup, spans, devs,
+                                                               cfg.eval_batch_size))
     best = Path(cfg.run_dir) / loop.BEST_DIR
     if best.is_dir():
         info = checkpoint.read_meta(checkpoint.find_step_dir(best)).get("best", {})
@@ -153,7 +147,7 @@ def run(cfg: FinetuneConfig) -> dict:
 # `jaxdistill evaluate` of a multi-task model
 
 
-def evaluate_model(model_ref: str, cfg: FinetuneConfig, predictions: str | None = None) -> dict:
+def evaluate_model(model_ref: str, cfg: MultiTaskConfig, predictions: str | None = None) -> dict:
     """Every task's dev metrics of a multi-task checkpoint (its spans from the metadata, its
     tasks from the recipe or else the run's own config) or of its export (a directory with
     tasks.json: one model directory per task, tasks from the recipe); with `predictions`, every
@@ -165,7 +159,7 @@ def evaluate_model(model_ref: str, cfg: FinetuneConfig, predictions: str | None 
     if (path / "tasks.json").is_file():
         listing = json.loads((path / "tasks.json").read_text())
         task_cfgs = _task_configs(cfg, listing, model_ref)
-        out = {t["task_id"]: finetune.evaluate_model(str(path / t["dir"]), task_cfgs[t["task_id"]],
+        out = {t["task_id"]: one_task.evaluate_model(str(path / t["dir"]), task_cfgs[t["task_id"]],
                                                      cfg.seq_len, cfg.eval_batch_size)
                for t in listing}
         selected = [r[f"dev_{r['metric']}"] for r in out.values()]
@@ -173,12 +167,12 @@ def evaluate_model(model_ref: str, cfg: FinetuneConfig, predictions: str | None 
     step_dir = checkpoint.find_step_dir(model_ref)
     meta = checkpoint.read_meta(step_dir)
     if not meta.get("tasks"):
-        raise UserError(f"{model_ref} is a single-task model; evaluate it with `task.*` keys "
-                        f"(no `tasks`).")
+        raise UserError(f"{model_ref} is a single-task model; evaluate it with a one-task "
+                        f"recipe (`task.*` keys, e.g. --config configs/task/teacher.yaml).")
     ids = [t["task_id"] for t in meta["tasks"]]
     task_cfgs = _task_configs(cfg, meta["tasks"], model_ref)
     model, params, tok = loading.load_pretrained(model_ref)
-    predict, batch_sh, params, mesh = finetune.placed_predict(model, params)
+    predict, batch_sh, params, mesh = one_task.placed_predict(model, params)
     spans, devs = [], []
     for t in meta["tasks"]:
         task = tasks.load_task(task_cfgs[t["task_id"]])
@@ -204,7 +198,7 @@ def evaluate_model(model_ref: str, cfg: FinetuneConfig, predictions: str | None 
                if predictions else {})}
 
 
-def _task_configs(cfg: FinetuneConfig, spans: list[dict], model_ref: str
+def _task_configs(cfg: MultiTaskConfig, spans: list[dict], model_ref: str
                   ) -> dict[str, TaskConfig]:
     """Each head's task keys: the recipe's `tasks.<id>` when it has them, else those the model
     was trained with (its metadata)."""
@@ -221,3 +215,27 @@ def _task_configs(cfg: FinetuneConfig, spans: list[dict], model_ref: str
                             f"(e.g. configs/task/mtdnn/student.yaml).")
     # Only the dev set is read: a teacher-written train file need not be at hand.
     return {k: dataclasses.replace(v, augmented="") for k, v in out.items()}
+
+
+def is_multitask(model_ref: str) -> bool:
+    """A multi-task checkpoint (spans in its metadata) or its export (tasks.json)."""
+    path = Path(model_ref).expanduser()
+    if (path / "tasks.json").is_file():
+        return True
+    try:
+        return bool(checkpoint.read_meta(checkpoint.find_step_dir(path)).get("tasks"))
+    except (UserError, OSError, ValueError):
+        return False  # not a checkpoint: the evaluating kind names what is wrong
+
+
+def evaluate(cfg: MultiTaskConfig, request: EvaluateRequest) -> dict:
+    """`jaxdistill evaluate` of a multi-task model: every task's dev metrics."""
+    if request.split != "dev" or request.speeds is not None:
+        raise UserError("a multi-task model is evaluated on every task's dev set; --split and "
+                        "--speeds apply to one task.")
+    return evaluate_model(request.model, cfg, request.predictions)
+
+
+register(DataKind("tasks", MultiTaskConfig, run, "several tasks at once (`tasks`)",
+                  default_recipe="task/mtdnn/student.yaml", evaluate=evaluate,
+                  owns_model=is_multitask))

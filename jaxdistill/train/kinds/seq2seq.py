@@ -1,4 +1,5 @@
-"""`jaxdistill finetune` on a sequence-to-sequence task (method cmlm), and its evaluation.
+"""A sequence-to-sequence task (source -> target text), `jaxdistill finetune` with method cmlm,
+and its evaluation.
 
 The one loop (train/loop.py) with the task's batches, a pure function of the step as in the
 classification stage, so the same command on the same run_dir resumes exactly:
@@ -10,12 +11,18 @@ classification stage, so the same command on the same run_dir resumes exactly:
   dev evaluator decodes greedily and scores sacreBLEU.
 `evaluate_model` is `jaxdistill evaluate` for both: BLEU (greedy or beam) and sample outputs of a
 student, masked-token accuracy of a teacher.
+
+A method that trains on this kind declares `data_kind` 'seq2seq' and its options carry `stage`
+('teacher': the conditional MLM; else the Seq2Seq student), `mask_probability`, `alpha`,
+`top_k` and `embeddings_from_teacher`, which choose the data and the student built here.
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -23,56 +30,68 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill import config as config_lib, loading, models, sharding, significance
-from jaxdistill.config import FinetuneConfig
+from jaxdistill.config import TaskConfig, TaskRunConfig
 from jaxdistill.data import seq2seq as s2s
 from jaxdistill.data import tasks
+from jaxdistill.data.placement import device_batches
 from jaxdistill.errors import UserError
 from jaxdistill.inference import generate as gen
 from jaxdistill.methods import build_method, method_class, parse_options
 from jaxdistill.methods.base import STUDENT
-from jaxdistill.teacher_data.cmlm_topk import read_topk, vocabulary_dir
 from jaxdistill.train import loop
-from jaxdistill.train.feed import to_global
-from jaxdistill.train.finetune import TaskSource, process_rows, total_steps
+from jaxdistill.train.kinds.base import (DataKind, EvaluateRequest, StepSource, register,
+                                         task_source, total_steps, train)
 
 DEV_MASK_SEED = 20200501  # one fixed masking of the dev pairs, the same for every evaluation
 MASK_KEYS = ("input_ids", "attention_mask", "token_type_ids", "masked_positions", "masked_ids",
              "masked_weights")
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """How a sequence-to-sequence student writes its outputs in `jaxdistill evaluate`
+    (beam_size 1: greedy). Dev BLEU during training (checkpoint selection) is always greedy, one
+    pass, and so is the export's generation_config.json."""
+
+    _RANGES: ClassVar[dict[str, str]] = {"beam_size": "[1, inf)", "length_penalty": "[0, inf)",
+                                          "samples": "[0, inf)", "length_penalty_form": "hf|wu"}
+
+    beam_size: int = 5  # Distill-BERT-Textgen's evaluation: beam 5, length penalty 0.6
+    length_penalty: float = 0.6  # alpha of the length normaliser
+    # 'hf': score = sum log p / n ** alpha (Hugging Face's); 'wu': / ((5 + n) / 6) ** alpha
+    # (Wu et al. 2016; OpenNMT's, which the reference decodes with)
+    length_penalty_form: str = "hf"
+    samples: int = 5  # outputs printed with the scores
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqRunConfig(TaskRunConfig):
+    """`jaxdistill finetune` on a sequence-to-sequence task (method cmlm).
+
+    target_len: the target's slots, its tokens and its end token (seq_len is the source's); the
+    C-MLM teacher reads seq_len + target_len. decode: how `jaxdistill evaluate` writes outputs.
+    """
+
+    _RANGES: ClassVar[dict[str, str]] = {**TaskRunConfig._RANGES, "target_len": "[2, inf)"}
+
+    task: TaskConfig = TaskConfig(name="wordnet_definitions")
+    target_len: int = 32
+    decode: DecodeConfig = DecodeConfig()
+
+
 # --------------------------------------------------------------------------------------------
 # Stage teacher: conditional MLM
 
 
-class MaskedSource(TaskSource):
-    """Task batches of [CLS] X [SEP] Y [SEP] whose target tokens are masked anew every step."""
+def masked_source(batches: tasks.TaskBatches, probability: float, predictions: int,
+                  mask_id: int, seed: int) -> StepSource:
+    """Task batches of [CLS] X [SEP] Y [SEP] whose target tokens are masked anew every step
+    (seeded by (seed, step): a pure function of the step)."""
+    def make(step: int) -> dict[str, np.ndarray]:
+        return s2s.mask_targets(batches.arrays, batches.indices(step), probability, predictions,
+                                np.random.default_rng([seed, step]), mask_id)
 
-    def __init__(self, batches: tasks.TaskBatches, probability: float, predictions: int,
-                 mask_id: int, seed: int):
-        self.batches = batches
-        self.probability, self.predictions = probability, predictions
-        self.mask_id, self.seed = mask_id, seed
-        self.spec = {k: 2 for k in MASK_KEYS}
-
-    def iterator(self, start: int, saved_state: Any) -> "_MaskedBatches":
-        del saved_state
-        return _MaskedBatches(self, start)
-
-
-class _MaskedBatches:
-    def __init__(self, source: MaskedSource, start: int):
-        self.source, self.step = source, start
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        s = self.source
-        rows = s.batches.indices(self.step)
-        batch = s2s.mask_targets(s.batches.arrays, rows, s.probability, s.predictions,
-                                 np.random.default_rng([s.seed, self.step]), s.mask_id)
-        self.step += 1
-        return process_rows(batch)
-
-    def get_state(self) -> None:
-        return None
+    return StepSource(make, {k: 2 for k in MASK_KEYS})
 
 
 def masked_scores(model: models.Model, params_sh: Any, mesh: jax.sharding.Mesh):
@@ -96,16 +115,15 @@ def masked_scores(model: models.Model, params_sh: Any, mesh: jax.sharding.Mesh):
 def masked_metrics(scores_fn, batch_sh: dict, params: Any, masked: dict[str, np.ndarray],
                    batch_size: int) -> dict[str, float]:
     total = np.zeros(3)
-    for batch in tasks.eval_batches(masked, batch_size):
-        batch["masked_weights"] = batch["masked_weights"] * batch.pop("weights")[:, None]
-        inputs = to_global(process_rows(batch), batch_sh, batch_size)
+    for inputs, _ in device_batches(masked, MASK_KEYS, batch_sh, batch_size,
+                                    weights_into="masked_weights"):
         total += np.asarray(jax.device_get(scores_fn(params, inputs)))
     hits, nll, count = total
     return {"masked_accuracy": hits / max(count, 1), "masked_ppl": float(np.exp(nll / max(count, 1))),
             "masked_tokens": int(count)}
 
 
-def fixed_dev_masks(pairs: list[s2s.Pair], tokenizer_dir: Path, cfg: FinetuneConfig,
+def fixed_dev_masks(pairs: list[s2s.Pair], tokenizer_dir: Path, cfg: Seq2SeqRunConfig,
                     probability: float, predictions: int) -> dict[str, np.ndarray]:
     arrays = s2s.encode_conditional(pairs, tokenizer_dir, cfg.seq_len, cfg.target_len)
     mask_id = s2s.specials(tokenizer_dir).mask
@@ -123,15 +141,13 @@ class MaskedDevEvaluator:
                                                    setup.state_sh.params["student"], setup.mesh)
 
     def __call__(self, student_params: Any) -> tuple[dict[str, float], float]:
-        import time
-
         t0 = time.perf_counter()
         values = masked_metrics(self.scores, self.batch_sh, student_params, self.masked,
                                 self.batch_size)
         return values, len(self.masked["input_ids"]) / max(time.perf_counter() - t0, 1e-9)
 
 
-def _run_teacher(cfg: FinetuneConfig, task: s2s.Seq2SeqTask, options: Any) -> dict:
+def _run_teacher(cfg: Seq2SeqRunConfig, task: s2s.Seq2SeqTask, options: Any) -> dict:
     roles = loop.build_roles(cfg)
     tok = roles.tokenizer_dir
     if tok is None:
@@ -140,8 +156,8 @@ def _run_teacher(cfg: FinetuneConfig, task: s2s.Seq2SeqTask, options: Any) -> di
     predictions = s2s.max_masked(cfg.target_len, options.mask_probability)
     arrays = s2s.encode_conditional(task.train, tok, cfg.seq_len, cfg.target_len)
     batches = tasks.TaskBatches(arrays, cfg.batch_size, cfg.seed)
-    source = MaskedSource(batches, options.mask_probability, predictions,
-                          s2s.specials(tok).mask, cfg.seed)
+    source = masked_source(batches, options.mask_probability, predictions,
+                           s2s.specials(tok).mask, cfg.seed)
     dev = fixed_dev_masks(task.dev, tok, cfg, options.mask_probability, predictions)
     header = (f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev pairs; "
               f"conditional MLM over [CLS] X [SEP] Y [SEP] ({cfg.seq_len} + {cfg.target_len} "
@@ -178,9 +194,8 @@ def cross_entropy(scores_fn, batch_sh: dict, params: Any, arrays: dict[str, np.n
                   batch_size: int) -> float:
     """Nats per target token of `arrays` (teacher-forced, no label smoothing)."""
     total = np.zeros(2)
-    for batch in tasks.eval_batches({k: arrays[k] for k in PAIR_KEYS}, batch_size):
-        batch["label_weights"] = batch["label_weights"] * batch.pop("weights")[:, None]
-        inputs = to_global(process_rows(batch), batch_sh, batch_size)
+    for inputs, _ in device_batches(arrays, PAIR_KEYS, batch_sh, batch_size,
+                                    weights_into="label_weights"):
         total += np.asarray(jax.device_get(scores_fn(params, inputs)))
     return float(total[0] / max(total[1], 1.0))
 
@@ -235,12 +250,12 @@ class Seq2SeqDevEvaluator:
                  **reliance}, speed["sentences_per_sec"])
 
 
-def student_vocabulary(cfg: FinetuneConfig, task: s2s.Seq2SeqTask) -> Path:
+def student_vocabulary(cfg: Seq2SeqRunConfig, task: s2s.Seq2SeqTask) -> Path:
     """run_dir/vocabulary: the top-K file's vocabulary when distilling (the teacher's ids were
     written in it), else built the same way from teacher.path's tokenizer."""
     out = Path(cfg.run_dir) / loop.VOCAB_DIR
     if cfg.task.augmented:
-        src = vocabulary_dir(cfg.task.augmented)
+        src = s2s.vocabulary_dir(cfg.task.augmented)
         if not (src / "vocab.txt").is_file():
             raise UserError(f"task.augmented={cfg.task.augmented} has no vocabulary beside it "
                             f"({src}/vocab.txt); rerun `jaxdistill augment` method cmlm_topk.")
@@ -262,7 +277,7 @@ def student_vocabulary(cfg: FinetuneConfig, task: s2s.Seq2SeqTask) -> Path:
     return s2s.write_vocabulary(tok, task.train, out)
 
 
-def build_student(cfg: FinetuneConfig, vocab_dir: Path, method_cls, options) -> loop.Roles:
+def build_student(cfg: Seq2SeqRunConfig, vocab_dir: Path, method_cls, options) -> loop.Roles:
     if cfg.student.init not in ("default", "random"):
         raise UserError(f"student.init={cfg.student.init}: the C-MLM student starts from random "
                         f"weights on its own vocabulary (student.init: random).")
@@ -304,10 +319,10 @@ def teacher_word_rows(teacher_ref: str, vocab_dir: Path, width: int, std: float
     return models.base.projected_rows(table[[teacher_vocab[p] for p in pieces]], width, std)
 
 
-def with_teacher_targets(cfg: FinetuneConfig, arrays: dict[str, np.ndarray], top_k: int
+def with_teacher_targets(cfg: Seq2SeqRunConfig, arrays: dict[str, np.ndarray], top_k: int
                          ) -> dict[str, np.ndarray]:
     """The training arrays with the top-K file's targets, checked row by row against them."""
-    topk = read_topk(cfg.task.augmented)
+    topk = s2s.read_topk(cfg.task.augmented)
     n, t = arrays["labels"].shape
     if len(topk["target_ids"]) != n:
         raise UserError(f"task.augmented={cfg.task.augmented} has {len(topk['target_ids'])} "
@@ -329,7 +344,7 @@ def with_teacher_targets(cfg: FinetuneConfig, arrays: dict[str, np.ndarray], top
             "topk_logits": pad(topk["topk_logits"][..., :top_k])}
 
 
-def _run_student(cfg: FinetuneConfig, task: s2s.Seq2SeqTask, method_cls, options) -> dict:
+def _run_student(cfg: Seq2SeqRunConfig, task: s2s.Seq2SeqTask, method_cls, options) -> dict:
     if options.alpha > 0 and not cfg.task.augmented:
         raise UserError(f"method.options.alpha={options.alpha} distils from the teacher's top-K "
                         f"targets: name them in task.augmented (written by `jaxdistill augment "
@@ -348,7 +363,7 @@ def _run_student(cfg: FinetuneConfig, task: s2s.Seq2SeqTask, method_cls, options
     header = (f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev pairs; "
               f"seq2seq student, vocabulary {roles.models[STUDENT].config.vocab_size} pieces; "
               f"{kd}; best checkpoint by dev cross entropy")
-    return _train(cfg, roles, TaskSource(batches), batches, Seq2SeqDevEvaluator, dev, header,
+    return _train(cfg, roles, task_source(batches), batches, Seq2SeqDevEvaluator, dev, header,
                   seq_len=cfg.seq_len + cfg.target_len, predictions=None, task=task)
 
 
@@ -367,22 +382,14 @@ def _train(cfg, roles, source, batches, evaluator_cls, dev, header, *, seq_len, 
                         f"positions; the '{student.kind}' model has {longest}. Shorten them or "
                         f"give the model more positions.")
     steps = total_steps(cfg, batches)
-    setup = loop.assemble(cfg, sharding.make_mesh(cfg.mesh), roles, total_steps=steps,
-                          batch_spec=source.spec)
-    loop.check_batch(cfg.batch_size, cfg.optimizer.grad_accum, setup.mesh)
-    loop.check_batch(cfg.eval_batch_size, 1, setup.mesh, key="eval_batch_size")
-    loop.start_run_dir(setup)
-    summary = loop.run(loop.Job(setup, source, total_steps=steps, seq_len=seq_len,
-                                evaluator=evaluator_cls(setup, dev, cfg.eval_batch_size),
-                                eval_every=cfg.eval_every, select=cfg.select,
-                                predictions_per_seq=predictions,
-                                header=header + f"; {batches.steps_per_epoch} steps per epoch, "
-                                                f"{steps} steps",
-                                command="jaxdistill finetune"))
+    summary = train(cfg, roles, source, total_steps=steps, seq_len=seq_len,
+                    predictions_per_seq=predictions,
+                    header=header + f"; {batches.steps_per_epoch} steps per epoch, {steps} steps",
+                    evaluator=lambda setup: evaluator_cls(setup, dev, cfg.eval_batch_size))
     return {**summary, "task": task.name}
 
 
-def run(cfg: FinetuneConfig) -> dict:
+def run(cfg: Seq2SeqRunConfig) -> dict:
     """C-MLM's stage `method.options.stage` to the end; returns the loop's summary."""
     config_lib.check_ranges(cfg)
     method_cls = method_class(cfg.method.name)
@@ -400,7 +407,7 @@ def run(cfg: FinetuneConfig) -> dict:
 # `jaxdistill evaluate`
 
 
-def evaluate_model(model_ref: str, cfg: FinetuneConfig, split: str = "dev",
+def evaluate_model(model_ref: str, cfg: Seq2SeqRunConfig, split: str = "dev",
                    predictions: str | None = None) -> dict:
     """A seq2seq student's BLEU (cfg.decode: greedy or beam), its cross entropy with true and
     with shuffled sources, distinct outputs, decoding speed and sample outputs (every output
@@ -418,7 +425,7 @@ def evaluate_model(model_ref: str, cfg: FinetuneConfig, split: str = "dev",
     head = {"model": str(model_ref), "task": task.name, "split": split, "pairs": len(pairs),
             "parameters": n_params, "device": jax.devices()[0].device_kind}
     if model.config.head == "mlm":
-        options = parse_options(method_class("cmlm"), {})
+        options = parse_options(method_class(cfg.method.name), cfg.method.options)
         if predictions is not None:
             raise UserError(f"--predictions writes a seq2seq student's outputs; {model_ref} is a "
                             f"conditional-MLM teacher.")
@@ -453,3 +460,17 @@ def evaluate_model(model_ref: str, cfg: FinetuneConfig, split: str = "dev",
             "length_penalty": d.length_penalty, "length_penalty_form": d.length_penalty_form,
             "max_len": cfg.target_len,
             "batch_size": cfg.eval_batch_size, **speed, **written, "samples": samples}
+
+
+def evaluate(cfg: Seq2SeqRunConfig, request: EvaluateRequest) -> dict:
+    """`jaxdistill evaluate` of a seq2seq student (BLEU, ...) or a conditional-MLM teacher."""
+    if request.speeds is not None:
+        raise UserError("--speeds is FastBERT's adaptive inference of a classifier; a "
+                        "sequence-to-sequence model has no exit branches.")
+    return evaluate_model(request.model, cfg, split=request.split,
+                          predictions=request.predictions)
+
+
+register(DataKind("seq2seq", Seq2SeqRunConfig, run,
+                  "a sequence-to-sequence task (`task`, `target_len`, `decode`)",
+                  default_recipe="task/cmlm_student.yaml", evaluate=evaluate))

@@ -1,20 +1,52 @@
-"""General distillation, `jaxdistill pretrain`: the one loop (train/loop.py) on MLM corpus batches.
+"""The MLM corpus, `jaxdistill pretrain`: general distillation on a text corpus.
 
-What is particular to pretraining: the corpus is tokenized once into ArrayRecord shards
-(`prepare_data`), batches come from the grain loader whose iterator state is checkpointed, the
-teacher defines the vocabulary, and the final student is exported.
+What is particular to it: the corpus is tokenized once into ArrayRecord shards (`prepare_data`),
+batches come from the grain loader whose iterator state is checkpointed, the teacher defines the
+vocabulary, and the final student is exported.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 from jax.experimental import multihost_utils
 
 from jaxdistill import sharding
-from jaxdistill.config import PretrainConfig
+from jaxdistill.config import RunConfig
 from jaxdistill.errors import UserError
 from jaxdistill.train import loop
+from jaxdistill.train.kinds.base import DataKind, register
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Corpus and masking. `corpus` is a local file/dir/glob, `package:imdb`, or `tfds:NAME`."""
+
+    _RANGES: ClassVar[dict[str, str]] = {"max_documents": "[0, inf)", "mlm_probability": "(0, 1)",
+                                          "mlm_smoothing": "[0, inf)", "num_workers": "[0, inf)",
+                                          "prefetch": "[0, inf)"}
+
+    corpus: str = "package:imdb"
+    prepared_dir: str = ""  # default: <run_dir>/data
+    format: str = "documents"  # 'documents' (packed) or 'pairs' (sentence pairs, NSP-style A/B)
+    text_column: str = "text"
+    max_documents: int = 0  # 0 = all
+    mlm_probability: float = 0.15
+    mlm_smoothing: float = 0.0  # DistilBERT: mask tokens with prob ~ freq^-smoothing (0.7); 0 = uniform
+    num_workers: int = 0
+    prefetch: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig(RunConfig):
+    """`jaxdistill pretrain`: general distillation on a text corpus."""
+
+    _RANGES: ClassVar[dict[str, str]] = {**RunConfig._RANGES, "steps": "[1, inf)"}
+
+    data: DataConfig = DataConfig()
+
 
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "masked_positions", "masked_ids",
               "masked_weights")
@@ -51,7 +83,7 @@ def prepare_data(cfg: PretrainConfig, tokenizer_dir: Path | None) -> Path:
     return out
 
 
-class MlmCorpus:
+class CorpusSource:
     """The loop's data source: masked global batches from the grain loader (checkpointed state)."""
 
     spec = BATCH_SPEC
@@ -78,7 +110,12 @@ def run(cfg: PretrainConfig) -> dict:
     setup = build(cfg)
     loop.check_batch(cfg.batch_size, cfg.optimizer.grad_accum, setup.mesh)
     loop.start_run_dir(setup)
-    source = MlmCorpus(cfg, prepare_data(cfg, setup.roles.tokenizer_dir))
+    source = CorpusSource(cfg, prepare_data(cfg, setup.roles.tokenizer_dir))
     return loop.run(loop.Job(setup, source, total_steps=cfg.steps, seq_len=cfg.seq_len,
                              predictions_per_seq=source.loader.max_predictions,
                              command="jaxdistill pretrain"))
+
+
+register(DataKind("mlm_corpus", PretrainConfig, run,
+                  "a text corpus (general distillation, `data`)", command="pretrain",
+                  default_recipe="demo.yaml"))

@@ -236,8 +236,11 @@ def read_params(step_dir: Path, parts: tuple[str, ...], only: tuple[str, ...] = 
     by Orbax partial restore: the optimizer state and the other parts are never read."""
     state_dir = Path(_abs(step_dir)) / "state"  # Orbax reads no tree metadata via relative paths
     try:
-        ckptr = ocp.PyTreeCheckpointer()
-        tree = ckptr.metadata(state_dir).item_metadata
+        # The handler reads the item directory itself; a Checkpointer would look for a
+        # checkpoint-level _CHECKPOINT_METADATA there (the manager writes it one level up) and
+        # warn on every read of a run's best/ checkpoint.
+        ckptr = ocp.PyTreeCheckpointHandler()
+        tree = ckptr.metadata(state_dir).tree
         is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")  # noqa: E731
         wanted = {}
         for part in parts:

@@ -228,7 +228,8 @@ def test_run_is_deterministic(tmp_path, tok, tiny, fake_task):
     assert (tmp_path / "aug.jsonl").read_bytes() != first
 
 
-def test_run_resumes_after_a_crash_chunk_by_chunk(tmp_path, tok, tiny, fake_task, monkeypatch):
+def test_run_resumes_after_a_crash_chunk_by_chunk(tmp_path, tok, tiny, fake_task, monkeypatch,
+                                                  capsys):
     model_dir = write_hf_dir(*tiny, tmp_path / "mlm", assets.teacher_dir())
     clean = _run_cfg(tmp_path, model_dir, seed=1)
     augment.run(clean, progress=False)
@@ -248,8 +249,14 @@ def test_run_resumes_after_a_crash_chunk_by_chunk(tmp_path, tok, tiny, fake_task
     assert sorted(p.name for p in (tmp_path / "again.jsonl.parts").glob("*.jsonl")) == \
         ["000000.jsonl", "000001.jsonl"]
     monkeypatch.setattr(augment.TinyBertAugmentation, "process", real)
+    capsys.readouterr()
     summary = augment.run(crashing, progress=False)
     assert summary["resumed_chunks"] == 2
+    # The start and end lines in words, as pretrain/finetune print them (the bar goes to stderr).
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("jaxdistill augment (method tinybert): ")
+    assert "(resuming: 2 chunks already written)" in printed[0]
+    assert printed[-1].startswith("done: ") and "again.jsonl" in printed[-1]
     assert (tmp_path / "again.jsonl").read_bytes() == expected  # chunking changes nothing
     assert not (tmp_path / "again.jsonl.parts").exists()
 

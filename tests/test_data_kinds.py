@@ -135,6 +135,8 @@ def _cli(*args: str) -> dict:
     proc = subprocess.run([sys.executable, str(HERE), *args], cwd=REPO, env=cli_env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # Reading a run's best/ checkpoint (the export at the end, evaluate) warns about nothing.
+    assert "Metadata file does not exist" not in proc.stderr, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

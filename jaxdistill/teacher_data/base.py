@@ -10,9 +10,12 @@ from __future__ import annotations
 import abc
 import json
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
+
+from tqdm.auto import tqdm
 
 
 class WriterSpec(NamedTuple):
@@ -50,8 +53,11 @@ class TeacherDataset(abc.ABC):
         """What determines the output (config values): parts of another fingerprint are redone."""
 
 
-def write(dataset: TeacherDataset, out: str | Path, chunk_size: int) -> dict:
-    """Write every chunk not written yet, then OUT; returns {'rows', 'chunks', 'resumed'}."""
+def write(dataset: TeacherDataset, out: str | Path, chunk_size: int, what: str = "augment"
+          ) -> dict:
+    """Write every chunk not written yet, then OUT; returns {'rows', 'chunks', 'resumed'}.
+    Prints a start line, a progress bar over the items (TQDM_DISABLE=1 hides it) and an end
+    line, as the training commands do; `what` names the run in them."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
     out = Path(out)
@@ -65,14 +71,19 @@ def write(dataset: TeacherDataset, out: str | Path, chunk_size: int) -> dict:
     manifest_file.write_text(json.dumps(manifest, sort_keys=True, default=str))
     items = dataset.items()
     starts = range(0, len(items), chunk_size)
-    resumed = 0
-    for c, start in enumerate(starts):
-        part = parts / f"{c:06d}.jsonl"
-        if part.is_file():
-            resumed += 1
-            continue
-        rows = dataset.process(start, items[start:start + chunk_size])
-        _write_lines(part, (json.dumps(r) for r in rows))
+    done = sum((parts / f"{c:06d}.jsonl").is_file() for c in range(len(starts)))
+    print(f"jaxdistill {what}: {len(items)} items in {len(starts)} chunks of {chunk_size} -> "
+          f"{out}" + (f" (resuming: {done} chunks already written)" if done else ""), flush=True)
+    began, resumed = time.perf_counter(), 0
+    with tqdm(total=len(items), unit="item", desc=what, dynamic_ncols=True) as bar:
+        for c, start in enumerate(starts):
+            part, chunk = parts / f"{c:06d}.jsonl", items[start:start + chunk_size]
+            if part.is_file():
+                resumed += 1
+            else:
+                rows = dataset.process(start, chunk)
+                _write_lines(part, (json.dumps(r) for r in rows))
+            bar.update(len(chunk))
     rows = 0
 
     def lines():
@@ -85,6 +96,8 @@ def write(dataset: TeacherDataset, out: str | Path, chunk_size: int) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_lines(out, lines())
     shutil.rmtree(parts)
+    print(f"done: {rows} rows in {(time.perf_counter() - began) / 60:.1f} min -> {out}",
+          flush=True)
     return {"rows": rows, "chunks": len(starts), "resumed": resumed}
 
 

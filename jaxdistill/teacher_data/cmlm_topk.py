@@ -146,7 +146,7 @@ def run(cfg: CmlmTopKConfig) -> dict:
                         f"a subset of the teacher's WordPiece vocabulary.")
     vocab_dir = s2s.write_vocabulary(tokenizer_dir, task.train, s2s.vocabulary_dir(cfg.out))
     dataset = TopKTargets(cfg, task, cfg.teacher, Path(tokenizer_dir), vocab_dir)
-    stats = write(dataset, cfg.out, cfg.chunk_size)
+    stats = write(dataset, cfg.out, cfg.chunk_size, what="augment (method cmlm_topk)")
     return {"out": cfg.out, "vocabulary": str(vocab_dir),
             "vocab_size": len(dataset.columns), "task": task.name, "pairs": stats["rows"],
             "copies": cfg.copies, "top_k": cfg.top_k, "chunks": stats["chunks"],

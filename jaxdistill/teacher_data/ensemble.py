@@ -111,7 +111,8 @@ def run(cfg: EnsembleTargetsConfig) -> dict:
     teachers = [TeacherLogits(str(ref), task.num_labels, cfg.batch_size, cfg.seq_len)
                 for ref in cfg.teachers]
     dev = dev_scores(task, teachers)
-    stats = write(EnsembleTargets(cfg, task, teachers), cfg.out, cfg.chunk_size)
+    stats = write(EnsembleTargets(cfg, task, teachers), cfg.out, cfg.chunk_size,
+                  what="augment (method ensemble)")
     return {"out": cfg.out, "task": task.name, "teachers": [str(t) for t in cfg.teachers],
             "rows": stats["rows"], "chunks": stats["chunks"], "resumed_chunks": stats["resumed"],
             "metric": task.select_metric, "dev": dev, "seconds": round(time.perf_counter() - t0, 1)}

@@ -234,7 +234,7 @@ def run(cfg: TangAugmentConfig) -> dict:
         chosen = set(range(n))
     t_tag = time.perf_counter() - t0
     dataset = TangDataset(cfg, task, tagged_a, tagged_b, chosen, teacher)
-    stats = write(dataset, cfg.out, cfg.chunk_size)
+    stats = write(dataset, cfg.out, cfg.chunk_size, what="augment (method tang)")
     return {"out": cfg.out, "originals": n, "augmented_examples": len(chosen),
             "rows": stats["rows"], "variants": stats["rows"] - n,
             "chunks": stats["chunks"], "resumed_chunks": stats["resumed"],

@@ -515,7 +515,8 @@ def run(cfg: AugmentConfig, progress: bool = True) -> dict:
         # A fixed-seed subset gets variants (the MLM forwards are the cost); all originals stay.
         chosen = set(np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.max_augmented]
                      .tolist())
-    written = write(TinyBertAugmentation(cfg, train, chosen, progress), cfg.out, cfg.chunk_size)
+    written = write(TinyBertAugmentation(cfg, train, chosen, progress), cfg.out, cfg.chunk_size,
+                    what="augment (method tinybert)")
     return {"input_examples": len(train), "augmented_examples": len(chosen),
             "output_examples": written["rows"], "resumed_chunks": written["resumed"],
             "seconds": round(time.perf_counter() - start, 2), "out": str(cfg.out)}

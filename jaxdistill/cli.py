@@ -86,6 +86,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from jaxdistill import pipeline
+
+    recipe = pipeline.load(args.file, args.overrides)
+    only = [s for s in (args.only or "").split(",") if s]
+    try:
+        results = pipeline.run(recipe, only=only, start=args.start)
+    except pipeline.StageFailed as e:
+        return _fail(str(e), e.code)
+    print(json.dumps({"root": results["root"], "results": f"{results['root']}/results.md",
+                      "total_seconds": results["total_seconds"]}))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from jaxdistill import significance
 
@@ -199,8 +213,19 @@ def build_parser(keys_help: bool = True) -> argparse.ArgumentParser:
 
 
 def _add_data_and_model_commands(sub, keys_help: bool) -> None:
-    """compare, augment, prepare-data, export, import."""
+    """pipeline, compare, augment, prepare-data, export, import."""
     fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("pipeline", help="a method's whole recipe: its stages (pretrain, finetune, "
+                                        "augment, evaluate, export) in order, one command",
+                       formatter_class=fmt, description=_pipeline_doc())
+    p.add_argument("file", help="pipeline recipe, e.g. configs/pipelines/kd.yaml")
+    p.add_argument("overrides", nargs="*", metavar="stage.key=value",
+                   help="a key of one stage (teacher.steps=100), or root=DIR")
+    p.add_argument("--only", help="comma-separated stages to run again (the others are read "
+                                  "from what they wrote)")
+    p.add_argument("--from", dest="start", metavar="STAGE",
+                   help="run this stage and every later one again")
+    p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("compare", help="paired significance test of two models on the same "
                                        "examples: McNemar + bootstrap interval for accuracy, "
                                        "sacreBLEU's paired bootstrap for BLEU")
@@ -234,6 +259,12 @@ def _add_data_and_model_commands(sub, keys_help: bool) -> None:
     p.add_argument("--hf", required=True, help="Hugging Face model directory")
     p.add_argument("--out", required=True, help="output directory (run-dir layout)")
     p.set_defaults(func=cmd_import)
+
+
+def _pipeline_doc() -> str:
+    from jaxdistill import pipeline
+
+    return pipeline.__doc__ or ""
 
 
 def _fail(message: str, code: int) -> int:

@@ -1,0 +1,172 @@
+"""`jaxdistill pipeline`: stage order and references, bad recipes (exit 2 naming the problem), and
+a real pipeline of tiny runs: outputs feed the next stage, complete stages are skipped, a
+pipeline killed inside a stage resumes it and ends as an uninterrupted one, a failing stage
+stops it with its exit code."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, TINY_TASK, cli_env, read_metrics
+from jaxdistill import pipeline
+from jaxdistill.errors import UserError
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_order_follows_references_and_overrides_reach_stages(tmp_path):
+    recipe = pipeline.load(_write(tmp_path / "p.yaml", """
+stages:
+  student: {command: finetune, set: {student.init: "${general.run_dir}"}}
+  general: {command: pretrain}
+  evaluate: {command: evaluate, model: "${student.run_dir}/best"}
+"""), ["general.steps=7", "root=/tmp/somewhere"])
+    assert recipe["order"] == ["general", "student", "evaluate"]
+    assert recipe["stages"]["general"]["set"] == {"steps": 7}
+    root = Path(recipe["root"])
+    known = {n: pipeline.outputs(n, s, root) for n, s in recipe["stages"].items()}
+    assert pipeline.argv("student", recipe["stages"]["student"], known, root) == [
+        "finetune", "student.init=/tmp/somewhere/general", "run_dir=/tmp/somewhere/student"]
+    assert pipeline.argv("evaluate", recipe["stages"]["evaluate"], known, root) == [
+        "evaluate", "--model", "/tmp/somewhere/student/best"]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("stages:\n  a: {command: pretrian}\n", "unknown command 'pretrian'. Did you mean 'pretrain'"),
+    ("stages:\n  a: {command: finetune, set: {student.init: '${genral.run_dir}'}}\n"
+     "  general: {command: pretrain}\n", "references '${genral...}', which is no stage"),
+    ("stages:\n  a: {command: finetune, set: {x: '${b.run_dir}'}}\n"
+     "  b: {command: finetune, set: {x: '${a.run_dir}'}}\n", "cycle: a -> b -> a"),
+    ("stages:\n  a: {command: evaluate}\n", "names its `model`"),
+    ("stages:\n  a: {command: finetune, confg: x.yaml}\n", "unknown key 'confg'"),
+    ("stage:\n  a: {command: finetune}\n", "unknown key 'stage'"),
+])
+def test_bad_recipes_name_the_problem(tmp_path, text, needle):
+    with pytest.raises(UserError) as err:
+        pipeline.load(_write(tmp_path / "p.yaml", text))
+    assert needle in str(err.value), str(err.value)
+
+
+def test_a_bad_recipe_exits_2_without_a_traceback(tmp_path):
+    recipe = _write(tmp_path / "p.yaml", "stages:\n  a: {command: finetune, set: {x: '${b.out}'}}\n"
+                                         "  b: {command: augment, set: {y: '${a.run_dir}'}}\n")
+    proc = subprocess.run([sys.executable, "-m", "jaxdistill.cli", "pipeline", str(recipe)],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "cycle" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (REPO / "runs" / "pipelines" / "p" / "a").exists()  # nothing ran
+
+
+# --- a real pipeline of tiny runs ------------------------------------------------------------
+
+
+def _recipe(tmp_path: Path, tiny: Path, teacher: Path) -> Path:
+    task = ", ".join(f'"{a}"' for a in TINY_TASK)
+    return _write(tmp_path / "kd.yaml", f"""
+teacher: evaluate_teacher
+stages:
+  student:
+    command: finetune
+    config: configs/task/kd.yaml
+    args: [{task}]
+    set: {{student.init: "{tiny}", teacher.path: "{teacher}/best", steps: 8, save_every: 2,
+          eval_every: 4}}
+  evaluate_teacher: {{command: evaluate, model: "{teacher}/best", args: [{task}]}}
+  evaluate_student:
+    command: evaluate
+    model: "${{student.run_dir}}/best"
+    args: [{task}]
+  export: {{command: export, checkpoint: "${{student.run_dir}}/best"}}
+""")
+
+
+def _pipeline(recipe: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "jaxdistill.cli", "pipeline", str(recipe),
+                           *args], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert not check or proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_pipeline_runs_skips_resumes_and_stops_on_a_failure(tmp_path, tiny, tiny_classifier):
+    recipe = _recipe(tmp_path, tiny, tiny_classifier)
+    straight = tmp_path / "straight"
+    _pipeline(recipe, f"root={straight}")
+    results = json.loads((straight / "results.json").read_text())
+    rows = {r["stage"]: r for r in results["models"]}
+    assert rows["evaluate_teacher"]["share_of_teacher"] == pytest.approx(1.0)
+    assert rows["evaluate_student"]["model"] == str(straight / "student" / "best")
+    assert 0 < rows["evaluate_student"]["value"] <= 1 and rows["evaluate_student"]["parameters"]
+    assert (straight / "export" / "config.json").is_file()  # the export read the student
+    assert "| evaluate_student | accuracy |" in (straight / "results.md").read_text()
+
+    again = _pipeline(recipe, f"root={straight}")  # everything complete: nothing runs
+    assert again.stdout.count("is complete") == 4 and "jaxdistill finetune" not in again.stdout
+
+    # Killed inside the student stage (the runner and its stage), then the same command.
+    root = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "jaxdistill.cli", "pipeline", str(recipe),
+                             f"root={root}"], cwd=REPO, env=cli_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts, deadline = root / "student" / "checkpoints", time.time() + 600
+    while not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stopped = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    assert stopped < 8, "the stage finished before it was killed; the test proves nothing"
+    resumed = _pipeline(recipe, f"root={root}")
+    assert "stage 'student' (resuming)" in resumed.stdout
+
+    def losses(run_dir):
+        return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+    assert losses(root / "student") == losses(straight / "student")
+    after = json.loads((root / "results.json").read_text())
+    assert [r["value"] for r in after["models"]] == [r["value"] for r in results["models"]]
+
+    # A failing stage stops the pipeline with its exit code, naming it; later stages do not run.
+    failed = _pipeline(recipe, f"root={tmp_path / 'failed'}", "student.learning_rate=-1",
+                       check=False)
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert "stage 'student' failed (exit 2)" in failed.stderr
+    assert not (tmp_path / "failed" / "export").exists()
+
+
+def test_every_shipped_pipeline_resolves_to_valid_stage_recipes():
+    """Each stage of configs/pipelines/*.yaml, references resolved, is a recipe its command
+    accepts (keys, ranges, kinds of data), without running anything."""
+    from jaxdistill import config, teacher_data
+    from jaxdistill.train import kinds
+
+    paths = sorted((config.CONFIG_DIR / "pipelines").glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"tinybert", "kd", "fastbert", "bilstm", "distilbert",
+                                        "mobilebert", "mtdnn", "cmlm"}
+    for path in paths:
+        recipe = pipeline.load(path)
+        root = Path(recipe["root"])
+        known = {n: pipeline.outputs(n, s, root) for n, s in recipe["stages"].items()}
+        for name in recipe["order"]:
+            command = pipeline.argv(name, recipe["stages"][name], known, root)
+            flags = dict(zip(command[1::2], command[2::2]))
+            keys = [a for a in command[1:] if "=" in a and not a.startswith("-")]
+            if command[0] in ("pretrain", "finetune"):
+                kind, cfg = kinds.load(command[0], flags.get("--config"), keys)
+                assert cfg.run_dir == known[name]["run_dir"], (path, name)
+            elif command[0] == "augment":
+                spec, cfg = teacher_data.load(flags.get("--config"), keys)
+                assert cfg.out == known[name]["out"], (path, name)
+            elif command[0] == "evaluate":
+                kinds.base.load_for_evaluate(flags["--model"], flags.get("--config"), keys)
+            assert "${" not in " ".join(command), (path, name, command)

@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks import task_pipeline
 
 
 def _run(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "jaxdistill.cli", *args], cwd=REPO,
-                          capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"jaxdistill {' '.join(args)} failed ({proc.returncode}):\n"
-                         f"{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """One `jaxdistill` command through benchmarks.task_pipeline's runner (its log in TMPDIR)."""
+    with open(Path(tempfile.gettempdir()) / "jaxdistill_fingerprint.log", "a") as log:
+        return json.loads(task_pipeline._cli(args, log))
 
 
 def _metrics(run_dir: Path) -> list[dict]:

@@ -268,15 +268,12 @@ def run(recipe: dict, only: Sequence[str] = (), start: str | None = None) -> dic
 
 def _clear(name: str, known: dict) -> None:
     """Remove what a stage wrote before, so that a changed command starts over."""
-    for key in ("run_dir", "out"):
-        path = Path(known[name].get(key, ""))
-        if key in known[name] and path.exists():
-            print(f"pipeline: stage '{name}' changed or reads a stage that ran again; removing "
-                  f"{path}.", flush=True)
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-            for sibling in (path.with_name(path.name + ".parts"),):
-                if sibling.exists():
-                    shutil.rmtree(sibling)
+    for output in known[name].values():  # run_dir or out, and an unfinished writer's parts
+        for path in (Path(output), Path(output + ".parts")):
+            if path.exists():
+                print(f"pipeline: stage '{name}' changed or reads a stage that ran again; "
+                      f"removing {path}.", flush=True)
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def results_of(recipe: dict, state: dict) -> dict:

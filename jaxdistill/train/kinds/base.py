@@ -20,6 +20,7 @@ from jaxdistill import config as config_lib, sharding
 from jaxdistill.config import CONFIG_DIR, TaskRunConfig
 from jaxdistill.data import tasks
 from jaxdistill.errors import UserError, lookup
+from jaxdistill.loading import check_student
 from jaxdistill.methods import method_class, parse_options
 from jaxdistill.train import loop
 from jaxdistill.data.placement import process_rows
@@ -113,16 +114,16 @@ def _method_of(data: dict, overrides: typing.Sequence[str], command: str) -> tup
     return str(method.get("name") or DEFAULT_METHOD[command]), method["options"]
 
 
-def load(command: str, path: str | Path | None, overrides: typing.Sequence[str] = (),
-         default: str | None = None) -> tuple[DataKind, Any]:
-    """(kind, typed config) of a recipe for `command`: read it (or configs/`default`), find its
-    method's kind of data, then validate every key against that kind's schema."""
-    if path is None and default is None:
-        default = "demo.yaml" if command == "pretrain" else kind_named("task").default_recipe
+def load(command: str, path: str | Path | None, overrides: typing.Sequence[str] = ()
+         ) -> tuple[DataKind, Any]:
+    """(kind, typed config) of a recipe for `command`: read it (or the command's default
+    recipe), find its method's kind of data, then validate every key against that kind's
+    schema."""
+    if path is None:
+        default = kind_named("mlm_corpus" if command == "pretrain" else "task").default_recipe
     data = config_lib.read_yaml(path if path else CONFIG_DIR / default)
     name, options = _method_of(data, overrides, command)
-    options = {k: v for k, v in options.items() if "." not in k}
-    kind = kind_of_method(name, {**_options_of(data, name), **options})
+    kind = kind_of_method(name, {k: v for k, v in options.items() if "." not in k})
     if kind.command != command and command != "evaluate":
         raise UserError(f"method '{name}' trains on {kind.what}: run it with `jaxdistill "
                         f"{kind.command}`, not `jaxdistill {command}`.")
@@ -131,8 +132,6 @@ def load(command: str, path: str | Path | None, overrides: typing.Sequence[str] 
                                    config_lib.apply_overrides(data, overrides, kind.Config))
     except UserError as e:
         raise UserError(str(e) + _other_kinds(e, kind, name)) from None
-    from jaxdistill.loading import check_student
-
     check_student(cfg.student)
     return kind, cfg
 
@@ -151,13 +150,6 @@ def load_for_evaluate(model_ref: str, path: str | Path | None,
             return owner, config_lib.from_dict(owner.Config, config_lib.apply_overrides(
                 data, overrides, owner.Config))
     return load("evaluate", path, overrides)
-
-
-def _options_of(data: dict, name: str) -> dict:
-    method = data.get("method")
-    if isinstance(method, dict) and method.get("name", name) == name:
-        return dict(method.get("options") or {})
-    return {}
 
 
 def _other_kinds(error: UserError, kind: DataKind, method: str) -> str:

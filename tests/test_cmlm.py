@@ -368,8 +368,13 @@ def test_both_stages_end_to_end_with_resume_and_evaluate(tmp_path):
                   "task.max_dev_examples=16",
                   "seq_len=16", "target_len=12", "eval_batch_size=8", "decode.beam_size=3",
                   "decode.samples=2", "decode.length_penalty_form=wu", "--predictions",
-                  str(tmp_path / "test_outputs.jsonl"))
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+                  str(tmp_path / "test_outputs.jsonl"), bars=True)
+    printed = out.stdout.strip().splitlines()
+    result = json.loads(printed[-1])
+    assert printed[0].startswith("jaxdistill evaluate: beam 3 decoding of 16 test pairs")
+    assert printed[-2].startswith(f"done: BLEU {result['test_bleu']:.2f}, "
+                                  f"{result['distinct_outputs']} distinct outputs of 16")
+    assert "decode: 100%" in out.stderr
     assert result["split"] == "test" and result["pairs"] == 16 and 0 <= result["test_bleu"] <= 100
     assert len(result["samples"]) == 2 and result["sentences_per_sec"] > 0
     assert result["length_penalty_form"] == "wu" and 1 <= result["distinct_outputs"] <= 16

@@ -5,6 +5,7 @@ import pytest
 
 from helpers import heads, make_method
 from jaxdistill import config, teacher_data
+from jaxdistill.config import ExportConfig
 from jaxdistill.errors import UserError
 from jaxdistill.teacher_data.tang_augment import TangAugmentConfig
 from jaxdistill.teacher_data.tinybert_augment import AugmentConfig
@@ -84,11 +85,20 @@ def test_default_is_demo_and_overrides_apply():
     ("student.num_layer=2", "Did you mean 'num_layers'"),
     ("steps=many", "expected an integer"),
     ("export=maybe", "expected true or false"),
+    ("export.format=tflite", "export.format='tflite' is out of range: it must be one of hf, onnx"),
+    ("export.quantize=int8", "export.format: onnx"),
     ("steps", "key=value"),
 ])
 def test_bad_overrides_name_the_problem(override, needle):
     with pytest.raises(UserError, match=needle):
         load_pretrain(None, [override])
+
+
+def test_export_false_is_short_for_export_enabled_false():
+    assert load_pretrain(None, ["export=false"]).export.enabled is False
+    cfg = load_pretrain(None, ["export=false", "export.format=onnx", "export.quantize=int8"])
+    assert (cfg.export.enabled, cfg.export.format, cfg.export.quantize) == (False, "onnx", "int8")
+    assert load_pretrain(None, []).export == ExportConfig()
 
 
 # Every numeric or enumerated key has an accepted range, checked when the recipe loads.

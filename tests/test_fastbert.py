@@ -217,8 +217,15 @@ def test_two_stages_resume_sweep_and_export(tmp_path, tiny_classifier):
     assert info["method"] == "fastbert" and info["options"]["width"] == 128
 
     report_dir = tmp_path / "sweep"
-    run_cli("evaluate", "--model", str(straight / "hf"), "--speeds", "0,0.5,1",
-            "--report-dir", str(report_dir), "--latency-examples", "8", *TINY_TASK)
+    swept = run_cli("evaluate", "--model", str(straight / "hf"), "--speeds", "0,0.5,1",
+                    "--report-dir", str(report_dir), "--latency-examples", "8", *TINY_TASK,
+                    bars=True)
+    # A start line and an end line in words, a bar between them (stderr), the JSON summary last.
+    printed = swept.stdout.strip().splitlines()
+    assert printed[0].startswith("jaxdistill evaluate: FastBERT speed sweep of ") and \
+        "3 speeds" in printed[0]
+    assert printed[-2].startswith("done: 3 speeds in ") and "report.json" in printed[-2]
+    assert "speed sweep: 100%" in swept.stderr
     report = json.loads((report_dir / "report.json").read_text())
     assert (report_dir / "speed_sweep.png").stat().st_size > 1000
     by_speed = {r["speed"]: r for r in report["rows"]}

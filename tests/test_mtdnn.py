@@ -17,6 +17,7 @@ from jaxdistill.data import tasks
 from jaxdistill.data.tasks.batches import TaskBatches
 from jaxdistill.data.tasks.multitask import MultiTaskBatches, Span, task_arrays
 from jaxdistill.errors import UserError
+from jaxdistill.inference import onnx_export
 from jaxdistill.methods.mtdnn import mtdnn_loss
 
 # Three rows of one [3, 6] output layer: a 2-class task (classes 0-1, no teacher), a 3-class task
@@ -197,6 +198,17 @@ def test_ensemble_targets_then_multitask_run_with_resume_and_export(tmp_path, ti
         ours = hf(**{k: torch.tensor(bbc[k], dtype=torch.long) for k in
                      ("input_ids", "attention_mask", "token_type_ids")}).logits.numpy()
     np.testing.assert_allclose(ours, full[:, 2:7], atol=1e-4)
+    # ONNX: one model.onnx per task head, each checked against its span of the JAX logits.
+    onnx = json.loads(run_cli("export", "--checkpoint", str(straight / "best"), "--out",
+                              str(tmp_path / "onnx"), "--format", "onnx").stdout.strip()
+                      .splitlines()[-1])
+    assert sorted(onnx["tasks"]) == ["bbc_news", "rotten_tomatoes"]
+    assert all(r["max_abs_logit_diff"] <= 1e-4 for r in onnx["tasks"].values())
+    session = onnx_export.session(tmp_path / "onnx" / "bbc_news" / "model.onnx")
+    got = session.run(["logits"], {k: bbc[k].astype(np.int64) for k in
+                                   ("input_ids", "attention_mask", "token_type_ids")})[0]
+    np.testing.assert_allclose(got, full[:, 2:7], atol=1e-4)
+    assert (tmp_path / "onnx" / "tasks.json").is_file()
     # `jaxdistill evaluate` of the checkpoint reads its tasks from the metadata.
     ev = multitask.evaluate_model(str(straight / "best"), config_lib.from_dict(
         multitask.MultiTaskConfig, {"seq_len": 32, "eval_batch_size": 32}),

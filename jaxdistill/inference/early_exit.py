@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxdistill.errors import UserError
 from jaxdistill.models import exit_branches
@@ -168,7 +169,11 @@ def speed_sweep(model_ref: str, task_cfg: Any, seq_len: int, batch_size: int,
     first = {k: v[:min(latency_examples, len(v))] for k, v in inputs.items()}
     full = runner.full_flops(seq_len)
     rows = []
-    for speed in speeds:
+    print(f"jaxdistill evaluate: FastBERT speed sweep of {model_ref}: {len(speeds)} speeds, each "
+          f"over {len(task.dev)} dev examples at batch {batch_size} and {len(first['input_ids'])} "
+          f"at batch 1", flush=True)
+    began = time.perf_counter()
+    for speed in tqdm(speeds, unit="speed", desc="speed sweep", dynamic_ncols=True):
         def run(data, size):
             # Real rows only (the last batch is shorter, not padded): a padding row would never
             # be sure of anything and would hold its batch to the last layer.
@@ -212,6 +217,8 @@ def speed_sweep(model_ref: str, task_cfg: Any, seq_len: int, batch_size: int,
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out / "speed_sweep.png")
+    print(f"done: {len(rows)} speeds in {(time.perf_counter() - began) / 60:.1f} min -> "
+          f"{out / 'report.json'}", flush=True)
     report["report"] = str(out / "report.json")
     report["plot"] = str(out / "speed_sweep.png")
     return report

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxdistill import sharding
 from jaxdistill.data.placement import device_batches
@@ -89,18 +90,24 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
 
 
 def generate_texts(generate, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray],
-                   batch_size: int, tokenizer_dir: str | Path) -> tuple[list[str], dict]:
+                   batch_size: int, tokenizer_dir: str | Path, bar: str | None = None
+                   ) -> tuple[list[str], dict]:
     """(one output text per row of `arrays`, {sentences_per_sec, tokens_per_sec}) over the
-    decoding calls alone."""
+    decoding calls alone; `bar` names a progress bar over the rows (none inside training, whose
+    own bar is on screen)."""
     outputs, seconds, tokens = [], 0.0, 0
     eos = _decoder(str(tokenizer_dir))[1].special_ids["sep"]
-    for inputs, weights in device_batches(arrays, INPUT_KEYS, batch_sh, batch_size):
-        t0 = time.perf_counter()
-        out = np.asarray(jax.device_get(generate(params, inputs)))
-        seconds += time.perf_counter() - t0
-        out = out[weights > 0]
-        outputs.append(out)
-        tokens += int(np.sum(np.cumsum(out == eos, axis=1) == 0)) + int(np.sum(out == eos))
+    hidden = {} if bar else {"disable": True}  # else TQDM_DISABLE=1 hides it, as elsewhere
+    with tqdm(total=len(arrays["input_ids"]), unit="sentence", desc=bar, dynamic_ncols=True,
+              **hidden) as progress:
+        for inputs, weights in device_batches(arrays, INPUT_KEYS, batch_sh, batch_size):
+            t0 = time.perf_counter()
+            out = np.asarray(jax.device_get(generate(params, inputs)))
+            seconds += time.perf_counter() - t0
+            out = out[weights > 0]
+            outputs.append(out)
+            tokens += int(np.sum(np.cumsum(out == eos, axis=1) == 0)) + int(np.sum(out == eos))
+            progress.update(len(out))
     out = np.concatenate(outputs)
     seconds = max(seconds, 1e-9)
     return detokenize(tokenizer_dir, out), {"sentences_per_sec": len(out) / seconds,

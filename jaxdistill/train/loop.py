@@ -431,12 +431,14 @@ def _run(job: Job) -> dict:
                "preempted": preempted}
     if best is not None:
         summary.update(best.summary())
-    if cfg.export and not preempted and job.total_steps > 0:
+    if cfg.export.enabled and not preempted and job.total_steps > 0:
         if best is None:
             summary["hf_dir"] = str(export_state(setup, state, run_dir / "hf",
                                                  id2label_of(job.label_names)))
         elif best.step >= 0 and jax.process_index() == 0:
             summary["hf_dir"] = str(export_checkpoint(run_dir / BEST_DIR, run_dir / "hf"))
+        if cfg.export.format == "onnx" and "hf_dir" in summary:
+            summary["onnx"] = export_onnx(run_dir, best is not None, cfg.export.quantize)
     if jax.process_index() == 0:
         saved = mngr.latest_step()
         last = str(Path(str(mngr.directory)) / str(saved)) if saved is not None else None
@@ -611,6 +613,17 @@ def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
     return write_model_dir(model, params, out_dir, tokenizer_dir=tok, exported=exported,
                            exported_by=meta.get("exported_by"),
                            id2label=id2label_of(meta.get("label_names")))
+
+
+def export_onnx(run_dir: Path, from_best: bool, quantize: str) -> dict:
+    """run_dir/onnx from the run's last (or best) checkpoint, checked in ONNX Runtime."""
+    from jaxdistill.inference import onnx_export
+
+    source = run_dir / BEST_DIR if from_best else run_dir
+    report = onnx_export.export(str(source), run_dir / "onnx",
+                                "" if quantize == "none" else quantize,
+                                write_hf=lambda d: export_checkpoint(source, d))
+    return {k: report[k] for k in ("onnx_dir", "files", "max_abs_logit_diff") if k in report}
 
 
 def export_tasks(model: Model, params: dict, tasks: list[dict], out_dir: Path,

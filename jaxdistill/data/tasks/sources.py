@@ -13,6 +13,7 @@ from pathlib import Path
 
 from jaxdistill import assets
 from jaxdistill.config import TaskConfig
+from jaxdistill.data import hf_datasets
 from jaxdistill.data.corpus import open_tfds_source, open_text, set_csv_limit
 from jaxdistill.data.tasks.examples import Example, TaskData, read_examples_jsonl
 from jaxdistill.data.tasks.presets import TaskPreset, get_preset
@@ -102,7 +103,12 @@ def _tfds_label_map(source, layout: _Layout) -> dict[int, int] | None:
         names = list(source.dataset_info.features["label"].names)
     except (AttributeError, KeyError, TypeError):
         return None
-    if layout.label_names and sorted(names) == sorted(layout.label_names):
+    return _class_map(names, layout)
+
+
+def _class_map(names: list[str] | None, layout: _Layout) -> dict[int, int] | None:
+    """Source class id -> preset class id, when both name the same classes (else None)."""
+    if names and layout.label_names and sorted(names) == sorted(layout.label_names):
         return {i: layout.label_names.index(n) for i, n in enumerate(names)}
     return None
 
@@ -154,6 +160,45 @@ def _read_tfds(cfg: TaskConfig, preset: TaskPreset, spec: str
     return train, _read_tfds_split(dev_src, layout, spec, preset.tfds_dev_split)
 
 
+def _read_dataset_split(dataset, layout: _Layout, where: str) -> list[Example]:
+    """The rows of one `datasets` split as Examples (ClassLabel ids mapped to the preset's)."""
+    needed = {f"task.{k}": c for k, c in (("text_a_column", layout.text_a),
+                                           ("text_b_column", layout.text_b),
+                                           ("label_column", layout.label)) if c is not None}
+    hf_datasets.require_columns(dataset, needed, where)
+    mapping = None if layout.regression else _class_map(
+        hf_datasets.label_names(dataset, layout.label), layout)
+    out = []
+    for i, row in enumerate(hf_datasets.rows(dataset, list(needed.values()))):
+        label = row[layout.label]
+        if mapping is not None:
+            label = mapping.get(int(label), -1)  # -1: the Hub's unlabeled test rows
+        b = row[layout.text_b] if layout.text_b is not None else None
+        out.append(_make_example(row[layout.text_a], b, label, layout, f"{where}, row {i}"))
+    return out
+
+
+def _read_hf_dataset(cfg: TaskConfig, preset: TaskPreset, spec: str
+                     ) -> tuple[list[Example], list[Example] | None]:
+    """A `datasets` save_to_disk directory, a directory of Parquet/Arrow files (splits named by
+    the files), or such files: train and dev splits by name (task.train_split_name,
+    task.dev_split_name); without a dev split the caller holds dev_split of train out."""
+    path, where = Path(spec).expanduser(), f"task.source='{spec}'"
+    if hf_datasets.is_saved_dataset(path):
+        splits = hf_datasets.load_saved(path, where)
+    elif path.is_dir():
+        splits = hf_datasets.stream_splits(path, where)
+    else:
+        splits = {"train": hf_datasets.stream_files(hf_datasets.dataset_files(spec), where)}
+    train = hf_datasets.split_of(splits, cfg.train_split_name, where)
+    dev = hf_datasets.split_of(splits, cfg.dev_split_name, where, required=False)
+    layout = _base_layout(cfg, preset, cfg.text_a_column or preset.tfds_text[0],
+                          cfg.text_b_column or preset.tfds_text[1], cfg.label_column or "label")
+    return (_read_dataset_split(train, layout, f"{where} split '{cfg.train_split_name}'"),
+            None if dev is None else
+            _read_dataset_split(dev, layout, f"{where} split '{cfg.dev_split_name}'"))
+
+
 def _read_dir(cfg: TaskConfig, preset: TaskPreset, path: Path
               ) -> tuple[list[Example], list[Example]]:
     """A GLUE task directory: train.tsv and dev.tsv (or the preset's dev file)."""
@@ -187,6 +232,8 @@ def _read_source(cfg: TaskConfig, preset: TaskPreset
     if spec.startswith("tfds:"):
         return _read_tfds(cfg, preset, spec)
     path = Path(spec).expanduser()
+    if hf_datasets.is_saved_dataset(path) or hf_datasets.dataset_files(spec):
+        return _read_hf_dataset(cfg, preset, spec)
     if path.is_dir():
         return _read_dir(cfg, preset, path)
     if path.is_file():
@@ -195,7 +242,8 @@ def _read_source(cfg: TaskConfig, preset: TaskPreset
         f"task.source='{spec}' does not exist. Give 'package:rotten_tomatoes', 'package:imdb', "
         f"'package:bbc_news', "
         f"'tfds:NAME' (e.g. tfds:glue/{preset.name if preset.glue else 'sst2'}), a GLUE task "
-        f"directory (train.tsv + {preset.dev_file}) or one {', '.join(FILE_SUFFIXES)} file.")
+        f"directory (train.tsv + {preset.dev_file}), a Hugging Face dataset (a save_to_disk "
+        f"directory, or Parquet/Arrow files) or one {', '.join(FILE_SUFFIXES)} file.")
 
 
 def _read_augmented(cfg: TaskConfig, preset: TaskPreset) -> list[Example]:

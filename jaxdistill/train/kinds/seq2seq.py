@@ -439,6 +439,10 @@ def evaluate_model(model_ref: str, cfg: Seq2SeqRunConfig, split: str = "dev",
         raise UserError(f"{model_ref} is a '{model.kind}' model with head '{model.config.head}'"
                         f"; task {task.name} evaluates a seq2seq student or a C-MLM teacher.")
     d = cfg.decode
+    how = "greedy" if d.beam_size == 1 else f"beam {d.beam_size}"
+    print(f"jaxdistill evaluate: {how} decoding of {len(pairs)} {split} pairs of {task.name} "
+          f"by {model_ref}, batch {cfg.eval_batch_size}", flush=True)
+    began = time.perf_counter()
     arrays = s2s.encode_pairs(pairs, tok, cfg.seq_len, cfg.target_len)
     generate, batch_sh = gen.make_generate(model, params_sh, mesh, cfg.target_len,
                                            d.beam_size, d.length_penalty, d.length_penalty_form)
@@ -446,15 +450,19 @@ def evaluate_model(model_ref: str, cfg: Seq2SeqRunConfig, split: str = "dev",
         warm = {k: v[:cfg.eval_batch_size] for k, v in arrays.items()}
         gen.generate_texts(generate, batch_sh, params, warm, cfg.eval_batch_size, tok)  # compile
         texts, speed = gen.generate_texts(generate, batch_sh, params, arrays,
-                                          cfg.eval_batch_size, tok)
+                                          cfg.eval_batch_size, tok, bar="decode")
         scores, pair_sh = pair_scores(model, params_sh, mesh)
         reliance = source_reliance(scores, pair_sh, params, arrays, cfg.eval_batch_size)
+    bleu = gen.bleu(texts, [p.target for p in pairs])
+    print(f"done: BLEU {bleu:.2f}, {len(set(texts))} distinct outputs of {len(texts)}, source "
+          f"gap {reliance['source_gap']:.3f} nats, in {(time.perf_counter() - began) / 60:.1f} "
+          f"min", flush=True)
     rows = [{"source": p.source, "reference": p.target, "output": t}
             for p, t in zip(pairs, texts)]
     written = {"predictions": significance.write_predictions(predictions, rows)} \
         if predictions else {}
     samples = rows[:d.samples]
-    return {**head, f"{split}_bleu": gen.bleu(texts, [p.target for p in pairs]),
+    return {**head, f"{split}_bleu": bleu,
             **{f"{split}_{k}": v for k, v in reliance.items()}, "distinct_outputs": len(set(texts)),
             "bleu": "sacreBLEU 13a, lowercased references", "beam_size": d.beam_size,
             "length_penalty": d.length_penalty, "length_penalty_form": d.length_penalty_form,

@@ -128,9 +128,12 @@ def test_bad_references(tmp_path):
         corpus.iter_documents(str(tmp_path / "missing.txt"))
     with pytest.raises(UserError, match="package:imdb"):
         corpus.iter_documents("package:wikipedia")
-    (tmp_path / "x.parquet").write_text("")
+    (tmp_path / "x.xlsx").write_text("")
     with pytest.raises(UserError, match="unsupported extension"):
-        corpus.iter_documents(str(tmp_path / "x.parquet"))
+        corpus.iter_documents(str(tmp_path / "x.xlsx"))
+    (tmp_path / "x.parquet").write_text("not parquet")  # a supported name, unreadable content
+    with pytest.raises(UserError, match=r"x\.parquet.*cannot be read"):
+        list(corpus.iter_documents(str(tmp_path / "x.parquet")))
     with pytest.raises(UserError, match="max_documents"):
         corpus.iter_documents("package:imdb", max_documents=-1)
 

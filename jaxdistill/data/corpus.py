@@ -183,7 +183,7 @@ def _value_to_document(value) -> Document:
 def read_dataset(dataset: Any, text_column: str, where: str) -> Iterator[Document]:
     """The rows of a `datasets` Dataset or IterableDataset, column `text_column`."""
     hf_datasets.require_columns(dataset, {"data.text_column": text_column}, where)
-    for row in hf_datasets.rows(dataset, [text_column]):
+    for row in hf_datasets.rows(dataset, [text_column], where):
         yield _value_to_document(row[text_column])
 
 

@@ -81,8 +81,18 @@ def stream_files(files: list[Path], where: str, split: str = "train") -> Any:
     formats = {BUILDERS[f.suffix.lower()] for f in files}
     if len(formats) != 1:
         raise UserError(f"{where}: mixes Parquet and Arrow files; give one format.")
-    return _library().load_dataset(formats.pop(), data_files={split: [str(f) for f in files]},
-                                   split=split, streaming=True)
+    fmt = formats.pop()
+    try:
+        return _library().load_dataset(fmt, data_files={split: [str(f) for f in files]},
+                                       split=split, streaming=True)
+    except (OSError, ValueError) as e:
+        raise _unreadable(where, fmt, e) from None
+
+
+def _unreadable(where: str, fmt: str, e: Exception) -> UserError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return UserError(f"{where} cannot be read as {fmt.capitalize()} ({first}); give files "
+                     f"that `datasets` reads, or a save_to_disk directory.")
 
 
 def stream_splits(directory: Path, where: str) -> dict[str, Any]:
@@ -96,17 +106,20 @@ def stream_splits(directory: Path, where: str) -> dict[str, Any]:
     return dict(_library().load_dataset(fmt.pop(), data_dir=str(directory), streaming=True))
 
 
-def columns_of(dataset: Any) -> list[str]:
+def columns_of(dataset: Any, where: str = "the dataset") -> list[str]:
     names = getattr(dataset, "column_names", None)
     if names is None:  # a stream without a schema: read it from the first row
-        first = next(iter(dataset), None)
+        try:
+            first = next(iter(dataset), None)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise _unreadable(where, "Parquet/Arrow", e) from None
         names = list(first) if first is not None else []
     return list(names)
 
 
 def require_columns(dataset: Any, needed: dict[str, str], where: str) -> None:
     """needed: {recipe key: column}; exit 2 naming the first missing one and the columns."""
-    columns = columns_of(dataset)
+    columns = columns_of(dataset, where)
     for key, column in needed.items():
         if column not in columns:
             raise UserError(f"{where}: no column '{column}'; its columns are "
@@ -120,7 +133,14 @@ def label_names(dataset: Any, column: str) -> list[str] | None:
     return list(feature.names) if hasattr(feature, "names") else None
 
 
-def rows(dataset: Any, columns: list[str]) -> Iterator[dict]:
+def rows(dataset: Any, columns: list[str], where: str = "the dataset") -> Iterator[dict]:
     """The rows of a Dataset or IterableDataset, only `columns`, a batch at a time."""
-    for batch in dataset.select_columns(columns).iter(batch_size=BATCH_ROWS):
+    batches = iter(dataset.select_columns(columns).iter(batch_size=BATCH_ROWS))
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, ValueError) as e:  # a later shard that is not Parquet/Arrow
+            raise _unreadable(where, "Parquet/Arrow", e) from None
         yield from (dict(zip(batch, values)) for values in zip(*batch.values()))

@@ -169,7 +169,7 @@ def _read_dataset_split(dataset, layout: _Layout, where: str) -> list[Example]:
     mapping = None if layout.regression else _class_map(
         hf_datasets.label_names(dataset, layout.label), layout)
     out = []
-    for i, row in enumerate(hf_datasets.rows(dataset, list(needed.values()))):
+    for i, row in enumerate(hf_datasets.rows(dataset, list(needed.values()), where)):
         label = row[layout.label]
         if mapping is not None:
             label = mapping.get(int(label), -1)  # -1: the Hub's unlabeled test rows

@@ -70,6 +70,7 @@ def measure_classifiers(models: list[tuple[str, str]], recipe: str, passes: int,
                         ) -> dict:
     from jaxdistill.data import tasks
     from jaxdistill.data.tasks.metrics import score_logits
+    from jaxdistill.significance import paired_accuracy
     from jaxdistill.train import kinds
 
     _, cfg = kinds.load("evaluate", recipe)
@@ -77,7 +78,7 @@ def measure_classifiers(models: list[tuple[str, str]], recipe: str, passes: int,
     built = {name: classifier_runners(name, ref, task, cfg.seq_len, out / "onnx" / _slug(name))
              for name, ref in models}
     jobs = {}  # (model, runtime, batch) -> (fn, data, batch)
-    rows = []
+    rows, correct = [], {}
     for name, b in built.items():
         full = b["arrays"]
         first = {k: v[:BATCH_1_EXAMPLES] for k, v in full.items()}
@@ -87,6 +88,7 @@ def measure_classifiers(models: list[tuple[str, str]], recipe: str, passes: int,
             metrics = score_logits(logits, full["labels"], task.num_labels, task.metrics)
             rows.append({"model": name, "runtime": runtime, "parameters": b["parameters"],
                          **{f"dev_{k}": v for k, v in metrics.items()}})
+            correct[(name, runtime)] = logits.argmax(-1) == full["labels"]
             jobs[(name, runtime, 128)] = (fn, full, 128)
             jobs[(name, runtime, 1)] = (fn, first, 1)
     rates: dict = {key: [] for key in jobs}
@@ -95,6 +97,9 @@ def measure_classifiers(models: list[tuple[str, str]], recipe: str, passes: int,
             logits, seconds = fn(data, batch)
             rates[key].append(len(logits) / max(seconds, 1e-9))
     for row in rows:
+        if row["runtime"] != "JAX":  # each runtime against the JAX model, the same examples
+            row["vs_jax"] = paired_accuracy(correct[(row["model"], "JAX")],
+                                            correct[(row["model"], row["runtime"])])
         for batch in (1, 128):
             r = rates[(row["model"], row["runtime"], batch)]
             row[f"examples_per_sec_batch_{batch}"] = statistics.median(r)
@@ -167,6 +172,8 @@ def _slug(name: str) -> str:
 
 
 def render(result: dict, command: str) -> str:
+    from jaxdistill.significance import verdict
+
     c = result["classifiers"]
     metric = f"dev_{c['metric']}"
     teacher = next(r[metric] for r in c["rows"] if r["runtime"] == "JAX")
@@ -174,11 +181,13 @@ def render(result: dict, command: str) -> str:
              f"{c['task']}, {c['dev_examples']} dev examples, seq_len {c['seq_len']}; speed: "
              f"median of {c['passes']} passes, all runtimes timed in turn in one process.", "",
              f"| model | runtime | parameters | dev {c['metric']} | share of teacher | "
-             f"examples/s, batch 1 | examples/s, batch 128 |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             f"against JAX (paired, same examples) | examples/s, batch 1 | "
+             f"examples/s, batch 128 |",
+             "|---|---|---:|---:|---:|---|---:|---:|"]
     for r in c["rows"]:
+        paired = verdict(r["vs_jax"]) if "vs_jax" in r else "-"
         lines.append(f"| {r['model']} | {r['runtime']} | {r['parameters'] / 1e6:.1f} M | "
-                     f"{r[metric]:.4f} | {100 * r[metric] / teacher:.1f}% | "
+                     f"{r[metric]:.4f} | {100 * r[metric] / teacher:.1f}% | {paired} | "
                      f"{r['examples_per_sec_batch_1']:.1f} | "
                      f"{r['examples_per_sec_batch_128']:.1f} |")
     s = result.get("seq2seq")

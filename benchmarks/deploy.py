@@ -13,7 +13,8 @@ checks fp32 logits against JAX's within 1e-4 first). Dev accuracy comes from one
 whole dev set at batch 128. Speed: examples/s at batch 128 over the dev set and at batch 1 over
 its first 256 examples (no padding rows); every (model, runtime, batch) is compiled or warmed up
 first, then the timed passes go round all of them in turn so that a slow minute of a shared CPU
-hits each alike; each figure is the median of its passes. Writes OUT.json and OUT.md.
+hits each alike; each figure is the median of its passes. Writes OUT.json and OUT.md; the ONNX
+files go to --exports (runs/deploy_onnx).
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def measure_classifiers(models: list[tuple[str, str]], recipe: str, passes: int,
 
     _, cfg = kinds.load("evaluate", recipe)
     task = tasks.load_task(cfg.task)
-    built = {name: classifier_runners(name, ref, task, cfg.seq_len, out / "onnx" / _slug(name))
+    built = {name: classifier_runners(name, ref, task, cfg.seq_len, out / _slug(name))
              for name, ref in models}
     jobs = {}  # (model, runtime, batch) -> (fn, data, batch)
     rows, correct = [], {}
@@ -125,13 +126,13 @@ def measure_seq2seq(ref: str, recipe: str, passes: int, out: Path, pairs_limit: 
     pairs = s2s.load_task(cfg.task).split("dev")[:pairs_limit]
     arrays = s2s.encode_pairs(pairs, tok, cfg.seq_len, cfg.target_len)
     batch = cfg.eval_batch_size
-    report = onnx_export.export(ref, out / "onnx" / "seq2seq", "",
+    report = onnx_export.export(ref, out / "seq2seq", "",
                                 write_hf=lambda d: export_checkpoint(ref, d))
     mesh = sharding.make_mesh(config_lib.MeshConfig())
     params_sh = sharding.shardings_for(model.logical_axes(), params, mesh)
     placed = jax.device_put(params, params_sh)
     generate, batch_sh = gen.make_generate(model, params_sh, mesh, cfg.target_len)
-    enc, dec = (onnx_export.session(out / "onnx" / "seq2seq" / f)
+    enc, dec = (onnx_export.session(out / "seq2seq" / f)
                 for f in ("encoder_model.onnx", "decoder_model.onnx"))
     c = model.config
     ids = dict(max_len=cfg.target_len, start_id=c.decoder_start_token_id, eos_id=c.eos_token_id,
@@ -213,19 +214,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq2seq-config", default="configs/task/cmlm_student.yaml")
     p.add_argument("--pairs", type=int, default=300, help="dev pairs decoded")
     p.add_argument("--passes", type=int, default=5)
-    p.add_argument("--out", default="benchmarks/results/deploy", help="OUT.json, OUT.md, OUT/")
+    p.add_argument("--out", default="benchmarks/results/deploy", help="writes OUT.json, OUT.md")
+    p.add_argument("--exports", default="runs/deploy_onnx",
+                   help="where the ONNX files go (hundreds of MB: not beside the results)")
     args = p.parse_args(argv)
     models = [tuple(m.split("=", 1)) for m in args.model]
     if any(len(m) != 2 for m in models):
         p.error("--model takes NAME=PATH")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, exports = Path(args.out), Path(args.exports)
+    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": f"{platform.machine()} with {__import__('os').cpu_count()} CPU cores",
               "date": time.strftime("%Y-%m-%d"),
-              "classifiers": measure_classifiers(models, args.config, args.passes, out)}
+              "classifiers": measure_classifiers(models, args.config, args.passes, exports)}
     if args.seq2seq:
-        result["seq2seq"] = measure_seq2seq(args.seq2seq, args.seq2seq_config, args.passes, out,
-                                            args.pairs)
+        result["seq2seq"] = measure_seq2seq(args.seq2seq, args.seq2seq_config, args.passes,
+                                            exports, args.pairs)
     command = "python -m benchmarks.deploy " + " ".join(
         f'--model "{m}"' for m in args.model) + (f" --seq2seq {args.seq2seq}"
                                                   if args.seq2seq else "")

@@ -87,6 +87,7 @@ def test_default_is_demo_and_overrides_apply():
     ("export=maybe", "expected true or false"),
     ("export.format=tflite", "export.format='tflite' is out of range: it must be one of hf, onnx"),
     ("export.quantize=int8", "export.format: onnx"),
+    ("export.format=onnx", "a general-distillation student exports as a Hugging Face directory"),
     ("steps", "key=value"),
 ])
 def test_bad_overrides_name_the_problem(override, needle):
@@ -96,7 +97,8 @@ def test_bad_overrides_name_the_problem(override, needle):
 
 def test_export_false_is_short_for_export_enabled_false():
     assert load_pretrain(None, ["export=false"]).export.enabled is False
-    cfg = load_pretrain(None, ["export=false", "export.format=onnx", "export.quantize=int8"])
+    _, cfg = kinds.load("finetune", "configs/task/kd.yaml",
+                        ["export=false", "export.format=onnx", "export.quantize=int8"])
     assert (cfg.export.enabled, cfg.export.format, cfg.export.quantize) == (False, "onnx", "int8")
     assert load_pretrain(None, []).export == ExportConfig()
 

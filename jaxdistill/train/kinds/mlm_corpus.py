@@ -47,6 +47,14 @@ class PretrainConfig(RunConfig):
 
     data: DataConfig = DataConfig()
 
+    def __post_init__(self):
+        # Said when the recipe loads, not after the run: ONNX Runtime serves classifiers and
+        # Seq2Seq students, and a general-distillation student is neither.
+        if self.export.format == "onnx":
+            raise ValueError("export.format: onnx exports a classifier or a Seq2Seq student; a "
+                             "general-distillation student exports as a Hugging Face directory "
+                             "(export.format: hf). Export its task-stage student to ONNX.")
+
 
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "masked_positions", "masked_ids",
               "masked_weights")

@@ -45,6 +45,8 @@ def _ort_logits(session, names: list[str], arrays: dict, batch_size: int
 
 def classifier_runners(name: str, ref: str, task, seq_len: int, out: Path) -> dict:
     """{runtime: fn(arrays, batch_size) -> (logits, seconds)} for one model, and its export."""
+    import jax
+
     from jaxdistill.inference import onnx_export
     from jaxdistill.train.kinds import task as finetune
     from jaxdistill.train.loop import export_checkpoint
@@ -62,7 +64,7 @@ def classifier_runners(name: str, ref: str, task, seq_len: int, out: Path) -> di
                "ONNX Runtime fp32": lambda d, b: _ort_logits(sessions["model.onnx"], names, d, b),
                "ONNX Runtime int8": lambda d, b: _ort_logits(sessions["model_int8.onnx"], names,
                                                              d, b)}
-    params_count = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(params))
+    params_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     return {"runners": runners, "arrays": arrays, "export": report, "parameters": params_count,
             "kind": model.kind}
 

@@ -78,10 +78,7 @@ def split_of(saved: Any, split: str, where: str, required: bool = True) -> Any:
 
 def stream_files(files: list[Path], where: str, split: str = "train") -> Any:
     """An IterableDataset over Parquet or Arrow files (one format), in file order."""
-    formats = {BUILDERS[f.suffix.lower()] for f in files}
-    if len(formats) != 1:
-        raise UserError(f"{where}: mixes Parquet and Arrow files; give one format.")
-    fmt = formats.pop()
+    fmt = _format_of(files, where)
     try:
         return _library().load_dataset(fmt, data_files={split: [str(f) for f in files]},
                                        split=split, streaming=True)
@@ -98,12 +95,17 @@ def _unreadable(where: str, fmt: str, e: Exception) -> UserError:
 def stream_splits(directory: Path, where: str) -> dict[str, Any]:
     """{split: IterableDataset} of a directory of Parquet/Arrow files, the splits named by the
     files as `datasets` infers them (train-*, validation-*, test-*; anything else is train)."""
-    files = dataset_files(str(directory))
-    fmt = {BUILDERS[f.suffix.lower()] for f in files}
-    if len(fmt) != 1:
-        raise UserError(f"{where}: {directory} holds " + ("no Parquet or Arrow files"
-                        if not fmt else "both Parquet and Arrow files") + ".")
-    return dict(_library().load_dataset(fmt.pop(), data_dir=str(directory), streaming=True))
+    fmt = _format_of(dataset_files(str(directory)), f"{where}: {directory}")
+    return dict(_library().load_dataset(fmt, data_dir=str(directory), streaming=True))
+
+
+def _format_of(files: list[Path], where: str) -> str:
+    """The `datasets` builder of files that are all Parquet or all Arrow."""
+    formats = {BUILDERS[f.suffix.lower()] for f in files}
+    if len(formats) != 1:
+        raise UserError(f"{where}: " + ("holds no Parquet or Arrow files" if not formats
+                                        else "mixes Parquet and Arrow files; give one format") + ".")
+    return formats.pop()
 
 
 def columns_of(dataset: Any, where: str = "the dataset") -> list[str]:

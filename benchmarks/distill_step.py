@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--student-hidden", type=int, default=d.student_hidden)
     p.add_argument("--student-heads", type=int, default=d.student_heads)
     p.add_argument("--student-ffn", type=int, default=d.student_ffn)
-    p.add_argument("--method", choices=("tinybert", "distilbert"), default=d.method)
+    p.add_argument("--method", choices=("tinybert", "distilbert", "minilm"), default=d.method)
     p.add_argument("--batch", type=int, default=d.batch, help="global batch (sequences)")
     p.add_argument("--seq", type=int, default=d.seq)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=d.dtype,

@@ -484,6 +484,8 @@ def apply_overrides(data: dict, overrides: typing.Sequence[str], cls: type) -> d
                     f"Override '{item}': unknown key '{'.'.join(keys[:i + 1])}'."
                     f"{_closest(key, fields)} Valid keys here: {', '.join(fields)}.")
             if i == len(keys) - 1:
+                if keys == ["method", "name"] and node.get("name") != value:
+                    node.pop("options", None)  # as in a recipe's merge: they were the other's
                 node[key] = value
                 break
             child = node.get(key)

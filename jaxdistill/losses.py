@@ -250,3 +250,37 @@ def distillation_mlm(student_logits: jax.Array, teacher_logits: jax.Array, label
     target = ground_truth_ratio * one_hot + (1.0 - ground_truth_ratio) * teacher
     per_position = -jnp.sum(target * jax.nn.log_softmax(_f32(student_logits), -1), -1)
     return _weighted_mean(per_position, weights)
+
+
+def relation_kl(student: tuple[jax.Array, jax.Array], teacher: tuple[jax.Array, jax.Array],
+                num_heads: int, mask: jax.Array) -> jax.Array:
+    """MiniLM's self-attention relation loss: KL(R_teacher || R_student), R = softmax(a b^T /
+    sqrt(d_r)) per relation head, for one pair (a, b) of queries, keys or values.
+
+    `student`/`teacher` are the pair's two [B, T, heads, head_dim] (or [B, T, width]) arrays,
+    read as [B, T, width] (heads concatenated) and split into `num_heads` relation heads of
+    d_r = width / num_heads, so the two models may differ in width and head count (MiniLMv2);
+    (q, k) with num_heads = the attention heads is the attention distribution (MiniLM v1).
+    `mask` [B, T]: padded keys take no probability and padded queries no loss. Per sequence the
+    mean over relation heads and real queries (the paper's 1 / (A_r |x|)), then the mean over
+    sequences with a real token (as bloomberg/minilmv2.bb's `_get_kl_loss`).
+    """
+    keep = jnp.asarray(mask) > 0
+
+    def log_relation(a, b):
+        bsz, t = a.shape[:2]
+        a = _f32(a).reshape(bsz, t, num_heads, -1)
+        b = _f32(b).reshape(bsz, t, num_heads, -1)
+        scores = jnp.einsum("bqad,bkad->baqk", a, b) / jnp.sqrt(jnp.float32(a.shape[-1]))
+        # A finite fill: log_softmax stays finite at padded keys, so neither the value nor the
+        # gradient meets 0 * inf there.
+        scores = jnp.where(keep[:, None, None, :], scores, -1e9)
+        return jax.nn.log_softmax(scores, axis=-1)
+
+    log_s, log_t = log_relation(*student), log_relation(*teacher)
+    kl = jnp.exp(log_t) * (log_t - log_s)
+    per_query = jnp.sum(jnp.where(keep[:, None, None, :], kl, 0.0), axis=-1)  # [B, A, T]
+    weights = _f32(keep)[:, None, :]
+    lengths = jnp.sum(_f32(keep), axis=-1)  # [B]
+    per_seq = jnp.sum(per_query * weights, axis=(1, 2)) / jnp.maximum(num_heads * lengths, 1.0)
+    return _weighted_mean(per_seq, lengths > 0)

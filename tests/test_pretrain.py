@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import (REPO, TINY, cli_env, final_params, loss_columns, read_metrics, run_cli,
-                     write_tiny_teacher)
+from helpers import (REPO, TINY, cli_env, final_params, loss_columns, mesh_losses, read_metrics,
+                     run_cli, write_tiny_teacher)
 
 def _args(run_dir: Path, teacher: Path, prepared: Path, *extra: str) -> list[str]:
     return ["pretrain", f"run_dir={run_dir}", f"teacher.path={teacher}",
@@ -90,36 +90,11 @@ def test_resume_is_exact(tmp_path, tiny_teacher, prepared, straight_run, sig):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-MESH_SCRIPT = r"""
-import json, sys
-from jaxdistill.train import kinds
-args, meshes = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-out = {}
-for i, (d, f, t) in enumerate(meshes):
-    kind, cfg = kinds.load("pretrain", None, args + [
-        f"run_dir={sys.argv[3]}/m{i}", f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}"])
-    kind.run(cfg)
-    rows = [json.loads(l) for l in open(f"{sys.argv[3]}/m{i}/metrics.jsonl")]
-    out[f"{d},{f},{t}"] = [{k: v for k, v in r.items() if k == "loss" or k.startswith("loss/")}
-                          for r in rows]
-print("RESULT" + json.dumps(out))
-"""
-
-
-def _mesh_losses(tmp_path, devices, meshes, args) -> dict:
-    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, json.dumps(args), json.dumps(meshes),
-                           str(tmp_path / f"d{devices}")], cwd=REPO, env=cli_env(devices),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
-
-
 def test_meshes_match_one_device(tmp_path, tiny_teacher, prepared):
     args = [f"teacher.path={tiny_teacher}", f"data.prepared_dir={prepared}", *TINY, "steps=3",
             "teacher.dtype=float32", "export=false", "save_every=100"]
-    one = _mesh_losses(tmp_path, 1, [[1, 1, 1]], args)["1,1,1"]
-    many = _mesh_losses(tmp_path, 8, [[8, 1, 1], [2, 2, 2]], args)
+    one = mesh_losses(tmp_path, 1, [[1, 1, 1]], args)["1,1,1"]
+    many = mesh_losses(tmp_path, 8, [[8, 1, 1], [2, 2, 2]], args)
     for mesh, rows in many.items():
         assert len(rows) == len(one) == 3
         for r1, r8 in zip(one, rows):

@@ -7,7 +7,8 @@ from jaxdistill.config import from_dict
 from jaxdistill.errors import lookup
 from jaxdistill.errors import UserError
 from jaxdistill.methods import (  # noqa: F401  (registers each method)
-    bilstm, cmlm, distilbert, fastbert, finetune, kd, mlm, mobilebert, mtdnn, pkd, tinybert)
+    bilstm, cmlm, distilbert, fastbert, finetune, kd, minilm, mlm, mobilebert, mtdnn, pkd,
+    tinybert)
 from jaxdistill.methods.base import REGISTRY, Method
 from jaxdistill.models.base import Model
 

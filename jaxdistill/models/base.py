@@ -34,7 +34,10 @@ class Wants:
 
     hidden_states: every layer's output (index 0 = the embedding output).
     attention_scores / attention_probs: per layer, before / after the softmax.
-    attention_layers: the 0-based layers whose attention is kept (None: every layer).
+    attention_qkv: per layer, the queries, keys and values the attention reads (MiniLM's
+        relations), [B, T, heads, head_dim] each.
+    attention_layers: the 0-based layers whose attention features (scores, probs, q/k/v) are
+        kept (None: every layer); the other layers form and keep none of them.
     logits_at_masked: vocabulary logits only at `batch["masked_positions"]` (MLM losses).
     A model that has no such feature (attention in a recurrent model) raises when asked.
     """
@@ -44,6 +47,7 @@ class Wants:
     attention_probs: bool = False
     attention_layers: tuple[int, ...] | None = None
     logits_at_masked: bool = False
+    attention_qkv: bool = False
 
     def __post_init__(self):
         if self.attention_layers is not None:
@@ -51,13 +55,24 @@ class Wants:
 
     @property
     def attention(self) -> bool:
-        return self.attention_scores or self.attention_probs
+        return self.attention_scores or self.attention_probs or self.attention_qkv
+
+    @property
+    def attention_fields(self) -> tuple[str, ...]:
+        """The per-layer attention features asked for, as `Outputs` field names."""
+        return tuple(name for name, on in (
+            ("attention_scores", self.attention_scores), ("attention_probs", self.attention_probs),
+            ("attention_queries", self.attention_qkv), ("attention_keys", self.attention_qkv),
+            ("attention_values", self.attention_qkv)) if on)
+
+    def keeps_attention_of(self, i: int) -> bool:
+        return self.attention and (self.attention_layers is None or i in self.attention_layers)
 
     def for_layer(self, i: int) -> "Wants":
         """What layer i keeps (attention_layers resolved)."""
-        keep = self.attention_layers is None or i in self.attention_layers
+        keep = self.keeps_attention_of(i)
         return Wants(self.hidden_states, self.attention_scores and keep,
-                     self.attention_probs and keep)
+                     self.attention_probs and keep, attention_qkv=self.attention_qkv and keep)
 
     def __or__(self, other: "Wants") -> "Wants":
         wanting = [w.attention_layers for w in (self, other) if w.attention]
@@ -66,11 +81,12 @@ class Wants:
         return Wants(self.hidden_states or other.hidden_states,
                      self.attention_scores or other.attention_scores,
                      self.attention_probs or other.attention_probs, layers,
-                     self.logits_at_masked or other.logits_at_masked)
+                     self.logits_at_masked or other.logits_at_masked,
+                     self.attention_qkv or other.attention_qkv)
 
 
 NOTHING = Wants()
-EVERYTHING = Wants(True, True, True)
+EVERYTHING = Wants(True, True, True, attention_qkv=True)
 EMBEDDINGS, HEADS = -1, -2  # Model.layer_ids of the parameters outside the encoder layers
 
 PerLayer = tuple[jax.Array | None, ...] | jax.Array
@@ -82,7 +98,9 @@ class Outputs:
 
     Per-layer fields are indexed by layer (`hidden_states[j]`): tuples of arrays, or one array
     stacked on axis 0 (a scanned encoder). hidden_states has num_layers + 1 entries, index 0 the
-    embedding output; attention_* have num_layers entries of [B, heads, T, T].
+    embedding output; attention_scores/probs have num_layers entries of [B, heads, T, T],
+    attention_queries/keys/values of [B, T, heads, head_dim]; a layer whose attention was not
+    asked for (`Wants.attention_layers`) has None there.
     logits: [B, num_labels] (classifier), [B, T, V] or [B, P, V] (MLM, `logits_at_masked`).
     extras: anything else a model returns (e.g. per-layer exit logits), by name.
     """
@@ -94,6 +112,9 @@ class Outputs:
     pooled: jax.Array | None = None
     logits: jax.Array | None = None
     extras: dict = flax.struct.field(default_factory=dict)
+    attention_queries: PerLayer | None = None
+    attention_keys: PerLayer | None = None
+    attention_values: PerLayer | None = None
 
 
 class Model(abc.ABC):

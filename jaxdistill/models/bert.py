@@ -214,15 +214,20 @@ class SelfAttention(nn.Module):
         q = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "query")(x))
         k = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "key")(x))
         v = split(_dense(cfg.hidden_size, ("embed", "heads"), cfg, "value")(x))
-        context, scores, probs = attend(q, k, v, key_mask, self.capture, cfg.attention_dropout,
-                                        deterministic)
+        context, captured = attend(q, k, v, key_mask, self.capture, cfg.attention_dropout,
+                                   deterministic)
         out = _dense(cfg.hidden_size, ("heads", "embed"), cfg, "out")(context.reshape(b, t, -1))
-        return out, scores, probs
+        return out, captured
+
+
+# q/k/v as captured: sharded like the attention scores (batch over data/fsdp, heads over tensor).
+QKV_AXES = ("batch", "length", "heads", None)
 
 
 def attend(q, k, v, key_mask, capture: Wants, dropout: float, deterministic: bool):
     """Scaled dot-product attention of [B, T, heads, D] q/k/v under a [B, 1, 1, T] key mask:
-    (context [B, T, heads, D], scores, probs), the last two None unless `capture` asks.
+    (context [B, T, heads, D], captured), `captured` holding what `capture` asks for by its
+    `Outputs` name (attention_scores / _probs / _queries / _keys / _values).
 
     Called inside a module's compact method (its attention dropout becomes that module's).
     scores are scaled and unmasked; probs use a float32 softmax over finfo.min-masked scores.
@@ -241,8 +246,15 @@ def attend(q, k, v, key_mask, capture: Wants, dropout: float, deterministic: boo
     else:
         # No intermediates wanted: let XLA (or cuDNN on GPU) pick a fused attention.
         context = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
-    return (context, scores if capture.attention_scores else None,
-            probs if capture.attention_probs else None)
+    captured = {}
+    if capture.attention_scores:
+        captured["attention_scores"] = scores
+    if capture.attention_probs:
+        captured["attention_probs"] = probs
+    if capture.attention_qkv:
+        for name, y in (("attention_queries", q), ("attention_keys", k), ("attention_values", v)):
+            captured[name] = nn.with_logical_constraint(y, QKV_AXES)
+    return context, captured
 
 
 class TransformerLayer(nn.Module):
@@ -255,7 +267,7 @@ class TransformerLayer(nn.Module):
     @nn.compact
     def __call__(self, x, key_mask):
         cfg = self.cfg
-        attn, scores, probs = SelfAttention(cfg, self.capture, name="attention")(
+        attn, captured = SelfAttention(cfg, self.capture, name="attention")(
             x, key_mask, self.deterministic)
         attn = nn.Dropout(cfg.hidden_dropout)(attn, deterministic=self.deterministic)
         x = _layer_norm(cfg, "attention_norm")(x + attn)
@@ -264,7 +276,7 @@ class TransformerLayer(nn.Module):
         h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=self.deterministic)
         x = _layer_norm(cfg, "ffn_norm")(x + h)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return x, scores, probs
+        return x, captured
 
 
 class _ScanBody(nn.Module):
@@ -278,9 +290,9 @@ class _ScanBody(nn.Module):
     @nn.compact
     def __call__(self, x, key_mask):
         layer_cls = _maybe_remat(self.cfg, self.layer_cls)
-        y, scores, probs = layer_cls(self.cfg, self.capture, self.deterministic, name="layer")(
+        y, captured = layer_cls(self.cfg, self.capture, self.deterministic, name="layer")(
             x, key_mask)
-        return y, (y if self.capture.hidden_states else None, scores, probs)
+        return y, (y if self.capture.hidden_states else None, captured)
 
 
 def _maybe_remat(cfg: BertConfig, layer_cls=TransformerLayer):
@@ -291,8 +303,8 @@ def _maybe_remat(cfg: BertConfig, layer_cls=TransformerLayer):
 
 class Encoder(nn.Module):
     """`cfg.num_layers` layers (`layer_cls`, called `(cfg, capture, deterministic)(x, key_mask)
-    -> (x, scores, probs)`), unrolled or scanned; another architecture subclasses it with its
-    own `layer_cls` and `scan_body` and gets the same parameter layout and captures."""
+    -> (x, captured)`), unrolled or scanned; another architecture subclasses it with its own
+    `layer_cls` and `scan_body` and gets the same parameter layout and captures."""
 
     cfg: BertConfig
     capture: Wants
@@ -302,9 +314,13 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, key_mask):
-        """Returns (last, per-layer hidden states, scores, probs): tuples, or stacked when scanned."""
+        """Returns (last, per-layer hidden states, {Outputs field: per-layer attention
+        feature}): tuples, or arrays stacked on axis 0 when scanned."""
         cfg, cap = self.cfg, self.capture
         if cfg.scan_layers:
+            if (cap.attention and cap.attention_layers is not None
+                    and not self.is_initializing()):
+                return self._scan_keeping_some(x, key_mask)
             scanned = nn.scan(
                 self.scan_body,
                 variable_axes={"params": 0},
@@ -313,17 +329,51 @@ class Encoder(nn.Module):
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, cap, self.deterministic, name="layers")
-            x, (hs, scores, probs) = scanned(x, key_mask)
-            return x, hs, scores, probs
+            x, (hs, captured) = scanned(x, key_mask)
+            return x, hs, captured
         layer_cls = _maybe_remat(cfg, self.layer_cls)
-        hs, scores, probs = [], [], []
+        hs, per_layer = [], []
         for i in range(cfg.num_layers):
-            x, s, p = layer_cls(cfg, cap.for_layer(i), self.deterministic, name=f"layer_{i}")(
-                x, key_mask)
-            hs.append(x), scores.append(s), probs.append(p)
+            x, captured = layer_cls(cfg, cap.for_layer(i), self.deterministic,
+                                    name=f"layer_{i}")(x, key_mask)
+            hs.append(x), per_layer.append(captured)
         return (x, tuple(hs) if cap.hidden_states else None,
-                tuple(scores) if cap.attention_scores else None,
-                tuple(probs) if cap.attention_probs else None)
+                {name: tuple(c.get(name) for c in per_layer) for name in cap.attention_fields})
+
+    def _scan_keeping_some(self, x, key_mask):
+        """The scanned layers when only `attention_layers` keep their attention features: runs
+        of the other layers are scanned without them, the kept layers run one at a time, so
+        nothing is formed or stacked for the rest (scanning every layer with the features
+        would stack them for all L). Same parameters (`layers/layer`, stacked), same function."""
+        cfg, cap, det = self.cfg, self.capture, self.deterministic
+        stacked = self.variables["params"]["layers"]["layer"]
+        layer = _maybe_remat(cfg, self.layer_cls)
+        rng = None if det else self.make_rng("dropout")
+
+        def run(i, p, x, wants):
+            rngs = None if rng is None else {"dropout": jax.random.fold_in(rng, i)}
+            return layer(cfg, wants, det).apply({"params": p}, x, key_mask, rngs=rngs)
+
+        plain = Wants(hidden_states=cap.hidden_states)
+        hs, kept, start = [], {}, 0
+        for stop in [*(i for i in cap.attention_layers if i < cfg.num_layers), cfg.num_layers]:
+            if stop > start:  # layers start..stop-1, scanned without attention features
+                def body(x, i_p):
+                    i, p = i_p
+                    y, _ = run(i, p, x, plain)
+                    return y, (y if cap.hidden_states else None)
+                x, ys = jax.lax.scan(body, x, (jnp.arange(start, stop), jax.tree.map(
+                    lambda a: a[start:stop], stacked)))
+                hs.append(ys)
+            if stop < cfg.num_layers:
+                x, kept[stop] = run(stop, jax.tree.map(lambda a: a[stop], stacked), x,
+                                    cap.for_layer(stop))
+                hs.append(x[None] if cap.hidden_states else None)
+            start = stop + 1
+        layer_hs = jnp.concatenate(hs) if cap.hidden_states else None
+        return x, layer_hs, {name: tuple(kept[i][name] if i in kept else None
+                                          for i in range(cfg.num_layers))
+                             for name in cap.attention_fields}
 
 
 class MlmHead(nn.Module):
@@ -403,8 +453,8 @@ class BertModel(nn.Module):
         embeddings = self.embeddings_cls(cfg, name="embeddings")
         x = embeddings(input_ids, token_type_ids, deterministic)
         key_mask = attention_mask[:, None, None, :] > 0  # [B, 1, 1, T], broadcast over heads/queries
-        last, layer_hs, scores, probs = self.encoder_cls(cfg, capture, deterministic,
-                                                         name="encoder")(x, key_mask)
+        last, layer_hs, captured = self.encoder_cls(cfg, capture, deterministic,
+                                                    name="encoder")(x, key_mask)
         hidden_states = None
         if capture.hidden_states:
             hidden_states = ((x,) + layer_hs if isinstance(layer_hs, tuple)
@@ -423,7 +473,8 @@ class BertModel(nn.Module):
             logits = MlmHead(cfg, name="mlm_head")(feats, word)
         elif cfg.head == "classifier":
             logits = Classifier(cfg, name="classifier")(pooled, last[:, 0], deterministic)
-        return Outputs(last, hidden_states, scores, probs, pooled, logits)
+        return Outputs(last_hidden_state=last, hidden_states=hidden_states, pooled=pooled,
+                       logits=logits, **captured)
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:

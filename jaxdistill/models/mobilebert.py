@@ -264,10 +264,10 @@ class SelfAttention(nn.Module):
         project = lambda name, y: _dense(width, ("embed", "heads"), cfg, name)(y).reshape(
             b, t, cfg.num_heads, cfg.head_dim)
         q, k, v = project("query", query_in), project("key", key_in), project("value", value_in)
-        context, scores, probs = bert.attend(q, k, v, key_mask, self.capture,
-                                             cfg.attention_dropout, deterministic)
+        context, captured = bert.attend(q, k, v, key_mask, self.capture,
+                                        cfg.attention_dropout, deterministic)
         out = _dense(width, ("heads", "embed"), cfg, "out")(context.reshape(b, t, -1))
-        return out, scores, probs
+        return out, captured
 
 
 class FeedForward(nn.Module):
@@ -289,7 +289,7 @@ class FeedForward(nn.Module):
 
 
 class MobileBertLayer(nn.Module):
-    """One block: hidden_size in and out (module docstring); (x, scores, probs)."""
+    """One block: hidden_size in and out (module docstring); (x, captured attention features)."""
 
     cfg: MobileBertConfig
     capture: Wants
@@ -307,7 +307,7 @@ class MobileBertLayer(nn.Module):
                 query_in = Bottleneck(cfg, name="bottleneck_qk")(x)
             if cfg.use_bottleneck_attention:
                 query_in = value_in = layer_input
-        attn, scores, probs = SelfAttention(cfg, self.capture, name="attention")(
+        attn, captured = SelfAttention(cfg, self.capture, name="attention")(
             query_in, query_in, value_in, key_mask, det)
         if not cfg.use_bottleneck:
             attn = nn.Dropout(cfg.hidden_dropout)(attn, deterministic=det)
@@ -320,7 +320,7 @@ class MobileBertLayer(nn.Module):
             out = nn.Dropout(cfg.hidden_dropout)(out, deterministic=det)
             h = _norm(cfg, "bottleneck_out_norm")(out + x)
         h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
-        return h, scores, probs
+        return h, captured
 
 
 class _ScanBody(bert._ScanBody):

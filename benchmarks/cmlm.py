@@ -8,8 +8,9 @@ configs/task/cmlm_*.yaml), run dirs under --root: the packaged MiniLM's MLM head
 conditional-MLM teacher started from it -> its top-K targets -> the student with KD -> the same
 student without the teacher -> `jaxdistill evaluate` of both students on dev and test (beam 5,
 length penalty 0.6, and greedy; every output kept for sacreBLEU's paired bootstrap of KD against
-no KD) and of the teacher (masked-token accuracy). A stage whose summary
-is already in --root/cmlm_stages.json is not rerun (delete the file to start over).
+no KD) and of the teacher (masked-token accuracy). The pipeline runner runs them as one
+pipeline, --root/cmlm_pipeline/pipeline.yaml (benchmarks/stages.py): a finished stage is skipped
+when this runs again, a stopped one resumes, a changed one starts over with what reads it.
 """
 from __future__ import annotations
 
@@ -20,13 +21,9 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks import task_pipeline
+from benchmarks import stages as stage_lib
 from jaxdistill import significance
 from benchmarks.task_pipeline import REPO, TASK
-
-
-def _cli(args: list[str], log) -> dict:
-    return json.loads(task_pipeline._cli(args, log))
 
 
 def main() -> None:
@@ -44,10 +41,33 @@ def main() -> None:
         return
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    log = (root / "cmlm_log.txt").open("a")
+    plan, evaluations, keys = chain(root, args.scale)
+    outputs = root / "cmlm_outputs"
+    done = stage_lib.run({**plan, **evaluations}, root / "cmlm_pipeline")
+    stages = {name: done[name] for name in plan}
+    evals = {keys[name]: done[name]["summary"] for name in evaluations}
+    # KD against no KD on the same pairs: sacreBLEU's paired bootstrap.
+    tests = {f"{split}/beam{beam}": significance.compare_files(
+        outputs / f"student_nokd_{split}_beam{beam}.jsonl",
+        outputs / f"student_kd_{split}_beam{beam}.jsonl")
+        for split in ("dev", "test") for beam in (5, 1)}
+    demo = sum(stages[s]["minutes"] for s in ("teacher_mlm", "teacher", "topk", "student_kd"))
+    out = {"machine": f"{platform.machine()} with {os.cpu_count()} CPU cores",
+           "scale": args.scale, "stages": stages, "evaluations": evals,
+           "paired_tests": tests, "demo_minutes": demo,
+           "date": time.strftime("%Y-%m-%d")}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_section(Path(args.results), render(out))
+    print(json.dumps({"out": args.out, "demo_minutes": round(demo, 1)}))
+
+
+def chain(root: Path, scale_factor: float = 1.0) -> tuple[dict, dict, dict]:
+    """(training stages, evaluation stages, stage -> its key in the evaluations): every command
+    of the benchmark, stage name -> `jaxdistill` argv."""
     teacher, topk = root / "cmlm_teacher", root / "cmlm" / "topk.jsonl"
-    scale = [] if args.scale == 1.0 else ["steps=%d" % max(2, int(500 * args.scale))]
-    student_scale = [] if args.scale == 1.0 else [f"epochs={8 * args.scale}"]
+    scale = [] if scale_factor == 1.0 else ["steps=%d" % max(2, int(500 * scale_factor))]
+    student_scale = [] if scale_factor == 1.0 else [f"epochs={8 * scale_factor}"]
     mlm_head = root / "teacher_mlm"
     plan = {
         "teacher_mlm": ["pretrain", "--config", str(REPO / "configs" / "teacher_mlm.yaml"),
@@ -63,36 +83,25 @@ def main() -> None:
                          f"run_dir={root}/cmlm_nokd", f"teacher.path={teacher}/best",
                          *student_scale],
     }
-    stages = task_pipeline.run_stages(plan, root / "cmlm_stages.json", log)
-    evals = {}
     recipe = str(TASK / "cmlm_student.yaml")
     outputs = root / "cmlm_outputs"
+    evaluations, keys = {}, {}  # stage -> argv; stage -> its key in `evals`
     for name in ("student_kd", "student_nokd"):
         model = f"{root}/cmlm_{'student' if name == 'student_kd' else 'nokd'}/best"
         for split in ("dev", "test"):
             for beam in (5, 1):
-                evals[f"{name}/{split}/beam{beam}"] = _cli(
-                    ["evaluate", "--model", model, "--config", recipe, "--split", split,
-                     f"decode.beam_size={beam}", "--predictions",
-                     str(outputs / f"{name}_{split}_beam{beam}.jsonl")], log)
-    # KD against no KD on the same pairs: sacreBLEU's paired bootstrap.
-    tests = {f"{split}/beam{beam}": significance.compare_files(
-        outputs / f"student_nokd_{split}_beam{beam}.jsonl",
-        outputs / f"student_kd_{split}_beam{beam}.jsonl")
-        for split in ("dev", "test") for beam in (5, 1)}
+                stage = f"evaluate_{name}_{split}_beam{beam}"
+                keys[stage] = f"{name}/{split}/beam{beam}"
+                evaluations[stage] = [
+                    "evaluate", "--model", model, "--config", recipe, "--split", split,
+                    f"decode.beam_size={beam}", "--predictions",
+                    str(outputs / f"{name}_{split}_beam{beam}.jsonl")]
     for split in ("dev", "test"):
-        evals[f"teacher/{split}"] = _cli(["evaluate", "--model", f"{teacher}/best", "--config",
-                                          str(TASK / "cmlm_teacher.yaml"), "--split", split],
-                                         log)
-    demo = sum(stages[s]["minutes"] for s in ("teacher_mlm", "teacher", "topk", "student_kd"))
-    out = {"machine": f"{platform.machine()} with {os.cpu_count()} CPU cores",
-           "scale": args.scale, "stages": stages, "evaluations": evals,
-           "paired_tests": tests, "demo_minutes": demo,
-           "date": time.strftime("%Y-%m-%d")}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    write_section(Path(args.results), render(out))
-    print(json.dumps({"out": args.out, "demo_minutes": round(demo, 1)}))
+        keys[f"evaluate_teacher_{split}"] = f"teacher/{split}"
+        evaluations[f"evaluate_teacher_{split}"] = [
+            "evaluate", "--model", f"{teacher}/best", "--config", str(TASK / "cmlm_teacher.yaml"),
+            "--split", split]
+    return plan, evaluations, keys
 
 
 BEGIN, END = "<!-- cmlm: begin (python -m benchmarks.cmlm) -->", "<!-- cmlm: end -->"

@@ -18,13 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import task_pipeline
-
-
-def _run(args: list[str]) -> dict:
-    """One `jaxdistill` command through benchmarks.task_pipeline's runner (its log in TMPDIR)."""
-    with open(Path(tempfile.gettempdir()) / "jaxdistill_fingerprint.log", "a") as log:
-        return json.loads(task_pipeline._cli(args, log))
+from benchmarks.stages import command as _run
 
 
 def _metrics(run_dir: Path) -> list[dict]:

@@ -15,8 +15,10 @@ Stages, each one `jaxdistill` command on the shipped recipes, run dirs under --r
   gives its accuracy; this script does not retrain it.)
 Then `jaxdistill evaluate --predictions` of each on the dev set and McNemar's test with a paired
 bootstrap interval (`jaxdistill.significance`) of MobileBERT against each comparison, and how
-far each layer moved in each phase (benchmarks/layer_movement.py). A stage whose summary is in
---root/mobilebert_stages.json is not rerun (delete the file to start over).
+far each layer moved in each phase (benchmarks/layer_movement.py). The pipeline runner runs the
+stages as one pipeline, --root/mobilebert_pipeline/pipeline.yaml (benchmarks/stages.py): a
+finished stage is skipped when this runs again, a stopped one resumes, a changed one starts over
+with what reads it.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks import cmlm, layer_movement, task_pipeline
+from benchmarks import cmlm, layer_movement, stages as stage_lib, task_pipeline
 from benchmarks.task_pipeline import REPO, TASK
 from jaxdistill import significance
 
@@ -84,13 +86,14 @@ def main() -> None:
         return
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    log = (root / "mobilebert_log.txt").open("a")
-    stages = task_pipeline.run_stages(plan(root), root / "mobilebert_stages.json", log)
     preds = root / "mobilebert_predictions"
-    evals = {run: json.loads(task_pipeline._cli(
-        ["evaluate", "--model", str(root / run / "best"), "--config",
-         str(TASK / "teacher.yaml"), "--predictions", str(preds / f"{run}.jsonl")], log))
-        for _, run in ROWS}
+    chain = plan(root)
+    evaluations = {f"evaluate_{run}": ["evaluate", "--model", str(root / run / "best"), "--config",
+                                       str(TASK / "teacher.yaml"), "--predictions",
+                                       str(preds / f"{run}.jsonl")] for _, run in ROWS}
+    done = stage_lib.run({**chain, **evaluations}, root / "mobilebert_pipeline")
+    stages = {name: done[name] for name in chain}
+    evals = {run: done[f"evaluate_{run}"]["summary"] for _, run in ROWS}
     tests = {name: significance.compare_files(preds / f"{a}.jsonl", preds / f"{b}.jsonl")
              for name, a, b in COMPARISONS}
     out = {"machine": f"{platform.machine()} with {os.cpu_count()} CPU cores",

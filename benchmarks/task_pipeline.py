@@ -4,7 +4,10 @@
   python -m benchmarks.task_pipeline --root /tmp/p --out /tmp/p/results.md --scale 0.1
 
 Stages, each one `jaxdistill` command on the shipped recipes (configs/demo.yaml,
-configs/teacher_mlm.yaml, configs/task/*.yaml) with run dirs under --root:
+configs/teacher_mlm.yaml, configs/task/*.yaml) with run dirs under --root, run by the pipeline
+runner as one pipeline, written to --root/pipeline.yaml (benchmarks/stages.py): a finished stage
+is skipped when this runs again, a stopped one resumes, a changed one starts over with the
+stages that read it (`jaxdistill pipeline --root/pipeline.yaml` reruns it by hand):
   general distillation -> MLM head for augmentation -> teacher fine-tune -> FastBERT
   self-distillation of the teacher -> augmentation -> student without KD, vanilla KD, PKD-last,
   PKD-skip, TinyBERT (intermediate + prediction) without and with augmentation -> Tang et al.'s
@@ -31,36 +34,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import stages as stage_lib
+
 REPO = Path(__file__).resolve().parent.parent
 TASK = REPO / "configs" / "task"
-
-
-def _cli(args: list[str], log) -> str:
-    """Run one `jaxdistill` command; its last stdout line is the JSON summary."""
-    cmd = [sys.executable, "-m", "jaxdistill.cli", *args]
-    log.write("$ jaxdistill " + " ".join(args) + "\n")
-    log.flush()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    log.write(proc.stderr[-4000:] + proc.stdout[-2000:] + "\n")
-    log.flush()
-    if proc.returncode:
-        raise SystemExit(f"jaxdistill {' '.join(args)} failed ({proc.returncode}):\n"
-                         f"{proc.stderr[-3000:]}")
-    return proc.stdout.strip().splitlines()[-1]
-
-
-def run_stages(plan: dict[str, list[str]], stages_file: Path, log) -> dict:
-    """Run each named `jaxdistill` command of `plan` in order, unless stages_file (JSON) already
-    holds its summary; returns {name: {summary, minutes, command}}, written after every stage."""
-    stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
-    for name, cmd in plan.items():
-        if name not in stages:
-            t0 = time.perf_counter()
-            summary = json.loads(_cli(cmd, log))
-            stages[name] = {"summary": summary, "minutes": (time.perf_counter() - t0) / 60,
-                            "command": "jaxdistill " + " ".join(cmd)}
-            stages_file.write_text(json.dumps(stages, indent=2))
-    return stages
 
 
 def _steps(n: int, scale: float) -> int:
@@ -168,7 +145,7 @@ def mtdnn_stages(root: Path, scale: float) -> list[tuple]:
                          f"seed={seed}", f"run_dir={m}/teacher_{task}_s{seed}", epochs(1)]))
     for task in MTDNN_TASKS:
         teachers = ",".join(f"{m}/teacher_{task}_s{seed}/best" for seed in MTDNN_SEEDS)
-        out.append((f"MT-DNN soft targets {task}", "mtdnn/targets",
+        out.append((f"MT-DNN soft targets {task}", f"mtdnn/targets_{task}",
                     ["augment", "--config", f"{MTDNN}/targets_{task}.yaml",
                      f"out={m}/targets/{task}.jsonl", f"teachers=[{teachers}]"]))
     for task in MTDNN_TASKS:
@@ -241,47 +218,29 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     carried = {g: section_of(out, HEADINGS[g]) for g in skip}  # read before any stage runs
     root = Path(args.root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    # Finished stages are recorded, so an interrupted pipeline continues where it stopped.
-    done_file = root / "stages.json"
-    done = json.loads(done_file.read_text()) if done_file.exists() else {}
-    timings = []
-    with (root / "pipeline.log").open("a") as log:
-        for name, run, cmd in stages(root, args.scale, args.augment_n, args.max_augmented):
-            if any(name.startswith(GROUPS[g]) for g in skip):
-                continue
-            if name == "BiLSTM, KD" and not Path(cmd[-1].split("=", 1)[1]).is_file():
-                originals_of(*tang_files(root))
-            if name not in done:
-                t0 = time.perf_counter()
-                summary = _cli(cmd, log)
-                done[name] = {"seconds": time.perf_counter() - t0, "summary": summary}
-                done_file.write_text(json.dumps(done, indent=1))
-            timings.append((name, done[name]["seconds"], done[name]["summary"]))
-            print(f"{name}: {timings[-1][1]:.0f} s  {timings[-1][2][:160]}", flush=True)
-        total = sum(t for _, t, _ in timings)
-        evals = {}
-        preds = root / "predictions"
-        for _, run in ROWS + BILSTM_ROWS:
-            evals[run] = json.loads(_cli(["evaluate", "--model", str(root / run / "best"),
-                                          "--config", "configs/task/teacher.yaml",
-                                          "--predictions", str(preds / f"{run}.jsonl")], log))
-        if "mtdnn" not in skip:
-            for run in MTDNN_STUDENTS:
-                evals[run] = json.loads(_cli(["evaluate", "--model", str(root / run / "best"),
-                                              "--predictions", str(preds / f"{_flat(run)}.jsonl")],
-                                             log))
-        evals["paired_tests"] = paired_tests(preds, skip)
-        for _, run in [ROWS[0]] + BILSTM_ROWS:  # batch 1: one example at a time, no padding
-            evals[run + "@1"] = json.loads(_cli(
-                ["evaluate", "--model", str(root / run / "best"), "--config",
-                 "configs/task/teacher.yaml", "eval_batch_size=1", "task.max_dev_examples=256"],
-                log))
-        evals["side_by_side"] = side_by_side(root, log, [r for r in SIDE_BY_SIDE if r in evals])
-        sweep_dir = root / "task_fastbert" / "speed_sweep"
-        _cli(["evaluate", "--model", str(root / "task_fastbert" / "hf"), "--config",
-              "configs/task/teacher.yaml", "--speeds", SPEEDS, "--report-dir", str(sweep_dir)], log)
-        evals["fastbert_sweep"] = json.loads((sweep_dir / "report.json").read_text())
+    chain = [(label, run, cmd) for label, run, cmd in
+             stages(root, args.scale, args.augment_n, args.max_augmented)
+             if not any(label.startswith(GROUPS[g]) for g in skip)]
+    plan = {_flat(run): cmd for _, run, cmd in chain}
+    plan.update(evaluation_stages(root, skip))
+    # The pipeline runner runs it (finished stages are skipped, a stopped one resumes); the
+    # BiLSTM KD row's data is a file cut from the Tang file between the two halves.
+    stage_lib.run(plan, root, upto="bilstm_augment")
+    if not tang_files(root)[1].is_file():
+        originals_of(*tang_files(root))
+    done = stage_lib.run(plan, root)
+    timings = [(label, 60 * done[_flat(run)]["minutes"], done[_flat(run)]["summary"])
+               for label, run, _ in chain]
+    for label, seconds, summary in timings:
+        print(f"{label}: {seconds:.0f} s  {json.dumps(summary)[:160]}", flush=True)
+    total = sum(t for _, t, _ in timings)
+    evals = {run: done[f"evaluate_{_flat(run)}"]["summary"] for run in evaluated_runs(skip)}
+    evals.update({run + "@1": done[f"evaluate_{run}_batch1"]["summary"]
+                  for _, run in [ROWS[0]] + BILSTM_ROWS})
+    evals["paired_tests"] = paired_tests(root / "predictions", skip)
+    evals["side_by_side"] = side_by_side(root, [r for r in SIDE_BY_SIDE if r in evals])
+    sweep_dir = root / "task_fastbert" / "speed_sweep"
+    evals["fastbert_sweep"] = json.loads((sweep_dir / "report.json").read_text())
     table = render(args, timings, total, evals, carried)
     # Hand-written analysis below the marker survives a regeneration.
     kept = out.read_text().split(MARKER, 1) if out.is_file() else []
@@ -289,23 +248,46 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
 
     shutil.copyfile(sweep_dir / "speed_sweep.png", out.with_name("fastbert_speed_sweep.png"))
-    (root / "results.json").write_text(json.dumps(
+    (root / "benchmark.json").write_text(json.dumps(
         {"timings": [(n, s) for n, s, _ in timings], "total_s": total, "evals": evals}, indent=2))
     print(table)
     return 0
 
 
+def evaluated_runs(skip: set) -> list[str]:
+    return [run for _, run in ROWS + BILSTM_ROWS] + ([] if "mtdnn" in skip
+                                                     else list(MTDNN_STUDENTS))
+
+
+def evaluation_stages(root: Path, skip: set) -> dict[str, list[str]]:
+    """`jaxdistill evaluate` of every row on the dev set, predictions kept for the paired tests
+    (MT-DNN's students on their own three tasks); the teacher and the BiLSTM rows again at batch
+    1 over 256 examples (one example at a time, no padding); FastBERT's speed sweep."""
+    preds, task = root / "predictions", ["--config", "configs/task/teacher.yaml"]
+    plan = {}
+    for run in evaluated_runs(skip):
+        plan[f"evaluate_{_flat(run)}"] = [
+            "evaluate", "--model", str(root / run / "best"),
+            *(task if run not in MTDNN_STUDENTS else []),
+            "--predictions", str(preds / f"{_flat(run)}.jsonl")]
+    for _, run in [ROWS[0]] + BILSTM_ROWS:
+        plan[f"evaluate_{run}_batch1"] = ["evaluate", "--model", str(root / run / "best"), *task,
+                                          "eval_batch_size=1", "task.max_dev_examples=256"]
+    plan["fastbert_speed_sweep"] = [
+        "evaluate", "--model", str(root / "task_fastbert" / "hf"), *task, "--speeds", SPEEDS,
+        "--report-dir", str(root / "task_fastbert" / "speed_sweep")]
+    return plan
+
+
 SIDE_BY_SIDE = ("task_teacher", "task_kd", "task_kd_2layers")
 
 
-def side_by_side(root: Path, log, runs: list[str]) -> dict:
+def side_by_side(root: Path, runs: list[str]) -> dict:
     """Examples/s of the teacher and the students measured in one process, passes interleaved
     (benchmarks/eval_speed.py): the ratios the speed target is judged on."""
     cmd = [sys.executable, "-m", "benchmarks.eval_speed",
            *(str(root / run / "best") for run in runs)]
-    log.write("$ " + " ".join(cmd[1:]) + "\n")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    log.write(proc.stderr[-2000:] + proc.stdout[-2000:] + "\n")
     if proc.returncode:
         raise SystemExit(f"benchmarks.eval_speed failed ({proc.returncode}):\n"
                          f"{proc.stderr[-3000:]}")
@@ -434,7 +416,7 @@ def render(args, timings, total: float, evals: dict, carried: dict | None = None
         *accuracy_table(ROWS, evals, teacher)]
     lines += render_side_by_side(evals)
     lines += render_paired_tests(evals["paired_tests"])
-    lines += ["", f"Wall time of the whole pipeline"
+    lines += ["", "Wall time of the whole pipeline"
               + (f" without the skipped stages ({args.skip})" if args.skip else "")
               + f": {total / 60:.1f} min "
               "(the sum of the stages below, each a separate `jaxdistill` process; the final "
@@ -443,7 +425,7 @@ def render(args, timings, total: float, evals: dict, carried: dict | None = None
     lines += [f"| {name} | {sec / 60:.1f} min |" for name, sec, _ in timings]
     lines += render_bilstm(evals, dict((n, t) for n, t, _ in timings))
     lines += carried["mtdnn"] if "mtdnn" in carried else render_mtdnn(
-        {n: json.loads(summary) for n, _, summary in timings if n.startswith("MT-DNN")},
+        {n: summary for n, _, summary in timings if n.startswith("MT-DNN")},
         dict((n, t) for n, t, _ in timings))
     lines += render_fastbert(evals["fastbert_sweep"], dict((n, t) for n, t, _ in timings))
     return "\n".join(lines) + "\n"

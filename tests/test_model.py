@@ -76,6 +76,31 @@ def test_scan_and_remat_same_loss_and_grads(params, option):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g0, g1)
 
 
+SOME = Wants(hidden_states=True, attention_scores=True, attention_qkv=True, attention_layers=(1,))
+
+
+def _some_loss(cfg, params):
+    """A loss of everything SOME keeps: the hidden states and layer 1's scores and q/k/v."""
+    out = BertModel(cfg).apply({"params": params}, *_batch(), capture=SOME)
+    kept = [out.attention_scores[1], out.attention_queries[1], out.attention_keys[1],
+            out.attention_values[1]]
+    assert [x is None for x in out.attention_values] == [True, False, True]
+    return (jnp.stack(out.hidden_states) ** 2).mean() + sum((x ** 2).mean() for x in kept)
+
+
+@pytest.mark.parametrize("option", [{"scan_layers": True}, {"scan_layers": True, "remat": "dots"}])
+def test_scanned_layers_keeping_some_attention_same_loss_and_grads(params, option):
+    """Scanned, only the asked layers keep attention features (runs of the others scanned
+    without them): the same values and gradients as the unrolled layers."""
+    cfg = CFG.replace(**option)
+    l0, g0 = jax.value_and_grad(lambda q: _some_loss(CFG, q))(params)
+    l1, g1 = jax.jit(jax.value_and_grad(lambda q: _some_loss(cfg, q)))(
+        bert.stack_layers(params, CFG.num_layers))
+    assert float(l1) == pytest.approx(float(l0), rel=1e-6)
+    g1 = bert.unstack_layers(g1, CFG.num_layers)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g0, g1)
+
+
 def test_bf16_compute_keeps_fp32_params_and_tracks_fp32(params):
     cfg = CFG.replace(dtype="bfloat16")
     fresh = bert.init_params(cfg, jax.random.key(0))

@@ -147,26 +147,70 @@ def test_pipeline_runs_skips_resumes_and_stops_on_a_failure(tmp_path, tiny, tiny
 def test_every_shipped_pipeline_resolves_to_valid_stage_recipes():
     """Each stage of configs/pipelines/*.yaml, references resolved, is a recipe its command
     accepts (keys, ranges, kinds of data), without running anything."""
-    from jaxdistill import config, teacher_data
-    from jaxdistill.train import kinds
+    from jaxdistill import config
 
     paths = sorted((config.CONFIG_DIR / "pipelines").glob("*.yaml"))
     assert {p.stem for p in paths} >= {"tinybert", "kd", "fastbert", "bilstm", "distilbert",
-                                        "mobilebert", "mtdnn", "cmlm"}
+                                        "mobilebert", "mtdnn", "cmlm", "minilm"}
     for path in paths:
-        recipe = pipeline.load(path)
-        root = Path(recipe["root"])
-        known = {n: pipeline.outputs(n, s, root) for n, s in recipe["stages"].items()}
-        for name in recipe["order"]:
-            command = pipeline.argv(name, recipe["stages"][name], known, root)
-            flags = dict(zip(command[1::2], command[2::2]))
-            keys = [a for a in command[1:] if "=" in a and not a.startswith("-")]
-            if command[0] in ("pretrain", "finetune"):
-                kind, cfg = kinds.load(command[0], flags.get("--config"), keys)
-                assert cfg.run_dir == known[name]["run_dir"], (path, name)
-            elif command[0] == "augment":
-                spec, cfg = teacher_data.load(flags.get("--config"), keys)
-                assert cfg.out == known[name]["out"], (path, name)
-            elif command[0] == "evaluate":
-                kinds.base.load_for_evaluate(flags["--model"], flags.get("--config"), keys)
-            assert "${" not in " ".join(command), (path, name, command)
+        check_stage_recipes(pipeline.load(path), path)
+
+
+def check_stage_recipes(recipe: dict, path) -> None:
+    """Each stage of a loaded pipeline, references resolved, is a recipe its command accepts."""
+    from jaxdistill import teacher_data
+    from jaxdistill.train import kinds
+
+    root = Path(recipe["root"])
+    known = {n: pipeline.outputs(n, s, root) for n, s in recipe["stages"].items()}
+    for name in recipe["order"]:
+        command = pipeline.argv(name, recipe["stages"][name], known, root)
+        flags = dict(zip(command[1::2], command[2::2]))
+        keys = [a for a in command[1:] if "=" in a and not a.startswith("-")]
+        if command[0] in ("pretrain", "finetune"):
+            kind, cfg = kinds.load(command[0], flags.get("--config"), keys)
+            assert cfg.run_dir == known[name]["run_dir"], (path, name)
+        elif command[0] == "augment":
+            spec, cfg = teacher_data.load(flags.get("--config"), keys)
+            assert cfg.out == known[name]["out"], (path, name)
+        elif command[0] == "evaluate":
+            kinds.base.load_for_evaluate(flags["--model"], flags.get("--config"), keys)
+        assert "${" not in " ".join(command), (path, name, command)
+
+
+def test_benchmark_chains_run_as_pipelines(tmp_path):
+    """benchmarks/task_pipeline.py, mobilebert.py and cmlm.py hand their command chains to the
+    runner (benchmarks/stages.py): the written recipe loads, a path one stage writes is a
+    reference where another reads it (so the runner orders and reruns by it), and every stage
+    is a valid recipe."""
+    import yaml
+
+    from benchmarks import cmlm, mobilebert, stages, task_pipeline
+
+    root = tmp_path / "bench"
+    plan = {task_pipeline._flat(run): cmd for _, run, cmd in
+            task_pipeline.stages(root, 1.0, 20, 2000)}
+    plan.update(task_pipeline.evaluation_stages(root, set()))
+    path = tmp_path / "task_pipeline.yaml"
+    path.write_text(yaml.safe_dump(stages.recipe(plan, root)))
+    recipe = pipeline.load(path)
+    kd = recipe["stages"]["task_kd"]["set"]
+    assert kd["student.init"] == "${demo.run_dir}"  # not confused with demo_2layers
+    assert kd["teacher.path"] == "${task_teacher.run_dir}/best"
+    assert recipe["stages"]["task_kd_2layers"]["set"]["student.init"] == "${demo_2layers.run_dir}"
+    assert recipe["stages"]["evaluate_task_kd"]["model"] == "${task_kd.run_dir}/best"
+    assert pipeline.references(recipe["stages"]["mtdnn_kd"]) == {
+        "mtdnn_targets_rotten_tomatoes", "mtdnn_targets_imdb", "mtdnn_targets_bbc_news"}
+    assert recipe["order"].index("task_teacher") < recipe["order"].index("task_kd")
+    check_stage_recipes(recipe, path)
+    mb = tmp_path / "mobilebert.yaml"
+    mb.write_text(yaml.safe_dump(stages.recipe(mobilebert.plan(tmp_path / "runs"), root)))
+    check_stage_recipes(pipeline.load(mb), mb)
+    training, evaluations, _ = cmlm.chain(tmp_path / "runs")
+    path = tmp_path / "cmlm.yaml"
+    path.write_text(yaml.safe_dump(stages.recipe({**training, **evaluations}, root)))
+    recipe = pipeline.load(path)
+    assert recipe["stages"]["student_kd"]["set"]["task.augmented"] == "${topk.out}"
+    check_stage_recipes(recipe, path)
+    with pytest.raises(ValueError, match="neither an option nor key=value"):
+        stages.recipe({"a": ["finetune", "stray"]}, root)

@@ -65,7 +65,9 @@ def straight_run(tmp_path_factory, tiny_teacher, prepared) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+# SIGKILL (no chance to save) of a `pretrain` run and its exact resume: tests/test_minilm.py's
+# end-to-end test, the same loop and checkpoints under another method.
+@pytest.mark.parametrize("sig", [signal.SIGTERM], ids=["sigterm"])
 def test_resume_is_exact(tmp_path, tiny_teacher, prepared, straight_run, sig):
     run_dir = tmp_path / "run"
     args = _args(run_dir, tiny_teacher, prepared, "steps=120", "save_every=10", "export=false")

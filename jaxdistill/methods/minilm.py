@@ -125,6 +125,13 @@ class MiniLm(Method):
         return {STUDENT: Wants(attention_qkv=True, attention_layers=(self.student_layer - 1,)),
                 TEACHER: Wants(attention_qkv=True, attention_layers=(self.teacher_layer - 1,))}
 
+    def forward_flops_per_token(self, seq_len: int) -> float:
+        # Each relation is a [T, T] product over the attention width per sequence: 2 * T * width
+        # per token and side. The train FLOP count triples the method's term (forward and
+        # backward), right for the student's side; the teacher's, forward only, enters as 1/3.
+        s, t = attention_width(self.student.config), attention_width(self.teacher.config)
+        return len(self.relations) * 2.0 * seq_len * (s + t / 3.0)
+
     def loss(self, params: dict, outputs: dict[str, Outputs], batch: Batch,
              rng: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
         del params, rng

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks import cmlm
-from benchmarks.task_pipeline import REPO, paired_row
+from benchmarks.task_pipeline import REPO, paired_table
 from jaxdistill import significance
 
 BEGIN = "<!-- minilm: begin (python -m benchmarks.minilm) -->"
@@ -130,13 +130,8 @@ def render(out: dict) -> str:
             m = models[evaluation]
             lines.append(f"| {label} | {method} | {m['value']:.4f} | {m['share_of_teacher']:.1%} "
                          f"| {m['parameters'] / 1e6:.1f} M | {seconds[stage] / 60:.1f} min |")
-    lines += ["", "Paired on the same 852 dev sentences (McNemar's exact test; paired bootstrap "
-              "95% interval of the difference; significant when p < 0.05):", "",
-              "| MiniLMv2 minus TinyBERT | difference | 95% interval | p | significant | only "
-              "TinyBERT right / only MiniLMv2 right |", "|---|---|---|---|---|---|"]
-    for label, _, _ in PAIRS:
-        t = out["paired_tests"][label]
-        lines.append(paired_row(label, t) + f" {t['only_a_right']} / {t['only_b_right']} |")
+    lines += paired_table([(label, out["paired_tests"][label]) for label, _, _ in PAIRS],
+                          "MiniLMv2 minus TinyBERT", "TinyBERT", "MiniLMv2")
     st = out["step_times"]
     cfg = st["config"]
     lines += ["", f"General step time at the demo's shapes (benchmarks/jax_side.py in one process, "

@@ -129,14 +129,9 @@ def render(out: dict) -> str:
              "sentences (one standard error of an accuracy near 0.75 is about 1.5 points); the "
              "fine-tuned teacher's accuracy is in the task pipeline's table above.", "",
              *task_pipeline.accuracy_table(ROWS, ev, None)]
-    lines += ["", "Paired on the same 852 dev sentences (McNemar's exact test; paired bootstrap "
-              "95% interval of the difference; significant when p < 0.05):", "",
-              "| comparison | difference | 95% interval | p | significant | only the "
-              "baseline right / only MobileBERT right |", "|---|---|---|---|---|---|"]
-    for name, _, _ in COMPARISONS:
-        t = out["paired_tests"][name]
-        lines.append(task_pipeline.paired_row(name, t)
-                     + f" {t['only_a_right']} / {t['only_b_right']} |")
+    lines += task_pipeline.paired_table(
+        [(name, out["paired_tests"][name]) for name, _, _ in COMPARISONS], "comparison",
+        "the baseline", "MobileBERT")
     lines += ["", "How far each layer moved in each phase, ||W_end - W_start|| / ||W_start|| over "
               "the layer's tensors (`python -m benchmarks.layer_movement RUN`):", "",
               layer_movement.markdown(out["layer_movement"]), "",

@@ -372,6 +372,17 @@ def paired_row(name: str, t: dict) -> str:
             f"{'yes' if t['significant'] else 'no'} |")
 
 
+def paired_table(tests: list[tuple[str, dict]], head: str, a: str, b: str) -> list[str]:
+    """The paired tests of (name, test) rows as a Markdown table with its lead-in, each row with
+    how many examples only model `a` (the baseline) or only model `b` got right."""
+    lines = ["", "Paired on the same 852 dev sentences (McNemar's exact test; paired bootstrap "
+             "95% interval of the difference; significant when p < 0.05):", "",
+             f"| {head} | difference | 95% interval | p | significant | only {a} right / only "
+             f"{b} right |", "|---|---|---|---|---|---|"]
+    return lines + [paired_row(name, t) + f" {t['only_a_right']} / {t['only_b_right']} |"
+                    for name, t in tests]
+
+
 def section_of(out: Path, heading: str) -> list[str]:
     """A generated section of an earlier `out` (from its heading to the next '## ' or the
     hand-written marker), to carry over when its stages are skipped."""

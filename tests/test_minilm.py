@@ -268,3 +268,21 @@ def test_shipped_recipes_fit_their_teachers(recipe, teacher):
     method = make_method("minilm", cfg.method.options, student, teacher)
     assert method.student_layer == student.num_layers
     assert method.teacher_layer == (21 if teacher is BERT_LARGE else teacher.num_layers)
+
+
+def test_flops_count_the_teacher_layers_a_step_runs():
+    """Layer 2 of a 4-layer unrolled teacher: its layers 3-4 never run (nothing reads them), so
+    MFU's FLOP count leaves them out; a scanned teacher runs them all."""
+    from jaxdistill.models.bert import Bert
+    from jaxdistill.train import flops
+
+    method = make_method("minilm", {"teacher_layer": 2}, STUDENT, TEACHER)
+    assert method.teacher_layers_read("teacher") == 2
+    run = flops.teacher_as_run(Bert(TEACHER), method.teacher_layers_read("teacher"))
+    assert run.config.num_layers == 2
+    full, half = (m.forward_flops_per_token(8) for m in (Bert(TEACHER), run))
+    assert half == pytest.approx(full / 2)
+    scanned = Bert(TEACHER.replace(scan_layers=True))
+    assert flops.teacher_as_run(scanned, 2) is scanned
+    assert make_method("tinybert", {}, STUDENT.replace(num_layers=2, num_heads=4), TEACHER
+                       ).teacher_layers_read("teacher") is None

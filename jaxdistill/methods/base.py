@@ -106,6 +106,13 @@ class Method(abc.ABC):
         del seq_len
         return 0.0
 
+    def teacher_layers_read(self, role: str) -> int | None:
+        """How many of teacher `role`'s bottom layers the loss reads, when it reads nothing above
+        them (no logits, no later layer): XLA then drops the rest of an unrolled teacher, and
+        the FLOP count (MFU) leaves it out. None: the whole teacher."""
+        del role
+        return None
+
     def update_scale(self, step: jax.Array, params: dict) -> Any:
         """Per-parameter multipliers of this step's update, a pytree shaped like `params`
         ({'student', 'method'}) whose leaves broadcast against theirs, or None (all 1). A 0 also

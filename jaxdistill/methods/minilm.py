@@ -125,6 +125,9 @@ class MiniLm(Method):
         return {STUDENT: Wants(attention_qkv=True, attention_layers=(self.student_layer - 1,)),
                 TEACHER: Wants(attention_qkv=True, attention_layers=(self.teacher_layer - 1,))}
 
+    def teacher_layers_read(self, role: str) -> int | None:
+        return self.teacher_layer if role == TEACHER else None
+
     def forward_flops_per_token(self, seq_len: int) -> float:
         # Each relation is a [T, T] product over the attention width per sequence: 2 * T * width
         # per token and side. The train FLOP count triples the method's term (forward and

@@ -44,6 +44,17 @@ def step_flops(student: Model, teachers: Sequence[Model], batch: int, seq: int,
     return tokens * (teacher_fwd + (3 if student_backward else 1) * student_fwd)
 
 
+def teacher_as_run(teacher: Model, layers_read: int | None) -> Model:
+    """The part of a frozen teacher a step runs: its bottom `layers_read` layers when the loss
+    reads nothing above them and its layers are unrolled (XLA drops the unread rest; a scanned
+    teacher runs every layer); otherwise all of it."""
+    cfg = teacher.config
+    if layers_read is None or getattr(cfg, "scan_layers", True) or \
+            layers_read >= getattr(cfg, "num_layers", 0):
+        return teacher
+    return teacher.replace(num_layers=layers_read)
+
+
 def device_peak_flops(device: jax.Device | None = None) -> tuple[float, str]:
     """(peak FLOP/s of one device, where the figure comes from)."""
     device = device or jax.devices()[0]

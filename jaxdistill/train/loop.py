@@ -295,8 +295,10 @@ def init_state(setup: Setup) -> state_lib.TrainState:
 def step_flops(setup: Setup, seq_len: int, predictions_per_seq: int | None) -> float:
     models = setup.roles.models
     wants_masked = setup.method.wants()[STUDENT].logits_at_masked
+    teachers = [flops.teacher_as_run(m, setup.method.teacher_layers_read(role))
+                for role, m in models.items() if role != STUDENT]
     return flops.step_flops(
-        models[STUDENT], [m for role, m in models.items() if role != STUDENT],
+        models[STUDENT], teachers,
         setup.cfg.batch_size, seq_len, predictions_per_seq if wants_masked else None,
         method_flops_per_token=setup.method.forward_flops_per_token(seq_len),
         student_backward=not setup.cfg.student.freeze)

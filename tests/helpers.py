@@ -182,26 +182,26 @@ def assert_matches_torch(ours, theirs, mask, what: str, tol: float = 1e-4) -> No
 MESH_SCRIPT = r"""
 import json, sys
 from jaxdistill.train import kinds
-args, meshes = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+runs, root = json.loads(sys.argv[1]), sys.argv[2]
 out = {}
-for i, (d, f, t) in enumerate(meshes):
-    kind, cfg = kinds.load("pretrain", sys.argv[4] or None, args + [
-        f"run_dir={sys.argv[3]}/m{i}", f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}"])
+for i, (name, config, args, (d, f, t)) in enumerate(runs):
+    kind, cfg = kinds.load("pretrain", config or None, args + [
+        f"run_dir={root}/m{i}", f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}"])
     kind.run(cfg)
-    rows = [json.loads(l) for l in open(f"{sys.argv[3]}/m{i}/metrics.jsonl")]
-    out[f"{d},{f},{t}"] = [{k: v for k, v in r.items() if k == "loss" or k.startswith("loss/")}
-                          for r in rows]
+    rows = [json.loads(l) for l in open(f"{root}/m{i}/metrics.jsonl")]
+    out[name] = [{k: v for k, v in r.items() if k == "loss" or k.startswith("loss/")}
+                 for r in rows]
 print("RESULT" + json.dumps(out))
 """
 
 
-def mesh_losses(tmp_path: Path, devices: int, meshes: list, args: list[str],
-                config: str = "") -> dict:
-    """Every loss term of each step of a `pretrain` run (recipe `config`, default the demo's,
-    and overrides `args`) per mesh [data, fsdp, tensor], in one process with `devices` fake CPU
-    devices: {"d,f,t": [row per step]}."""
-    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, json.dumps(args), json.dumps(meshes),
-                           str(tmp_path / f"d{devices}"), config], cwd=REPO, env=cli_env(devices),
+def mesh_losses(tmp_path: Path, devices: int, runs: list[tuple[str, str, list[str], list[int]]]
+                ) -> dict:
+    """Every loss term of each step of `pretrain` runs, in one process with `devices` fake CPU
+    devices: runs are (name, recipe or "" for the demo's, overrides, [data, fsdp, tensor]);
+    returns {name: [row per step]}."""
+    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, json.dumps(runs),
+                           str(tmp_path / f"d{devices}")], cwd=REPO, env=cli_env(devices),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))

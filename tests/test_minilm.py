@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers import (TINY, final_params, interrupt_at_first_checkpoint, loss_columns, make_method,
-                     mesh_losses, read_metrics, run_cli)
+                     read_metrics, run_cli)
 from jaxdistill.errors import UserError
 from jaxdistill.models import Wants
 from jaxdistill.models.bert import BertConfig, BertModel, init_params
@@ -172,11 +172,9 @@ def test_only_the_chosen_layers_form_relations(scan):
     assert [x is None for x in s_q] == [True, True, False]
     assert [x is None for x in t_v] == [True, False, True, True]
     assert np.isfinite(float(loss))
-    hlo = jax.jit(jax.grad(lambda s, t: step(s, t)[0])).lower(s_params, t_params).as_text()
-    # forward: qq, kk, vv for each side; no other layer forms one. (The attention itself has
-    # 2 and 4 heads: other shapes.)
+    # qq, kk, vv for each side; no other layer forms one. (The attention itself has 2 and 4
+    # heads: other shapes.)
     assert _relation_dots(jax.jit(step).lower(s_params, t_params).as_text(), 8) == 6
-    assert _relation_dots(hlo, 8) >= 6
 
 
 @pytest.mark.parametrize("options, change, needle", [
@@ -207,15 +205,8 @@ def _args(run_dir, teacher, prepared, *extra):
             f"data.prepared_dir={prepared}", *TINY, *MINILM, *extra]
 
 
-def test_meshes_match_one_device(tmp_path, tiny_teacher, prepared):
-    args = [f"teacher.path={tiny_teacher}", f"data.prepared_dir={prepared}", *TINY, *MINILM,
-            "steps=3", "teacher.dtype=float32", "export=false", "save_every=100"]
-    one = mesh_losses(tmp_path, 1, [[1, 1, 1]], args, RECIPE)["1,1,1"]
-    (rows,) = mesh_losses(tmp_path, 8, [[2, 2, 2]], args, RECIPE).values()
-    assert len(rows) == len(one) == 3 and {"loss/qq_kl", "loss/kk_kl", "loss/vv_kl"} <= set(one[0])
-    for r1, r8 in zip(one, rows):
-        for k, v in r1.items():
-            assert r8[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+# 1 device == 8 fake devices on a (2, 2, 2) mesh: tests/test_pretrain.py::test_meshes_match_one_device
+# runs MiniLMv2 beside TinyBERT in the same two processes.
 
 
 def test_pretrain_sigkill_resumes_exactly_and_exports(tmp_path, tiny_teacher, prepared):

@@ -93,15 +93,22 @@ def test_resume_is_exact(tmp_path, tiny_teacher, prepared, straight_run, sig):
 
 
 def test_meshes_match_one_device(tmp_path, tiny_teacher, prepared):
+    """TinyBERT's and MiniLMv2's general distillation: every loss term of 3 steps on 1 device
+    equals 8 fake devices on a (2, 2, 2) mesh (data, fsdp and tensor at once; pure data
+    parallelism over devices and processes: tests/test_multihost.py)."""
     args = [f"teacher.path={tiny_teacher}", f"data.prepared_dir={prepared}", *TINY, "steps=3",
             "teacher.dtype=float32", "export=false", "save_every=100"]
-    one = mesh_losses(tmp_path, 1, [[1, 1, 1]], args)["1,1,1"]
-    many = mesh_losses(tmp_path, 8, [[8, 1, 1], [2, 2, 2]], args)
-    for mesh, rows in many.items():
-        assert len(rows) == len(one) == 3
-        for r1, r8 in zip(one, rows):
+    recipes = {"tinybert": ("", args),
+               "minilm": ("configs/minilm_demo.yaml", [*args, "method.options.relation_heads=8"])}
+    one = mesh_losses(tmp_path, 1, [(n, c, a, [1, 1, 1]) for n, (c, a) in recipes.items()])
+    many = mesh_losses(tmp_path, 8, [(n, c, a, [2, 2, 2]) for n, (c, a) in recipes.items()])
+    assert {"loss/attn_mse", "loss/qq_kl", "loss/kk_kl", "loss/vv_kl"} <= \
+        set(one["tinybert"][0]) | set(one["minilm"][0])
+    for name, rows in many.items():
+        assert len(rows) == len(one[name]) == 3
+        for r1, r8 in zip(one[name], rows):
             for k, v in r1.items():
-                assert r8[k] == pytest.approx(v, rel=1e-5, abs=1e-7), (mesh, k)
+                assert r8[k] == pytest.approx(v, rel=1e-5, abs=1e-7), (name, k)
 
 
 def test_distilbert_recipe_with_mlm_teacher(tmp_path, prepared):

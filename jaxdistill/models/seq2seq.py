@@ -137,8 +137,8 @@ class Attention(nn.Module):
                                                     index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v_new.astype(cache[1].dtype),
                                                     index, axis=1)
-        context, _, _ = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, NOTHING,
-                               cfg.attention_dropout, deterministic)
+        context, _ = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, NOTHING,
+                            cfg.attention_dropout, deterministic)
         out = _dense(cfg.d_model, ("heads", "embed"), cfg, "out")(
             context.reshape(*x.shape[:2], -1))
         return (out, (k, v)) if mode == "cached" and index is not None else out

@@ -27,20 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import cmlm
+from benchmarks import cmlm, stages as stage_lib
 from benchmarks.task_pipeline import REPO, paired_table
 from jaxdistill import significance
 
 BEGIN = "<!-- minilm: begin (python -m benchmarks.minilm) -->"
 END = "<!-- minilm: end -->"
 PIPELINE = REPO / "configs" / "pipelines" / "minilm.yaml"
-# (label, general stage, evaluate stage, predictions) per student; MiniLMv2 first, TinyBERT second.
-PAIRS = [
-    ("3 x 384 from teacher layers 1, 4, 6", ("minilm", "evaluate_minilm", "minilm"),
-     ("tinybert", "evaluate_tinybert", "tinybert")),
-    ("3 x 312 from random weights", ("minilm_312", "evaluate_minilm_312", "minilm_312"),
-     ("tinybert_312", "evaluate_tinybert_312", "tinybert_312")),
-]
+# (label, MiniLMv2's general stage, TinyBERT's) per student. The pipeline names each general
+# stage's evaluation `evaluate_<stage>` and its predictions `predictions/<stage>.jsonl`.
+PAIRS = [("3 x 384 from teacher layers 1, 4, 6", "minilm", "tinybert"),
+         ("3 x 312 from random weights", "minilm_312", "tinybert_312")]
 
 
 def step_times(rounds: int) -> dict:
@@ -87,9 +84,8 @@ def main() -> None:
     subprocess.run(command, cwd=REPO, check=True)
     root = Path(args.root) if args.root else REPO / "runs" / "pipelines" / "minilm"
     results = json.loads((root / "results.json").read_text())
-    state = json.loads((root / "pipeline.json").read_text())
     preds = root / "predictions"
-    tests = {label: significance.compare_files(preds / f"{tb[2]}.jsonl", preds / f"{ml[2]}.jsonl")
+    tests = {label: significance.compare_files(preds / f"{tb}.jsonl", preds / f"{ml}.jsonl")
              for label, ml, tb in PAIRS}
     # The step timing in a process of its own: nothing else compiled or allocated in it.
     child = subprocess.run([sys.executable, "-m", "benchmarks.minilm", "--step-times-only",
@@ -98,8 +94,8 @@ def main() -> None:
     line = next(x for x in child.stdout.splitlines() if x.startswith("RESULT"))
     out = {"machine": f"{platform.machine()} with {os.cpu_count()} CPU cores",
            "date": time.strftime("%Y-%m-%d"), "pipeline": results,
-           "commands": {name: "jaxdistill " + " ".join(rec["command"])
-                        for name, rec in state.items()},
+           "commands": {name: stage["command"]
+                        for name, stage in stage_lib.finished(root).items()},
            "paired_tests": tests, "step_times": json.loads(line[len("RESULT"):])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
@@ -126,8 +122,8 @@ def render(out: dict) -> str:
              "| student | general stage | dev accuracy | share of teacher | parameters | "
              "general stage time |", "|---|---|---|---|---|---|"]
     for label, ml, tb in PAIRS:
-        for method, (stage, evaluation, _) in (("MiniLMv2", ml), ("TinyBERT", tb)):
-            m = models[evaluation]
+        for method, stage in (("MiniLMv2", ml), ("TinyBERT", tb)):
+            m = models[f"evaluate_{stage}"]
             lines.append(f"| {label} | {method} | {m['value']:.4f} | {m['share_of_teacher']:.1%} "
                          f"| {m['parameters'] / 1e6:.1f} M | {seconds[stage] / 60:.1f} min |")
     lines += paired_table([(label, out["paired_tests"][label]) for label, _, _ in PAIRS],

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
@@ -104,17 +105,9 @@ def finished(root: Path) -> dict:
             for name, rec in state.items() if "summary" in rec}
 
 
-def evaluations(runs: Sequence[tuple[str, str]], *extra: str) -> dict[str, list[str]]:
-    """`jaxdistill evaluate` stages, one per (stage name, model path), with `extra` arguments."""
-    return {name: ["evaluate", "--model", model, *extra] for name, model in runs}
-
-
 def command(argv: list[str]) -> dict:
     """One `jaxdistill` command on its own, not part of a chain: its JSON summary (the last
     stdout line); a failure stops the benchmark, naming the command."""
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-m", "jaxdistill.cli", *argv], capture_output=True,
                           text=True, cwd=Path(__file__).resolve().parent.parent)
     if proc.returncode:

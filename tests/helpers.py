@@ -69,17 +69,54 @@ def cli_env(devices: int | None = None) -> dict:
 
 
 def run_cli(*args: str, devices: int | None = None, timeout: int = 600,
-            check: bool = True, bars: bool = False) -> subprocess.CompletedProcess:
-    """`jaxdistill ARGS` in a subprocess; progress bars are hidden unless `bars`."""
-    env = cli_env(devices)
-    if bars:
-        del env["TQDM_DISABLE"]
-    proc = subprocess.run([sys.executable, "-m", "jaxdistill.cli", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+            check: bool = True, bars: bool = False,
+            subprocess_only: bool = False) -> subprocess.CompletedProcess:
+    """`jaxdistill ARGS` as the console script runs it: `jaxdistill.cli.main` in this process,
+    its stdout and stderr captured, or in a subprocess where the run needs a process of its own:
+    fake devices (`devices`), progress bars (`bars`: tqdm reads TQDM_DISABLE once, at import) or
+    `subprocess_only` (what a test reads from outside the code, such as a warning a library
+    logs). In-process saves each call the ~4 s of importing JAX; the compiled steps are shared
+    through the persistent compilation cache either way (conftest.py)."""
+    if devices or bars or subprocess_only:
+        env = cli_env(devices)
+        if bars:
+            del env["TQDM_DISABLE"]
+        proc = subprocess.run([sys.executable, "-m", "jaxdistill.cli", *args], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+    else:
+        proc = _run_in_process(list(args))
     if check and proc.returncode != 0:
         raise AssertionError(f"jaxdistill {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def _run_in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m jaxdistill.cli ARGS` without the new interpreter: the exit code is main()'s
+    return, argparse's SystemExit, or 1 with the traceback on stderr, as the interpreter gives."""
+    import contextlib
+    import io
+    import traceback
+
+    from jaxdistill import cli
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(REPO)  # recipes are named relative to the repository, as in the subprocess
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(args)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if not isinstance(e.code, (int, type(None))):
+                    print(e.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["jaxdistill", *args], code, out.getvalue(),
+                                       err.getvalue())
 
 
 def interrupt_at_first_checkpoint(cmd: list[str], run_dir: Path, sig: int,

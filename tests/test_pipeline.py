@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, TINY_TASK, cli_env, read_metrics
+from helpers import REPO, TINY_TASK, cli_env, read_metrics, run_cli
 from jaxdistill import pipeline
 from jaxdistill.errors import UserError
 
@@ -91,11 +91,8 @@ stages:
 
 
 def _pipeline(recipe: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "jaxdistill.cli", "pipeline", str(recipe),
-                           *args], cwd=REPO, env=cli_env(), capture_output=True, text=True,
-                          timeout=900)
-    assert not check or proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
+    """`jaxdistill pipeline RECIPE ARGS` (each stage in a `jaxdistill` process of its own)."""
+    return run_cli("pipeline", str(recipe), *args, check=check)
 
 
 def test_pipeline_runs_skips_resumes_and_stops_on_a_failure(tmp_path, tiny, tiny_classifier):

@@ -28,7 +28,6 @@ def test_every_shipped_recipe_validates():
 
 
 def test_every_task_recipe_validates_and_builds_its_method():
-    from jaxdistill.methods import build_method
     from jaxdistill.models.bert import Bert, BertConfig
 
     paths = sorted((config.CONFIG_DIR / "task").rglob("*.yaml"))

@@ -13,7 +13,6 @@ import yaml
 
 from helpers import heads, loss_of, make_method
 from jaxdistill.errors import UserError
-from jaxdistill.methods import build_method
 from jaxdistill.methods.base import REGISTRY
 from jaxdistill.methods.distilbert import DistilBert, DistilBertOptions
 from jaxdistill.methods.layer_match import LayerMatch, evenly_spaced_layers

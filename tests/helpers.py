@@ -69,15 +69,14 @@ def cli_env(devices: int | None = None) -> dict:
 
 
 def run_cli(*args: str, devices: int | None = None, timeout: int = 600,
-            check: bool = True, bars: bool = False,
-            subprocess_only: bool = False) -> subprocess.CompletedProcess:
-    """`jaxdistill ARGS` as the console script runs it: `jaxdistill.cli.main` in this process,
-    its stdout and stderr captured, or in a subprocess where the run needs a process of its own:
-    fake devices (`devices`), progress bars (`bars`: tqdm reads TQDM_DISABLE once, at import) or
-    `subprocess_only` (what a test reads from outside the code, such as a warning a library
-    logs). In-process saves each call the ~4 s of importing JAX; the compiled steps are shared
-    through the persistent compilation cache either way (conftest.py)."""
-    if devices or bars or subprocess_only:
+            check: bool = True, bars: bool = False) -> subprocess.CompletedProcess:
+    """`jaxdistill ARGS` as the console script runs it: `jaxdistill.cli.main` in this process
+    with its stdout and stderr captured, or in a subprocess (`timeout` applies there) where the
+    run needs a process of its own: fake devices (`devices`) or progress bars (`bars`: tqdm reads
+    TQDM_DISABLE once, at import). In-process saves each call the ~4 s of importing JAX; the
+    compiled steps are shared through the persistent compilation cache either way (conftest.py).
+    Tests that signal, kill or watch a run from outside start their own processes."""
+    if devices or bars:
         env = cli_env(devices)
         if bars:
             del env["TQDM_DISABLE"]

@@ -105,10 +105,12 @@ def _run_in_process(args: list[str]) -> subprocess.CompletedProcess:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = cli.main(args)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-                if not isinstance(e.code, (int, type(None))):
+            except SystemExit as e:  # argparse: 0 after --help, 2 for bad arguments
+                if e.code is None or isinstance(e.code, int):
+                    code = e.code or 0
+                else:  # sys.exit("message"), as the interpreter prints it
                     print(e.code, file=sys.stderr)
+                    code = 1
             except Exception:
                 traceback.print_exc()
                 code = 1

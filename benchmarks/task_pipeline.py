@@ -1,7 +1,7 @@
 """The embedded task pipeline end to end, timed, and its results table (docs/results.md).
 
-  python -m benchmarks.task_pipeline                       # everything, writes docs/results.md
-  python -m benchmarks.task_pipeline --root /tmp/p --out /tmp/p/results.md --scale 0.1
+  python -m benchmarks.task_pipeline     # everything: docs/results.md, benchmarks/results/*.json
+  python -m benchmarks.task_pipeline --root /tmp/p --out /tmp/p/r.md --json /tmp/p/r.json --scale 0.1
 
 Stages, each one `jaxdistill` command on the shipped recipes (configs/demo.yaml,
 configs/teacher_mlm.yaml, configs/task/*.yaml) with run dirs under --root, run by the pipeline
@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from benchmarks import stages as stage_lib
+from jaxdistill import significance
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = REPO / "configs" / "task"
@@ -202,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.task_pipeline", description=__doc__)
     p.add_argument("--root", default="runs/pipeline", help="parent of every run dir")
     p.add_argument("--out", default="docs/results.md", help="the results table (Markdown)")
+    p.add_argument("--json", default="benchmarks/results/task_pipeline.json",
+                   help="the raw figures (every stage's time and every evaluation); FastBERT's "
+                        "sweep goes beside it as fastbert_sweep.json")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every step budget")
     p.add_argument("--augment-n", type=int, default=20,
                    help="augmented copies per example (TinyBERT's N; 20 for SST-2)")
@@ -248,8 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
 
     shutil.copyfile(sweep_dir / "speed_sweep.png", out.with_name("fastbert_speed_sweep.png"))
-    (root / "benchmark.json").write_text(json.dumps(
-        {"timings": [(n, s) for n, s, _ in timings], "total_s": total, "evals": evals}, indent=2))
+    raw = json.dumps({"timings": [(n, s) for n, s, _ in timings], "total_s": total,
+                      "evals": evals}, indent=2) + "\n"
+    (root / "benchmark.json").write_text(raw)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(raw)
+    shutil.copyfile(sweep_dir / "report.json", Path(args.json).with_name("fastbert_sweep.json"))
     print(table)
     return 0
 
@@ -335,8 +343,6 @@ def _flat(run: str) -> str:
 
 def paired_tests(preds: Path, skip: set) -> dict:
     """McNemar's test and a paired bootstrap interval for each comparison (significance.py)."""
-    from jaxdistill import significance
-
     pairs = COMPARISONS + ([] if "mtdnn" in skip else [MTDNN_COMPARISON])
     return {name: significance.compare_files(preds / f"{_flat(a)}.jsonl",
                                              preds / f"{_flat(b)}.jsonl")
@@ -437,7 +443,7 @@ def render(args, timings, total: float, evals: dict, carried: dict | None = None
     lines += render_bilstm(evals, dict((n, t) for n, t, _ in timings))
     lines += carried["mtdnn"] if "mtdnn" in carried else render_mtdnn(
         {n: summary for n, _, summary in timings if n.startswith("MT-DNN")},
-        dict((n, t) for n, t, _ in timings))
+        dict((n, t) for n, t, _ in timings), evals["paired_tests"][MTDNN_COMPARISON[0]])
     lines += render_fastbert(evals["fastbert_sweep"], dict((n, t) for n, t, _ in timings))
     return "\n".join(lines) + "\n"
 
@@ -466,6 +472,7 @@ def render_bilstm(evals: dict, seconds: dict) -> list[str]:
                      f"{ev['parameters'] / 1e6:.2f} M | {ev1['examples_per_sec']:.0f} | "
                      f"{ev['examples_per_sec']:.0f} |")
     base, best = evals["task_bilstm_student"], evals["task_bilstm"]
+    paired = evals["paired_tests"]["BiLSTM, KD + augmentation vs labels only"]
     gain = (best["dev_accuracy"] - base["dev_accuracy"]) * 100
     speed = best["examples_per_sec"] / t["examples_per_sec"]
     speed1 = evals["task_bilstm@1"]["examples_per_sec"] / t1["examples_per_sec"]
@@ -478,15 +485,17 @@ def render_bilstm(evals: dict, seconds: dict) -> list[str]:
               f"embedding table).", "",
               f"**Against the target** (KD + augmentation at least 2 points above labels only, "
               f"at least 5x the teacher's examples/s at batch 128, demo under 15 min): "
-              f"{gain:+.1f} points ({'met' if gain >= 2 else 'not met'}); {speed:.1f}x "
+              f"{gain:+.1f} points ({'met' if gain >= 2 else 'not met'}; paired, "
+              f"{significance.verdict(paired)}); {speed:.1f}x "
               f"({'met' if speed >= 5 else 'not met'}); augmentation + training took "
               f"{demo / 60:.1f} min ({'met' if demo < 900 else 'not met'})."]
     return lines
 
 
-def render_mtdnn(summaries: dict, seconds: dict) -> list[str]:
+def render_mtdnn(summaries: dict, seconds: dict, paired: dict) -> list[str]:
     """MT-DNN: per task and on average, each teacher, the ensemble, single-task students and the
-    multi-task student without and with KD (dev metrics of each run's best checkpoint)."""
+    multi-task student without and with KD (dev metrics of each run's best checkpoint); `paired`
+    is KD against no KD on the three dev sets pooled."""
     targets = {t: summaries[f"MT-DNN soft targets {t}"] for t in MTDNN_TASKS}
     metric = {t: targets[t]["metric"] for t in MTDNN_TASKS}
     rows = [(f"teacher, seed {s}", {t: targets[t]["dev"]["members"][i][metric[t]]
@@ -529,7 +538,8 @@ def render_mtdnn(summaries: dict, seconds: dict) -> list[str]:
               f"as the one without KD on every task, and at least 1 point better on average; the "
               f"demo, teachers included, under 40 minutes): "
               f"{'as good or better on every task' if every else 'not on every task'}; "
-              f"{gain:+.2f} points on average ({'met' if every and gain >= 1 else 'not met'}); "
+              f"{gain:+.2f} points on average ({'met' if every and gain >= 1 else 'not met'}; "
+              f"paired on the three dev sets pooled, {significance.verdict(paired)}); "
               f"teachers, soft targets and the two multi-task students took {demo / 60:.1f} min "
               f"({'met' if demo < 2400 else 'not met'}; the single-task baselines, not part "
               f"of the demo, took "

@@ -254,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(sweep_dir / "speed_sweep.png", out.with_name("fastbert_speed_sweep.png"))
     raw = json.dumps({"timings": [(n, s) for n, s, _ in timings], "total_s": total,
                       "evals": evals}, indent=2) + "\n"
-    (root / "benchmark.json").write_text(raw)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(raw)
     shutil.copyfile(sweep_dir / "report.json", Path(args.json).with_name("fastbert_sweep.json"))

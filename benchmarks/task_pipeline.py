@@ -320,6 +320,7 @@ def render_side_by_side(evals: dict) -> list[str]:
 GROUPS = {"mtdnn": "MT-DNN"}  # --skip group -> stage name prefix
 HEADINGS = {"mtdnn": "## MT-DNN: multi-task"}
 # Every comparison the tables draw: (name, baseline run, other run), paired on the same examples.
+BILSTM_TARGET = ("BiLSTM, KD + augmentation vs labels only", "task_bilstm_student", "task_bilstm")
 COMPARISONS = [("vanilla KD vs no KD", "task_student", "task_kd"),
                ("PKD-last vs vanilla KD", "task_kd", "task_pkd_last"),
                ("PKD-skip vs vanilla KD", "task_kd", "task_pkd_skip"),
@@ -329,7 +330,7 @@ COMPARISONS = [("vanilla KD vs no KD", "task_student", "task_kd"),
                 "task_tb_aug_pred"),
                ("TinyBERT, GloVe augmentation vs none", "task_tb_pred", "task_tb_glove_pred"),
                ("BiLSTM, KD vs labels only", "task_bilstm_student", "task_bilstm_kd"),
-               ("BiLSTM, KD + augmentation vs labels only", "task_bilstm_student", "task_bilstm"),
+               BILSTM_TARGET,
                ("BiLSTM, KD + augmentation vs KD", "task_bilstm_kd", "task_bilstm")]
 MTDNN_STUDENTS = ("mtdnn/student", "mtdnn/kd")
 MTDNN_COMPARISON = ("MT-DNN multi-task, KD vs no KD (the three tasks' dev sets pooled)",
@@ -470,8 +471,8 @@ def render_bilstm(evals: dict, seconds: dict) -> list[str]:
                      f"{ev['dev_accuracy'] / t['dev_accuracy']:.1%} | "
                      f"{ev['parameters'] / 1e6:.2f} M | {ev1['examples_per_sec']:.0f} | "
                      f"{ev['examples_per_sec']:.0f} |")
-    base, best = evals["task_bilstm_student"], evals["task_bilstm"]
-    paired = evals["paired_tests"]["BiLSTM, KD + augmentation vs labels only"]
+    name, base_run, best_run = BILSTM_TARGET
+    base, best, paired = evals[base_run], evals[best_run], evals["paired_tests"][name]
     gain = (best["dev_accuracy"] - base["dev_accuracy"]) * 100
     speed = best["examples_per_sec"] / t["examples_per_sec"]
     speed1 = evals["task_bilstm@1"]["examples_per_sec"] / t1["examples_per_sec"]

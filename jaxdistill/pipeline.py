@@ -15,9 +15,10 @@ stage's output feeds the next by reference (`${general.run_dir}`, `${augment.out
 Stages run in the order of the file, after the stages they reference. Each is a separate
 `jaxdistill` process. A training stage's `run_dir` is ROOT/<stage> (an augment's `out`
 ROOT/<stage>/<stage>.jsonl, an export's `out` ROOT/<stage>) unless `set` gives one. What ran is
-recorded in ROOT/pipeline.json: a stage recorded with the same command is complete and skipped;
-one that stopped resumes (the commands resume exactly); one whose command changed, or that reads
-a stage that ran again, starts over in a clean output. A failing stage stops the pipeline with
+recorded in ROOT/pipeline.json: a stage recorded with the same command and the same recipe (its
+`config` file with its `base:` chain, as read) is complete and skipped; one that stopped resumes
+(the commands resume exactly); one whose command or recipe changed, or that reads a stage that ran
+again, starts over in a clean output. A failing stage stops the pipeline with
 its exit code. At the end ROOT/results.md and results.json hold every evaluated model's metric,
 its share of the teacher's, parameters, examples/s, and every stage's time.
 """
@@ -238,8 +239,13 @@ def run(recipe: dict, only: Sequence[str] = (), start: str | None = None) -> dic
     root.mkdir(parents=True, exist_ok=True)
     for name in order:
         command = argv(name, stages[name], known, root)
+        recipe_now = recipe_of(stages[name], known, root)
         record = state.get(name)
-        same = record is not None and record["command"] == command
+        changed = recipe_changes(record, recipe_now) if record else []
+        same = record is not None and record["command"] == command and not changed
+        if changed and name in chosen:
+            print(f"pipeline: stage '{name}': its recipe {stages[name]['config']} changed since "
+                  f"it ran ({'; '.join(changed)}); starting over.", flush=True)
         stale = name in forced or bool(references(stages[name]) & ran)
         if name not in chosen:
             continue
@@ -251,11 +257,12 @@ def run(recipe: dict, only: Sequence[str] = (), start: str | None = None) -> dic
             _clear(name, known)
         print(f"pipeline: stage '{name}'{' (resuming)' if same and not stale else ''}: "
               f"jaxdistill {' '.join(command)}", flush=True)
-        state[name] = {"command": command}  # started: a rerun of another command starts over
+        # Recorded when it starts: a rerun with another command or recipe starts over.
+        state[name] = {"command": command, "recipe": recipe_now}
         state_file.write_text(json.dumps(state, indent=1))
         began = time.perf_counter()
         summary = run_stage(name, command)
-        state[name] = {"command": command, "summary": summary,
+        state[name] = {"command": command, "recipe": recipe_now, "summary": summary,
                        "seconds": time.perf_counter() - began}
         state_file.write_text(json.dumps(state, indent=1))
         ran.add(name)
@@ -264,6 +271,43 @@ def run(recipe: dict, only: Sequence[str] = (), start: str | None = None) -> dic
     (root / "results.md").write_text(markdown(results))
     print(markdown(results), flush=True)
     return results
+
+
+def recipe_of(stage: dict, known: dict, root: Path) -> dict | None:
+    """The stage's recipe as its command will read it (the `config` file, `base:` chain merged,
+    as JSON values), or None: no `config`, or one that cannot be read (the stage's own command
+    then fails with the reason)."""
+    if not stage["config"]:
+        return None
+    try:
+        data = config_lib.read_yaml(resolve(stage["config"], known, root))
+    except UserError:
+        return None
+    return json.loads(json.dumps(data, default=str))
+
+
+def recipe_changes(record: dict, now: dict | None, shown: int = 4) -> list[str]:
+    """'key: old -> new' for each value of the stage's recipe that differs from the one its
+    record ran with (the first `shown`, then a count). Values are compared, so a comment-only
+    edit changes nothing; a record written before recipes were recorded counts as unchanged."""
+    if "recipe" not in record or record["recipe"] == now:
+        return []
+    old, new = _flat(record["recipe"] or {}), _flat(now or {})
+    missing = "(unset)"
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, missing) != new.get(k, missing))
+    lines = [f"{k}: {json.dumps(old.get(k, missing))} -> {json.dumps(new.get(k, missing))}"
+             for k in keys[:shown]]
+    return lines + ([f"{len(keys) - shown} more"] if len(keys) > shown else [])
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _clear(name: str, known: dict) -> None:

@@ -1,7 +1,7 @@
 """`jaxdistill pipeline`: stage order and references, bad recipes (exit 2 naming the problem), and
 a real pipeline of tiny runs: outputs feed the next stage, complete stages are skipped, a
 pipeline killed inside a stage resumes it and ends as an uninterrupted one, a failing stage
-stops it with its exit code."""
+stops it with its exit code, a stage whose recipe changed starts over."""
 from __future__ import annotations
 
 import json
@@ -139,6 +139,33 @@ def test_pipeline_runs_skips_resumes_and_stops_on_a_failure(tmp_path, tiny, tiny
     assert failed.returncode == 2, failed.stderr[-2000:]
     assert "stage 'student' failed (exit 2)" in failed.stderr
     assert not (tmp_path / "failed" / "export").exists()
+
+
+def test_a_changed_recipe_starts_its_stage_over_and_a_comment_does_not(tmp_path,
+                                                                         tiny_classifier):
+    """The record holds the recipe's values as read (`base:` chain merged): a value changed in
+    the base reruns the stage, naming the key; a comment-only edit leaves it complete."""
+    base = _write(tmp_path / "base.yaml", f"base: {REPO}/configs/task/teacher.yaml\n"
+                  "tensorboard: false\nseq_len: 32\neval_batch_size: 32\n"
+                  "task: {max_dev_examples: 64}\n")
+    recipe_file = _write(tmp_path / "eval.yaml", "base: base.yaml\n")
+    recipe = _write(tmp_path / "p.yaml", f"stages:\n  evaluate_teacher: {{command: evaluate, "
+                    f"model: '{tiny_classifier}/best', config: '{recipe_file}'}}\n")
+    root = f"root={tmp_path / 'runs'}"
+    first = _pipeline(recipe, root)
+    assert "jaxdistill evaluate" in first.stdout
+    recipe_file.write_text("# the same values, another comment\nbase: base.yaml\n")
+    assert "is complete" in _pipeline(recipe, root).stdout
+    base.write_text(base.read_text().replace("eval_batch_size: 32", "eval_batch_size: 16"))
+    again = _pipeline(recipe, root).stdout
+    assert ("changed since it ran (eval_batch_size: 32 -> 16); starting over" in again
+            and "jaxdistill evaluate" in again), again[-2000:]
+    state = json.loads((tmp_path / "runs" / "pipeline.json").read_text())
+    assert state["evaluate_teacher"]["recipe"]["eval_batch_size"] == 16
+    # A record from before recipes were recorded counts as unchanged; a key gone is named.
+    assert pipeline.recipe_changes({"command": []}, {"a": 1}) == []
+    assert pipeline.recipe_changes({"recipe": {"a": {"b": 1}, "c": 2}}, {"a": {"b": 1}}) == \
+        ['c: 2 -> "(unset)"']
 
 
 def test_every_shipped_pipeline_resolves_to_valid_stage_recipes():

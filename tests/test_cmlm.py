@@ -337,7 +337,8 @@ def test_both_stages_end_to_end_with_resume_and_evaluate(tmp_path):
               f"teacher.path={teacher}/best", f"task.augmented={topk}", "method.options.top_k=4",
               "eval_every=3", "save_every=3", "select=best", *SMALL, *TINY_STUDENT]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_cli(*common, f"run_dir={straight}", "steps=6")
+    first = run_cli(*common, f"run_dir={straight}", "steps=6")
+    assert "best checkpoint by dev cross entropy" in first.stdout
     run_cli(*common, f"run_dir={resumed}", "steps=3", "export=false")
     run_cli(*common, f"run_dir={resumed}", "steps=6")
     rows, again = read_metrics(straight), read_metrics(resumed)
@@ -352,10 +353,12 @@ def test_both_stages_end_to_end_with_resume_and_evaluate(tmp_path):
     best = min(evals, key=lambda r: r["dev_cross_entropy"])
     assert rows[-1]["best_step"] == best["step"]
     assert rows[-1]["best_dev_cross_entropy"] == pytest.approx(best["dev_cross_entropy"])
-    # The sharded step and the sharded greedy decoder on a 2x2x2 mesh equal one device.
+    # The sharded step and the sharded greedy decoder on a 2x2x2 mesh equal one device (which
+    # step best/ keeps changes neither).
     eight = tmp_path / "eight"
-    run_cli(*common, f"run_dir={eight}", "steps=6", "export=false", "mesh.data=2",
-            "mesh.fsdp=2", "mesh.tensor=2", devices=8)
+    on_eight = run_cli(*common, f"run_dir={eight}", "steps=6", "export=false", "mesh.data=2",
+                       "mesh.fsdp=2", "mesh.tensor=2", "select=last", devices=8)
+    assert "best/ holds the last step" in on_eight.stdout
     for r, e in zip(rows, read_metrics(eight)):
         assert e["loss"] == pytest.approx(r["loss"], rel=1e-4), r["step"]
         assert e.get("dev_bleu") == pytest.approx(r.get("dev_bleu"), abs=1e-6)

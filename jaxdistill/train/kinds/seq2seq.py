@@ -362,7 +362,8 @@ def _run_student(cfg: Seq2SeqRunConfig, task: s2s.Seq2SeqTask, method_cls, optio
           if options.alpha > 0 else "no teacher (alpha 0)")
     header = (f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev pairs; "
               f"seq2seq student, vocabulary {roles.models[STUDENT].config.vocab_size} pieces; "
-              f"{kd}; best checkpoint by dev cross entropy")
+              f"{kd}; " + ("best/ holds the last step" if cfg.select == "last"
+                           else "best checkpoint by dev cross entropy"))
     return _train(cfg, roles, task_source(batches), batches, Seq2SeqDevEvaluator, dev, header,
                   seq_len=cfg.seq_len + cfg.target_len, predictions=None, task=task)
 

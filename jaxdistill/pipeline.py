@@ -238,17 +238,17 @@ def run(recipe: dict, only: Sequence[str] = (), start: str | None = None) -> dic
     ran: set[str] = set()
     root.mkdir(parents=True, exist_ok=True)
     for name in order:
+        if name not in chosen:
+            continue
         command = argv(name, stages[name], known, root)
         recipe_now = recipe_of(stages[name], known, root)
         record = state.get(name)
         changed = recipe_changes(record, recipe_now) if record else []
         same = record is not None and record["command"] == command and not changed
-        if changed and name in chosen:
+        if changed:
             print(f"pipeline: stage '{name}': its recipe {stages[name]['config']} changed since "
                   f"it ran ({'; '.join(changed)}); starting over.", flush=True)
         stale = name in forced or bool(references(stages[name]) & ran)
-        if name not in chosen:
-            continue
         if same and "summary" in record and not stale:
             print(f"pipeline: stage '{name}' is complete ({root / STATE_FILE}); skipped.",
                   flush=True)

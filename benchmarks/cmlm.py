@@ -67,7 +67,7 @@ def chain(root: Path, scale_factor: float = 1.0) -> tuple[dict, dict, dict]:
     of the benchmark, stage name -> `jaxdistill` argv."""
     teacher, topk = root / "cmlm_teacher", root / "cmlm" / "topk.jsonl"
     scale = [] if scale_factor == 1.0 else ["steps=%d" % max(2, int(500 * scale_factor))]
-    student_scale = [] if scale_factor == 1.0 else [f"epochs={8 * scale_factor}"]
+    student_scale = [] if scale_factor == 1.0 else [f"epochs={4 * scale_factor}"]
     mlm_head = root / "teacher_mlm"
     plan = {
         "teacher_mlm": ["pretrain", "--config", str(REPO / "configs" / "teacher_mlm.yaml"),
@@ -131,8 +131,9 @@ def render(out: dict) -> str:
         "## C-MLM: a conditional-MLM BERT teacher distilled into a Seq2Seq student", "",
         f"Produced by `python -m benchmarks.cmlm{scale}` ({out['machine']}, "
         f"{out.get('date', 'date not recorded')}). Task: WordNet "
-        "definition modelling (word ; example sentence -> gloss, Debian `wordnet-base`), 8,000 "
-        "training pairs, 300 dev and 300 test pairs of the fixed-seed splits. Teacher: the "
+        "definition modelling (word ; example sentence -> gloss, Debian `wordnet-base`), "
+        f"{st['topk']['summary']['pairs']:,} training pairs, 300 dev and 300 test pairs of the "
+        "fixed-seed splits. Teacher: the "
         "packaged MiniLM-L6 with the MLM head of configs/teacher_mlm.yaml, fine-tuned as a "
         "conditional MLM (configs/task/cmlm_teacher.yaml). Students: the BART-shaped "
         "encoder-decoder of configs/task/cmlm_student.yaml, same data and budget. BLEU is "

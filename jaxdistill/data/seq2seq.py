@@ -34,6 +34,9 @@ INSTALL_HINT = ("install Debian's wordnet-base (`apt-get install wordnet-base`: 
                 "task.source")
 TASKS = ("wordnet_definitions",)
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Batches of pairs of similar length are cut to a multiple of this many slots: a few compiled
+# shapes (8, 16, ... up to the full width) instead of one per length.
+WIDTH_MULTIPLE = 8
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,8 @@
 
 `encode` turns examples into BERT inputs ([CLS] a [SEP] b [SEP], longest-first truncation as the
 Hugging Face fast tokenizers do); `TaskBatches` gives global training batches as a pure function
-of the step (exact resume); `eval_batches` gives padded, weighted evaluation batches.
+of the step (exact resume), optionally of rows of similar length that `cut_to_longest` trims;
+`eval_batches` gives padded, weighted evaluation batches.
 
 Modules (each imports only those above it; encoding and batches need only examples):
   examples.py  Example, TaskData and the augmented-data JSONL
@@ -22,10 +23,10 @@ Modules (each imports only those above it; encoding and batches need only exampl
   readers.py   CSV/TSV/JSONL readers, column layouts, label parsing, holdout_split, subsample
   sources.py   package:, tfds:, GLUE directories, files, augmented data; load_task
   encoding.py  encode: examples -> BERT input arrays
-  batches.py   TaskBatches and eval_batches
+  batches.py   TaskBatches, cut_to_longest and eval_batches
   multitask.py several tasks: spans of a shared output layer, MT-DNN's sampler
 """
-from jaxdistill.data.tasks.batches import TaskBatches, eval_batches
+from jaxdistill.data.tasks.batches import TaskBatches, cut_to_longest, eval_batches
 from jaxdistill.data.tasks.encoding import encode
 from jaxdistill.data.tasks.examples import (
     Example,
@@ -47,6 +48,6 @@ from jaxdistill.data.tasks.readers import (
 from jaxdistill.data.tasks.sources import load_task, parse_tfds_source
 
 __all__ = ["FILE_SUFFIXES", "PRESETS", "Example", "TaskBatches", "TaskData", "TaskPreset",
-           "encode", "eval_batches", "file_layout", "get_preset", "holdout_split", "load_task",
+           "cut_to_longest", "encode", "eval_batches", "file_layout", "get_preset", "holdout_split", "load_task",
            "parse_tfds_source", "read_examples_jsonl", "read_file", "read_headless_tsv",
            "read_jsonl", "read_table", "subsample", "write_examples_jsonl"]

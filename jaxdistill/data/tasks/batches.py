@@ -20,9 +20,15 @@ class TaskBatches:
 
     Epoch e visits every row once in the order of a permutation seeded by (seed, e); the last
     partial batch of an epoch is dropped. Resuming at any step gives exactly the same batches.
+
+    With `lengths` (a row's tokens) and `pool` > 0, rows of similar length share a batch, as in
+    OpenNMT's and fairseq's batching: the epoch's permutation is cut into pools of `pool`
+    batches, each pool is sorted by length and cut into batches, and the batches' order is
+    shuffled (seeded by (seed, e) too), so a batch can be cut to its longest row.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], global_batch_size: int, seed: int):
+    def __init__(self, arrays: dict[str, np.ndarray], global_batch_size: int, seed: int,
+                 lengths: np.ndarray | None = None, pool: int = 0):
         self.arrays = arrays
         self.global_batch_size = global_batch_size
         self.seed = seed
@@ -33,13 +39,25 @@ class TaskBatches:
         if self.steps_per_epoch < 1:
             raise UserError(f"The train set has {self.num_rows} examples, fewer than one global "
                             f"batch of {global_batch_size}; lower batch_size or add data.")
+        if pool > 0 and (lengths is None or len(lengths) != self.num_rows):
+            raise ValueError("pool > 0 needs one length per row")
+        self.lengths, self.pool = lengths, pool
         self._cached: tuple[int, np.ndarray] | None = None
 
-    def _permutation(self, epoch: int) -> np.ndarray:
+    def _batches(self, epoch: int) -> np.ndarray:
+        """[steps_per_epoch, global batch] row indices of the epoch's batches."""
         # Cached: consecutive steps share an epoch, and it is a pure function of (seed, epoch).
         if self._cached is None or self._cached[0] != epoch:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
-            self._cached = (epoch, perm)
+            b, n = self.global_batch_size, self.steps_per_epoch
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)[:n * b]
+            if self.pool > 0:
+                pools = [perm[s:s + self.pool * b] for s in range(0, n * b, self.pool * b)]
+                perm = np.concatenate([p[np.argsort(self.lengths[p], kind="stable")]
+                                       for p in pools])
+                order = np.random.default_rng([self.seed, epoch, 1]).permutation(n)
+                self._cached = (epoch, perm.reshape(n, b)[order])
+            else:
+                self._cached = (epoch, perm.reshape(n, b))
         return self._cached[1]
 
     def indices(self, step: int) -> np.ndarray:
@@ -47,8 +65,7 @@ class TaskBatches:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         epoch, k = divmod(step, self.steps_per_epoch)
-        b = self.global_batch_size
-        return self._permutation(epoch)[k * b:(k + 1) * b]
+        return self._batches(epoch)[k]
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """The full global batch number `step`."""
@@ -78,3 +95,20 @@ def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dic
         weights[:real] = 1.0
         out["weights"] = weights
         yield out
+
+
+def cut_to_longest(batch: dict[str, np.ndarray], groups: dict[str, tuple[str, ...]],
+                   multiple: int) -> dict[str, np.ndarray]:
+    """`batch` with each group's keys cut on axis 1 to the group's longest row (the last slot
+    its mask key holds anywhere in the batch), rounded up to a multiple of `multiple` so that a
+    few shapes are compiled. Only trailing padding is dropped: masked models give the same
+    outputs on the real slots."""
+    out = dict(batch)
+    for mask_key, keys in groups.items():
+        used = np.flatnonzero(np.asarray(batch[mask_key]).any(axis=0))
+        full = batch[mask_key].shape[1]
+        width = min(full, -(-(int(used[-1]) + 1 if len(used) else 1) // multiple) * multiple)
+        for k in keys:
+            if k in out:
+                out[k] = out[k][:, :width]
+    return out

@@ -72,10 +72,16 @@ class Seq2SeqRunConfig(TaskRunConfig):
     C-MLM teacher reads seq_len + target_len. decode: how `jaxdistill evaluate` writes outputs.
     """
 
-    _RANGES: ClassVar[dict[str, str]] = {**TaskRunConfig._RANGES, "target_len": "[2, inf)"}
+    _RANGES: ClassVar[dict[str, str]] = {**TaskRunConfig._RANGES, "target_len": "[2, inf)",
+                                          "length_pool": "[0, inf)"}
 
     task: TaskConfig = TaskConfig(name="wordnet_definitions")
     target_len: int = 32
+    # > 0: training batches of pairs of similar length (OpenNMT's and fairseq's batching: pools
+    # of this many batches sorted by length, the batches' order shuffled), each cut to its
+    # longest pair rounded up to data.seq2seq.WIDTH_MULTIPLE slots. Definitions average 9 of 24 target slots,
+    # so full-width batches spend most of a step on padding. 0: shuffled full-width batches.
+    length_pool: int = 0
     decode: DecodeConfig = DecodeConfig()
 
 
@@ -155,15 +161,48 @@ def _run_teacher(cfg: Seq2SeqRunConfig, task: s2s.Seq2SeqTask, options: Any) -> 
                         f"task with.")
     predictions = s2s.max_masked(cfg.target_len, options.mask_probability)
     arrays = s2s.encode_conditional(task.train, tok, cfg.seq_len, cfg.target_len)
-    batches = tasks.TaskBatches(arrays, cfg.batch_size, cfg.seed)
+    groups = {"attention_mask": ("input_ids", "attention_mask", "token_type_ids")}
+    batches = grouped_batches(cfg, arrays, arrays["attention_mask"].sum(1))
     source = masked_source(batches, options.mask_probability, predictions,
                            s2s.specials(tok).mask, cfg.seed)
+    source = cut_source(source, groups) if cfg.length_pool else source
     dev = fixed_dev_masks(task.dev, tok, cfg, options.mask_probability, predictions)
     header = (f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev pairs; "
               f"conditional MLM over [CLS] X [SEP] Y [SEP] ({cfg.seq_len} + {cfg.target_len} "
               f"slots), {options.mask_probability:.0%} of Y masked")
+    slots, header = slots_per_row(cfg, batches, groups, header)
     return _train(cfg, roles, source, batches, MaskedDevEvaluator, dev, header,
-                  seq_len=cfg.seq_len + cfg.target_len, predictions=predictions, task=task)
+                  seq_len=slots, predictions=predictions, task=task)
+
+
+def grouped_batches(cfg: Seq2SeqRunConfig, arrays: dict[str, np.ndarray],
+                    lengths: np.ndarray) -> tasks.TaskBatches:
+    """The training batches: of pairs of similar `lengths` when cfg.length_pool > 0."""
+    return tasks.TaskBatches(arrays, cfg.batch_size, cfg.seed, lengths=lengths,
+                             pool=cfg.length_pool)
+
+
+def cut_source(source: StepSource, groups: dict[str, tuple[str, ...]]) -> StepSource:
+    """`source` with every batch cut to its longest pair (tasks.cut_to_longest)."""
+    return StepSource(lambda step: tasks.cut_to_longest(source.make(step), groups,
+                                                        s2s.WIDTH_MULTIPLE), source.spec)
+
+
+def slots_per_row(cfg: Seq2SeqRunConfig, batches: tasks.TaskBatches,
+                  groups: dict[str, tuple[str, ...]], header: str) -> tuple[int, str]:
+    """(slots a row fills in a step, the header saying so): the full width, or with cut batches
+    their mean over the first epoch, so that tokens/s and MFU count what a step computes."""
+    full = cfg.seq_len + cfg.target_len
+    if not cfg.length_pool:
+        return full, header
+    masks = {m: batches.arrays[m] for m in groups}
+    widths = [sum(v.shape[1] for v in tasks.cut_to_longest(
+        {m: v[batches.indices(k)] for m, v in masks.items()}, {m: (m,) for m in masks},
+        s2s.WIDTH_MULTIPLE).values()) for k in range(batches.steps_per_epoch)]
+    mean = float(np.mean(widths))
+    return max(1, round(mean)), header + (
+        f"; batches of pairs of similar length (pools of {cfg.length_pool} batches), "
+        f"{mean:.1f} of {full} slots per pair on average")
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,7 +394,16 @@ def _run_student(cfg: Seq2SeqRunConfig, task: s2s.Seq2SeqTask, method_cls, optio
     arrays = s2s.encode_pairs(task.train, vocab_dir, cfg.seq_len, cfg.target_len)
     if options.alpha > 0:
         arrays = with_teacher_targets(cfg, arrays, options.top_k)
-    batches = tasks.TaskBatches(arrays, cfg.batch_size, cfg.seed)
+    # Sorted by the target's cut width, then the source's length: the decoder and the output
+    # layer over the vocabulary cost most of a step, and the source still shortens.
+    target_widths = -(-arrays["label_weights"].sum(1).astype(np.int64) // s2s.WIDTH_MULTIPLE)
+    lengths = target_widths * (cfg.seq_len + 1) + arrays["attention_mask"].sum(1)
+    batches = grouped_batches(cfg, arrays, lengths)
+    groups = {"attention_mask": ("input_ids", "attention_mask"),
+              "label_weights": ("decoder_input_ids", "labels", "label_weights", "topk_ids",
+                                "topk_logits")}
+    source = task_source(batches)
+    source = cut_source(source, groups) if cfg.length_pool else source
     dev = (s2s.encode_pairs(task.dev, vocab_dir, cfg.seq_len, cfg.target_len),
            [p.target for p in task.dev])
     kd = (f"alpha {options.alpha}, top-{options.top_k} teacher logits at T={options.temperature}"
@@ -364,8 +412,9 @@ def _run_student(cfg: Seq2SeqRunConfig, task: s2s.Seq2SeqTask, method_cls, optio
               f"seq2seq student, vocabulary {roles.models[STUDENT].config.vocab_size} pieces; "
               f"{kd}; " + ("best/ holds the last step" if cfg.select == "last"
                            else "best checkpoint by dev cross entropy"))
-    return _train(cfg, roles, task_source(batches), batches, Seq2SeqDevEvaluator, dev, header,
-                  seq_len=cfg.seq_len + cfg.target_len, predictions=None, task=task)
+    slots, header = slots_per_row(cfg, batches, groups, header)
+    return _train(cfg, roles, source, batches, Seq2SeqDevEvaluator, dev, header,
+                  seq_len=slots, predictions=None, task=task)
 
 
 # --------------------------------------------------------------------------------------------

@@ -265,6 +265,80 @@ def test_shuffled_source_diagnostic_tells_a_reader_from_a_model_that_ignores_its
     assert blind["source_gap"] == pytest.approx(0.0, abs=1e-6)
 
 
+def _padded(rng, n, width, low, high, vocab):
+    """[n, width] ids of random lengths in [low, high], padded with 0, and their mask."""
+    lengths = rng.integers(low, high + 1, n)
+    mask = (np.arange(width)[None] < lengths[:, None]).astype(np.int32)
+    return (rng.integers(5, vocab, (n, width)) * mask).astype(np.int32), mask
+
+
+def test_cut_batches_give_the_full_width_losses_and_teacher_logits(tmp_path):
+    """length_pool's batches are cut to their longest pair: the student's CE + top-K KD loss
+    and the conditional-MLM teacher's logits at its masked slots equal those at full width, and
+    the top-K writer (which batches copies by length and cuts them) stores the teacher's
+    full-width top-K."""
+    from jaxdistill import loading
+    from jaxdistill.data import tasks
+    from jaxdistill.methods.base import STUDENT
+    from jaxdistill.methods.cmlm import Cmlm, CmlmOptions
+    from jaxdistill.models.base import Wants
+    from jaxdistill.teacher_data.cmlm_topk import CUT, CmlmTopKConfig, TopKTargets
+
+    rng = np.random.default_rng(0)
+    model, params = _random_student(vocab=40)
+    ids, mask = _padded(rng, 6, 16, 3, 7, 40)
+    labels, weights = _padded(rng, 6, 12, 2, 5, 40)
+    batch = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": labels,
+             "labels": labels, "label_weights": weights.astype(np.float32),
+             "topk_ids": rng.integers(0, 40, (6, 12, 4)).astype(np.int32),
+             "topk_logits": rng.normal(size=(6, 12, 4)).astype(np.float32)}
+    groups = {"attention_mask": ("input_ids", "attention_mask"),
+              "label_weights": ("decoder_input_ids", "labels", "label_weights", "topk_ids",
+                                "topk_logits")}
+    cut = tasks.cut_to_longest(batch, groups, 4)
+    assert cut["input_ids"].shape == (6, 8) and cut["labels"].shape == (6, 8)
+    method = Cmlm(CmlmOptions(stage="student", alpha=0.5, top_k=4), {STUDENT: model})
+    loss = lambda b: method.loss(params, {STUDENT: model.apply(params, b)}, b)  # noqa: E731
+    (full_loss, full_metrics), (cut_loss, cut_metrics) = loss(batch), loss(cut)
+    np.testing.assert_allclose(float(cut_loss), float(full_loss), rtol=1e-6)
+    np.testing.assert_allclose(float(cut_metrics["loss/kd"]), float(full_metrics["loss/kd"]),
+                               rtol=1e-6)
+
+    # The teacher: a tiny BERT MLM over [CLS] X [SEP] Y [SEP], logits at its masked slots.
+    tiny = write_tiny_teacher(tmp_path / "tiny", arch="BertForMaskedLM", layers=2, hidden=32)
+    teacher, t_params, tok = loading.load_pretrained(str(tiny))
+    pairs = _pairs(12)
+    arrays = s2s.encode_conditional(pairs, tok, 16, 12)
+    copies = s2s.modk_copies(arrays, 3, s2s.specials(tok).mask)
+    keys = ("input_ids", "attention_mask", "token_type_ids", "masked_positions")
+    full_copies = {k: copies[k] for k in keys}
+    wants = Wants(logits_at_masked=True)
+    at_masked = lambda b: np.asarray(teacher.apply(t_params, b, wants=wants).logits)  # noqa
+    short = tasks.cut_to_longest(full_copies, CUT, 8)
+    assert short["input_ids"].shape[1] < 28
+    np.testing.assert_allclose(at_masked(short), at_masked(full_copies), atol=2e-5)
+
+    # The writer's stored targets: the full-width logits' top-K over the student's pieces.
+    out = tmp_path / "topk.jsonl"
+    vocab_dir = s2s.write_vocabulary(tok, pairs, s2s.vocabulary_dir(out))
+    cfg = CmlmTopKConfig(out=str(out), copies=3, top_k=4, batch_size=8, seq_len=16,
+                         target_len=12)
+    writer = TopKTargets(cfg, s2s.Seq2SeqTask("t", pairs, [], []), str(tiny), tok, vocab_dir)
+    rows = writer.process(0, pairs)
+    logits = at_masked(full_copies)[..., writer.columns]
+    checked = 0
+    for c, (row, slots) in enumerate(zip(copies["row"], copies["target_slot"])):
+        for p, slot in enumerate(slots):
+            if slot < 0:
+                continue
+            best = np.argsort(-logits[c, p])[:4]
+            np.testing.assert_array_equal(rows[row]["topk_ids"][slot], best)
+            np.testing.assert_allclose(rows[row]["topk_logits"][slot], logits[c, p, best],
+                                       atol=2e-4)
+            checked += 1
+    assert checked == int(arrays["target_count"].sum())  # every target slot of every pair
+
+
 def test_student_word_table_from_the_teachers_rows(tmp_path):
     from jaxdistill.errors import UserError
     from jaxdistill.loading import load_pretrained

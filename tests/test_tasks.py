@@ -9,7 +9,7 @@ import pytest
 from jaxdistill import assets
 from jaxdistill.config import TaskConfig
 from jaxdistill.data import tasks
-from jaxdistill.data.tasks import Example, TaskBatches, eval_batches, load_task
+from jaxdistill.data.tasks import Example, TaskBatches, cut_to_longest, eval_batches, load_task
 from jaxdistill.data.tasks.encoding import _pair_lengths
 from jaxdistill.errors import UserError
 from jaxdistill.data.tasks import metrics as task_metrics
@@ -363,6 +363,49 @@ def test_task_batches_deterministic_and_epochs():
         assert sorted(rows.tolist()) == list(range(20))
     with pytest.raises(UserError, match="fewer than one global batch"):
         TaskBatches(_arrays(3), 4, 0)
+
+
+def test_length_grouped_batches_keep_every_row_once_and_similar_lengths_together():
+    n, b = 240, 8
+    lengths = np.random.default_rng(0).integers(1, 41, n)
+    arrays = {**_arrays(n), "length": lengths}
+    grouped = TaskBatches(arrays, b, seed=5, lengths=lengths, pool=6)
+    plain = TaskBatches(arrays, b, seed=5)
+    steps = grouped.steps_per_epoch
+    for epoch in range(2):  # every row once per epoch
+        rows = np.concatenate([grouped.batch(epoch * steps + s)["labels"] for s in range(steps)])
+        assert sorted(rows.tolist()) == list(range(n))
+    spread = lambda tb: np.mean([np.ptp(tb.batch(s)["length"]) for s in range(steps)])  # noqa
+    assert spread(grouped) < 0.3 * spread(plain)
+    # Each pool of 6 batches holds the rows of 6 consecutive plain batches, sorted by length.
+    pool0 = np.sort(np.concatenate([plain.indices(s) for s in range(6)]))
+    in_pool0 = [s for s in range(steps) if np.isin(grouped.indices(s), pool0).all()]
+    assert len(in_pool0) == 6
+    assert in_pool0 != list(range(6))  # the batches' order is shuffled
+    fresh = TaskBatches(arrays, b, seed=5, lengths=lengths, pool=6)
+    for step in (37, 0, 61):  # a pure function of the step (exact resume)
+        np.testing.assert_array_equal(fresh.indices(step), grouped.indices(step))
+    # pool 0 ignores lengths: the plain batches
+    np.testing.assert_array_equal(TaskBatches(arrays, b, 5, lengths=lengths).indices(3),
+                                  plain.indices(3))
+    with pytest.raises(ValueError, match="one length per row"):
+        TaskBatches(arrays, b, 5, lengths=lengths[:-1], pool=2)
+
+
+def test_cut_to_longest_drops_trailing_padding_in_multiples():
+    mask = np.zeros((3, 24), np.int32)
+    mask[0, :5], mask[1, :9], mask[2, :2] = 1, 1, 1
+    weights = np.zeros((3, 16), np.float32)
+    weights[:, :3] = 1.0
+    batch = {"ids": np.arange(72).reshape(3, 24), "mask": mask, "weights": weights,
+             "targets": np.ones((3, 16, 4)), "other": np.ones((3, 7))}
+    cut = cut_to_longest(batch, {"mask": ("ids", "mask"), "weights": ("weights", "targets")}, 8)
+    assert cut["ids"].shape == (3, 16) and cut["mask"].shape == (3, 16)  # 9 -> 16
+    np.testing.assert_array_equal(cut["ids"], batch["ids"][:, :16])
+    assert cut["weights"].shape == (3, 8) and cut["targets"].shape == (3, 8, 4)  # 3 -> 8
+    assert cut["other"].shape == (3, 7)  # in no group: as it was
+    mask[1, :] = 1  # the longest row fills every slot: never wider than the arrays
+    assert cut_to_longest(batch, {"mask": ("ids", "mask")}, 16)["ids"].shape == (3, 24)
 
 
 def test_eval_batches_padding():

@@ -298,7 +298,7 @@ def test_cut_batches_give_the_full_width_losses_and_teacher_logits(tmp_path):
     cut = tasks.cut_to_longest(batch, groups, 4)
     assert cut["input_ids"].shape == (6, 8) and cut["labels"].shape == (6, 8)
     method = Cmlm(CmlmOptions(stage="student", alpha=0.5, top_k=4), {STUDENT: model})
-    loss = lambda b: method.loss(params, {STUDENT: model.apply(params, b)}, b)  # noqa: E731
+    loss = jax.jit(lambda b: method.loss(params, {STUDENT: model.apply(params, b)}, b))
     (full_loss, full_metrics), (cut_loss, cut_metrics) = loss(batch), loss(cut)
     np.testing.assert_allclose(float(cut_loss), float(full_loss), rtol=1e-6)
     np.testing.assert_allclose(float(cut_metrics["loss/kd"]), float(full_metrics["loss/kd"]),
@@ -313,7 +313,8 @@ def test_cut_batches_give_the_full_width_losses_and_teacher_logits(tmp_path):
     keys = ("input_ids", "attention_mask", "token_type_ids", "masked_positions")
     full_copies = {k: copies[k] for k in keys}
     wants = Wants(logits_at_masked=True)
-    at_masked = lambda b: np.asarray(teacher.apply(t_params, b, wants=wants).logits)  # noqa
+    masked_logits = jax.jit(lambda b: teacher.apply(t_params, b, wants=wants).logits)
+    at_masked = lambda b: np.asarray(masked_logits(b))  # noqa: E731
     short = tasks.cut_to_longest(full_copies, CUT, 8)
     assert short["input_ids"].shape[1] < 28
     np.testing.assert_allclose(at_masked(short), at_masked(full_copies), atol=2e-5)

@@ -21,6 +21,8 @@ import platform
 import time
 from pathlib import Path
 
+import yaml
+
 from benchmarks import stages as stage_lib
 from jaxdistill import significance
 from benchmarks.task_pipeline import REPO, TASK
@@ -52,8 +54,10 @@ def main() -> None:
         outputs / f"student_kd_{split}_beam{beam}.jsonl")
         for split in ("dev", "test") for beam in (5, 1)}
     demo = sum(stages[s]["minutes"] for s in ("teacher_mlm", "teacher", "topk", "student_kd"))
+    options = yaml.safe_load((TASK / "cmlm_student.yaml").read_text())["method"]["options"]
     out = {"machine": f"{platform.machine()} with {os.cpu_count()} CPU cores",
            "scale": args.scale, "stages": stages, "evaluations": evals,
+           "kd": {k: options[k] for k in ("alpha", "temperature", "top_k")},
            "paired_tests": tests, "demo_minutes": demo,
            "date": time.strftime("%Y-%m-%d")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -123,9 +127,10 @@ def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) 
 
 def render(out: dict) -> str:
     ev, st = out["evaluations"], out["stages"]
+    kd = out.get("kd", {"alpha": 0.5, "temperature": 10, "top_k": 8})  # before it was recorded
     rows = [("student without the teacher (alpha 0)", "student_nokd"),
-            ("student with the C-MLM teacher's top-8 soft targets (alpha 0.5, T 10)",
-             "student_kd")]
+            (f"student with the C-MLM teacher's top-{kd['top_k']} soft targets (alpha "
+             f"{kd['alpha']:g}, T {kd['temperature']:g})", "student_kd")]
     scale = "" if out["scale"] == 1 else f" --scale {out['scale']}"
     lines = [
         "## C-MLM: a conditional-MLM BERT teacher distilled into a Seq2Seq student", "",

@@ -48,6 +48,6 @@ from jaxdistill.data.tasks.readers import (
 from jaxdistill.data.tasks.sources import load_task, parse_tfds_source
 
 __all__ = ["FILE_SUFFIXES", "PRESETS", "Example", "TaskBatches", "TaskData", "TaskPreset",
-           "cut_to_longest", "encode", "eval_batches", "file_layout", "get_preset", "holdout_split", "load_task",
-           "parse_tfds_source", "read_examples_jsonl", "read_file", "read_headless_tsv",
-           "read_jsonl", "read_table", "subsample", "write_examples_jsonl"]
+           "cut_to_longest", "encode", "eval_batches", "file_layout", "get_preset",
+           "holdout_split", "load_task", "parse_tfds_source", "read_examples_jsonl", "read_file",
+           "read_headless_tsv", "read_jsonl", "read_table", "subsample", "write_examples_jsonl"]

@@ -79,8 +79,9 @@ class Seq2SeqRunConfig(TaskRunConfig):
     target_len: int = 32
     # > 0: training batches of pairs of similar length (OpenNMT's and fairseq's batching: pools
     # of this many batches sorted by length, the batches' order shuffled), each cut to its
-    # longest pair rounded up to data.seq2seq.WIDTH_MULTIPLE slots. Definitions average 9 of 24 target slots,
-    # so full-width batches spend most of a step on padding. 0: shuffled full-width batches.
+    # longest pair rounded up to data.seq2seq.WIDTH_MULTIPLE slots. Definitions average 9 of 24
+    # target slots, so full-width batches spend most of a step on padding. 0: shuffled
+    # full-width batches.
     length_pool: int = 0
     decode: DecodeConfig = DecodeConfig()
 

@@ -282,7 +282,7 @@ def test_cut_batches_give_the_full_width_losses_and_teacher_logits(tmp_path):
     from jaxdistill.methods.base import STUDENT
     from jaxdistill.methods.cmlm import Cmlm, CmlmOptions
     from jaxdistill.models.base import Wants
-    from jaxdistill.teacher_data.cmlm_topk import CUT, CmlmTopKConfig, TopKTargets
+    from jaxdistill.teacher_data.cmlm_topk import CmlmTopKConfig, TopKTargets
 
     rng = np.random.default_rng(0)
     model, params = _random_student(vocab=40)
@@ -292,10 +292,7 @@ def test_cut_batches_give_the_full_width_losses_and_teacher_logits(tmp_path):
              "labels": labels, "label_weights": weights.astype(np.float32),
              "topk_ids": rng.integers(0, 40, (6, 12, 4)).astype(np.int32),
              "topk_logits": rng.normal(size=(6, 12, 4)).astype(np.float32)}
-    groups = {"attention_mask": ("input_ids", "attention_mask"),
-              "label_weights": ("decoder_input_ids", "labels", "label_weights", "topk_ids",
-                                "topk_logits")}
-    cut = tasks.cut_to_longest(batch, groups, 4)
+    cut = tasks.cut_to_longest(batch, s2s.PAIR_WIDTHS, 4)
     assert cut["input_ids"].shape == (6, 8) and cut["labels"].shape == (6, 8)
     method = Cmlm(CmlmOptions(stage="student", alpha=0.5, top_k=4), {STUDENT: model})
     loss = jax.jit(lambda b: method.loss(params, {STUDENT: model.apply(params, b)}, b))
@@ -315,7 +312,7 @@ def test_cut_batches_give_the_full_width_losses_and_teacher_logits(tmp_path):
     wants = Wants(logits_at_masked=True)
     masked_logits = jax.jit(lambda b: teacher.apply(t_params, b, wants=wants).logits)
     at_masked = lambda b: np.asarray(masked_logits(b))  # noqa: E731
-    short = tasks.cut_to_longest(full_copies, CUT, 8)
+    short = tasks.cut_to_longest(full_copies, s2s.CONDITIONAL_WIDTHS, 8)
     assert short["input_ids"].shape[1] < 28
     np.testing.assert_allclose(at_masked(short), at_masked(full_copies), atol=2e-5)
 

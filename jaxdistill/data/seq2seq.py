@@ -37,6 +37,13 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Batches of pairs of similar length are cut to a multiple of this many slots: a few compiled
 # shapes (8, 16, ... up to the full width) instead of one per length.
 WIDTH_MULTIPLE = 8
+# What a cut batch trims, per mask key (data.tasks.cut_to_longest): the teacher's
+# [CLS] X [SEP] Y [SEP] rows (encode_conditional) as one, the student's source and target
+# (encode_pairs, with the teacher's top-K per target slot) each by its own mask.
+CONDITIONAL_WIDTHS = {"attention_mask": ("input_ids", "attention_mask", "token_type_ids")}
+PAIR_WIDTHS = {"attention_mask": ("input_ids", "attention_mask"),
+               "label_weights": ("decoder_input_ids", "labels", "label_weights", "topk_ids",
+                                 "topk_logits")}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,9 +34,6 @@ from jaxdistill.errors import UserError
 from jaxdistill.models.base import Wants
 from jaxdistill.teacher_data.base import TeacherDataset, WriterSpec, register, write
 
-CUT = {"attention_mask": ("input_ids", "attention_mask", "token_type_ids")}
-
-
 @dataclasses.dataclass(frozen=True)
 class CmlmTopKConfig:
     """`jaxdistill augment` with method: cmlm_topk: C-MLM's teacher soft targets. Every training
@@ -123,7 +120,8 @@ class TopKTargets(TeacherDataset):
         order = np.argsort(copies["attention_mask"].sum(1), kind="stable")
         for s in range(0, len(order), cfg.batch_size):
             rows_in = order[s:s + cfg.batch_size]
-            part = tasks.cut_to_longest({k: copies[k][rows_in] for k in keys}, CUT,
+            part = tasks.cut_to_longest({k: copies[k][rows_in] for k in keys},
+                                        s2s.CONDITIONAL_WIDTHS,
                                         s2s.WIDTH_MULTIPLE)
             real = len(rows_in)
             part = {k: np.concatenate([v, np.zeros((cfg.batch_size - real, *v.shape[1:]),

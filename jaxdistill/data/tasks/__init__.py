@@ -23,10 +23,10 @@ Modules (each imports only those above it; encoding and batches need only exampl
   readers.py   CSV/TSV/JSONL readers, column layouts, label parsing, holdout_split, subsample
   sources.py   package:, tfds:, GLUE directories, files, augmented data; load_task
   encoding.py  encode: examples -> BERT input arrays
-  batches.py   TaskBatches, cut_to_longest and eval_batches
+  batches.py   TaskBatches, cut_to_longest / cut_width and eval_batches
   multitask.py several tasks: spans of a shared output layer, MT-DNN's sampler
 """
-from jaxdistill.data.tasks.batches import TaskBatches, cut_to_longest, eval_batches
+from jaxdistill.data.tasks.batches import TaskBatches, cut_to_longest, cut_width, eval_batches
 from jaxdistill.data.tasks.encoding import encode
 from jaxdistill.data.tasks.examples import (
     Example,
@@ -48,6 +48,6 @@ from jaxdistill.data.tasks.readers import (
 from jaxdistill.data.tasks.sources import load_task, parse_tfds_source
 
 __all__ = ["FILE_SUFFIXES", "PRESETS", "Example", "TaskBatches", "TaskData", "TaskPreset",
-           "cut_to_longest", "encode", "eval_batches", "file_layout", "get_preset",
+           "cut_to_longest", "cut_width", "encode", "eval_batches", "file_layout", "get_preset",
            "holdout_split", "load_task", "parse_tfds_source", "read_examples_jsonl", "read_file",
            "read_headless_tsv", "read_jsonl", "read_table", "subsample", "write_examples_jsonl"]

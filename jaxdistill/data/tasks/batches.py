@@ -97,17 +97,21 @@ def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dic
         yield out
 
 
+def cut_width(mask: np.ndarray, multiple: int) -> int:
+    """The slots a batch keeps when cut to its longest row: the last slot `mask` [B, L] holds
+    anywhere, rounded up to a multiple of `multiple` (a few compiled shapes), at most L."""
+    used = np.flatnonzero(np.asarray(mask).any(axis=0))
+    longest = int(used[-1]) + 1 if len(used) else 1
+    return min(mask.shape[1], -(-longest // multiple) * multiple)
+
+
 def cut_to_longest(batch: dict[str, np.ndarray], groups: dict[str, tuple[str, ...]],
                    multiple: int) -> dict[str, np.ndarray]:
-    """`batch` with each group's keys cut on axis 1 to the group's longest row (the last slot
-    its mask key holds anywhere in the batch), rounded up to a multiple of `multiple` so that a
-    few shapes are compiled. Only trailing padding is dropped: masked models give the same
-    outputs on the real slots."""
+    """`batch` with each group's keys cut on axis 1 to `cut_width` of the group's mask key.
+    Only trailing padding is dropped: masked models give the same outputs on the real slots."""
     out = dict(batch)
     for mask_key, keys in groups.items():
-        used = np.flatnonzero(np.asarray(batch[mask_key]).any(axis=0))
-        full = batch[mask_key].shape[1]
-        width = min(full, -(-(int(used[-1]) + 1 if len(used) else 1) // multiple) * multiple)
+        width = cut_width(batch[mask_key], multiple)
         for k in keys:
             if k in out:
                 out[k] = out[k][:, :width]

@@ -162,46 +162,35 @@ def _run_teacher(cfg: Seq2SeqRunConfig, task: s2s.Seq2SeqTask, options: Any) -> 
                         f"task with.")
     predictions = s2s.max_masked(cfg.target_len, options.mask_probability)
     arrays = s2s.encode_conditional(task.train, tok, cfg.seq_len, cfg.target_len)
-    groups = {"attention_mask": ("input_ids", "attention_mask", "token_type_ids")}
-    batches = grouped_batches(cfg, arrays, arrays["attention_mask"].sum(1))
+    batches = tasks.TaskBatches(arrays, cfg.batch_size, cfg.seed,
+                                lengths=arrays["attention_mask"].sum(1), pool=cfg.length_pool)
     source = masked_source(batches, options.mask_probability, predictions,
                            s2s.specials(tok).mask, cfg.seed)
-    source = cut_source(source, groups) if cfg.length_pool else source
     dev = fixed_dev_masks(task.dev, tok, cfg, options.mask_probability, predictions)
     header = (f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev pairs; "
               f"conditional MLM over [CLS] X [SEP] Y [SEP] ({cfg.seq_len} + {cfg.target_len} "
               f"slots), {options.mask_probability:.0%} of Y masked")
-    slots, header = slots_per_row(cfg, batches, groups, header)
+    source, slots, header = cut_to_length(cfg, batches, source, s2s.CONDITIONAL_WIDTHS, header)
     return _train(cfg, roles, source, batches, MaskedDevEvaluator, dev, header,
                   seq_len=slots, predictions=predictions, task=task)
 
 
-def grouped_batches(cfg: Seq2SeqRunConfig, arrays: dict[str, np.ndarray],
-                    lengths: np.ndarray) -> tasks.TaskBatches:
-    """The training batches: of pairs of similar `lengths` when cfg.length_pool > 0."""
-    return tasks.TaskBatches(arrays, cfg.batch_size, cfg.seed, lengths=lengths,
-                             pool=cfg.length_pool)
-
-
-def cut_source(source: StepSource, groups: dict[str, tuple[str, ...]]) -> StepSource:
-    """`source` with every batch cut to its longest pair (tasks.cut_to_longest)."""
-    return StepSource(lambda step: tasks.cut_to_longest(source.make(step), groups,
-                                                        s2s.WIDTH_MULTIPLE), source.spec)
-
-
-def slots_per_row(cfg: Seq2SeqRunConfig, batches: tasks.TaskBatches,
-                  groups: dict[str, tuple[str, ...]], header: str) -> tuple[int, str]:
-    """(slots a row fills in a step, the header saying so): the full width, or with cut batches
-    their mean over the first epoch, so that tokens/s and MFU count what a step computes."""
+def cut_to_length(cfg: Seq2SeqRunConfig, batches: tasks.TaskBatches, source: StepSource,
+                  groups: dict[str, tuple[str, ...]], header: str
+                  ) -> tuple[StepSource, int, str]:
+    """With cfg.length_pool (batches of pairs of similar length): `source` with every batch cut
+    to its longest pair (tasks.cut_to_longest), the slots a row fills in a step (their mean over
+    the first epoch, so that tokens/s and MFU count what a step computes) and the header saying
+    so. Without: all three as they are, at the full width."""
     full = cfg.seq_len + cfg.target_len
     if not cfg.length_pool:
-        return full, header
-    masks = {m: batches.arrays[m] for m in groups}
-    widths = [sum(v.shape[1] for v in tasks.cut_to_longest(
-        {m: v[batches.indices(k)] for m, v in masks.items()}, {m: (m,) for m in masks},
-        s2s.WIDTH_MULTIPLE).values()) for k in range(batches.steps_per_epoch)]
-    mean = float(np.mean(widths))
-    return max(1, round(mean)), header + (
+        return source, full, header
+    cut = StepSource(lambda step: tasks.cut_to_longest(source.make(step), groups,
+                                                       s2s.WIDTH_MULTIPLE), source.spec)
+    mean = float(np.mean([sum(tasks.cut_width(batches.arrays[m][batches.indices(k)],
+                                              s2s.WIDTH_MULTIPLE) for m in groups)
+                          for k in range(batches.steps_per_epoch)]))
+    return cut, max(1, round(mean)), header + (
         f"; batches of pairs of similar length (pools of {cfg.length_pool} batches), "
         f"{mean:.1f} of {full} slots per pair on average")
 
@@ -399,12 +388,8 @@ def _run_student(cfg: Seq2SeqRunConfig, task: s2s.Seq2SeqTask, method_cls, optio
     # layer over the vocabulary cost most of a step, and the source still shortens.
     target_widths = -(-arrays["label_weights"].sum(1).astype(np.int64) // s2s.WIDTH_MULTIPLE)
     lengths = target_widths * (cfg.seq_len + 1) + arrays["attention_mask"].sum(1)
-    batches = grouped_batches(cfg, arrays, lengths)
-    groups = {"attention_mask": ("input_ids", "attention_mask"),
-              "label_weights": ("decoder_input_ids", "labels", "label_weights", "topk_ids",
-                                "topk_logits")}
-    source = task_source(batches)
-    source = cut_source(source, groups) if cfg.length_pool else source
+    batches = tasks.TaskBatches(arrays, cfg.batch_size, cfg.seed, lengths=lengths,
+                                pool=cfg.length_pool)
     dev = (s2s.encode_pairs(task.dev, vocab_dir, cfg.seq_len, cfg.target_len),
            [p.target for p in task.dev])
     kd = (f"alpha {options.alpha}, top-{options.top_k} teacher logits at T={options.temperature}"
@@ -413,7 +398,8 @@ def _run_student(cfg: Seq2SeqRunConfig, task: s2s.Seq2SeqTask, method_cls, optio
               f"seq2seq student, vocabulary {roles.models[STUDENT].config.vocab_size} pieces; "
               f"{kd}; " + ("best/ holds the last step" if cfg.select == "last"
                            else "best checkpoint by dev cross entropy"))
-    slots, header = slots_per_row(cfg, batches, groups, header)
+    source, slots, header = cut_to_length(cfg, batches, task_source(batches), s2s.PAIR_WIDTHS,
+                                          header)
     return _train(cfg, roles, source, batches, Seq2SeqDevEvaluator, dev, header,
                   seq_len=slots, predictions=None, task=task)
 

@@ -21,10 +21,8 @@ import platform
 import time
 from pathlib import Path
 
-import yaml
-
 from benchmarks import stages as stage_lib
-from jaxdistill import significance
+from jaxdistill import config as config_lib, significance
 from benchmarks.task_pipeline import REPO, TASK
 
 
@@ -54,7 +52,7 @@ def main() -> None:
         outputs / f"student_kd_{split}_beam{beam}.jsonl")
         for split in ("dev", "test") for beam in (5, 1)}
     demo = sum(stages[s]["minutes"] for s in ("teacher_mlm", "teacher", "topk", "student_kd"))
-    options = yaml.safe_load((TASK / "cmlm_student.yaml").read_text())["method"]["options"]
+    options = config_lib.read_yaml(TASK / "cmlm_student.yaml")["method"]["options"]
     out = {"machine": f"{platform.machine()} with {os.cpu_count()} CPU cores",
            "scale": args.scale, "stages": stages, "evaluations": evals,
            "kd": {k: options[k] for k in ("alpha", "temperature", "top_k")},

@@ -79,7 +79,7 @@ class HFModel:
         self.id2label = id2label
         self.model = _model(config)
         self._jitted = _jitted_forward(config)
-        self._generators: dict = {}  # (max_len, beam_size, length_penalty) -> jitted decoder
+        self._generators: dict = {}  # (max_len, beam_size, length_penalty, ...) -> decoder
         self.early_exit = None  # FastBERT's exit branches, when the directory has them
         self.exported, self.exported_by = {}, {}  # what `save` writes beside the model
 
@@ -120,10 +120,11 @@ class HFModel:
         return self._jitted(self.params, batch, wants=wants)
 
     def generate(self, input_ids: Any, attention_mask: Any = None, *, max_len: int | None = None,
-                 beam_size: int = 1, length_penalty: float = 1.0) -> np.ndarray:
+                 beam_size: int = 1, length_penalty: float = 1.0,
+                 no_repeat_ngram_size: int = 0) -> np.ndarray:
         """A seq2seq model's outputs: int32 [B, max_len] token ids after the start token, pad
         after the end token (greedy for beam_size 1; `transformers`' generate gives the same
-        greedy tokens)."""
+        greedy tokens, with or without the same no_repeat_ngram_size)."""
         if self.model.kind != "seq2seq":
             raise ValueError(f"generate needs a seq2seq model, this one is '{self.model.kind}'")
         from jaxdistill import sharding
@@ -132,7 +133,8 @@ class HFModel:
 
         ids = np.asarray(_ids(input_ids))
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(_ids(attention_mask))
-        setting = (max_len or self.config.max_position_embeddings, beam_size, length_penalty)
+        setting = (max_len or self.config.max_position_embeddings, beam_size, length_penalty,
+                   "hf", no_repeat_ngram_size)
         mesh = sharding.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
         if setting not in self._generators:  # one compilation per setting, not per call
             params_sh = sharding.shardings_for(self.model.logical_axes(), self.params, mesh)

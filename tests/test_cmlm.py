@@ -194,6 +194,16 @@ def test_exported_student_matches_transformers_logits_and_greedy_generate(tmp_pa
     np.testing.assert_allclose(np.asarray(loaded(ids, mask, decoder_input_ids=dec).logits), ours,
                                atol=1e-5)
     np.testing.assert_array_equal(loaded.generate(ids, mask, max_len=max_len), tokens)
+    # With repeated bigrams blocked, our greedy still writes transformers' tokens.
+    blocked = loaded.generate(ids, mask, max_len=max_len, no_repeat_ngram_size=2)
+    with torch.no_grad():
+        out = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                          num_beams=1, do_sample=False, max_new_tokens=max_len, min_length=0,
+                          no_repeat_ngram_size=2).numpy()
+    hf_blocked = np.full((3, max_len), 0)
+    hf_blocked[:, :out.shape[1] - 1] = out[:, 1:]
+    np.testing.assert_array_equal(blocked, hf_blocked)
+    assert not np.array_equal(blocked, tokens)  # the random student repeats itself unblocked
     # And back: the export reads into the same params.
     again, back = read_model_dir(tmp_path)
     assert again.config == model.config

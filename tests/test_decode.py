@@ -221,3 +221,58 @@ def test_a_cache_carried_per_row_gives_the_same_outputs(beam):
                                      cache=cache, **ids)
         np.testing.assert_allclose(np.asarray(got_score), np.asarray(want_score), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def repeats_an_ngram(seq: tuple, size: int) -> bool:
+    """Whether START + seq holds some n-gram twice (the start token counts, as in HF)."""
+    full = (START,) + tuple(seq)
+    grams = [full[i:i + size] for i in range(len(full) - size + 1)]
+    return len(grams) != len(set(grams))
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_wide_beam_with_ngram_block_is_exhaustive_over_unrepeated_outputs(size):
+    max_len = 4
+    state = make_state()
+    table = logprob_table(state, max_len)
+    seqs = [p + (EOS,) for n in range(max_len) for p in itertools.product(CONTINUE, repeat=n)]
+    seqs += list(itertools.product(CONTINUE, repeat=max_len))
+    allowed = [s for s in seqs if not repeats_an_ngram(s, size)]
+    changed = 0
+    for length_penalty in (0.0, 0.6):
+        tokens, scores = beam_search(logits_fn, state, beam_size=(V - 1) ** (max_len - 1),
+                                     length_penalty=length_penalty, no_repeat_ngram_size=size,
+                                     **decode_kw(max_len))
+        for r in range(ROWS):
+            # Scores are the model's own log-probabilities: the block does not renormalise.
+            best = max(allowed, key=lambda s: penalised(table, r, s, length_penalty))
+            assert unpad(tokens[r]) == best, (size, r, length_penalty)
+            np.testing.assert_allclose(scores[r], penalised(table, r, best, length_penalty),
+                                       rtol=1e-5, atol=1e-5)
+            changed += best != unpad(exhaustive(table, r, max_len, length_penalty)[0])
+    assert changed  # the block changed some answers
+
+
+def test_greedy_with_ngram_block_matches_step_loop():
+    state, max_len, size = make_state(3), 8, 2
+    got = np.asarray(greedy_search(logits_fn, state, no_repeat_ngram_size=size,
+                                   **decode_kw(max_len)))
+    plain = np.asarray(greedy_search(logits_fn, state, **decode_kw(max_len)))
+    for r in range(ROWS):
+        buf = [START]
+        row = {"h": state["h"][r:r + 1]}
+        for t in range(max_len):
+            padded = np.full((1, max_len + 1), PAD, np.int32)
+            padded[0, :len(buf)] = buf
+            logits = np.array(logits_fn(row, jnp.asarray(padded), jnp.int32(t)))[0]
+            for tok in range(V):  # hand ban: tok would end an n-gram seen before
+                if repeats_an_ngram(tuple(buf[1:]) + (tok,), size):
+                    logits[tok] = -np.inf
+            buf.append(int(np.argmax(logits)))
+            if buf[-1] == EOS:
+                break
+        want = np.full(max_len, PAD)
+        want[:len(buf) - 1] = buf[1:]
+        np.testing.assert_array_equal(got[r], want)
+        assert not repeats_an_ngram(unpad(got[r]), size)
+    assert any(repeats_an_ngram(unpad(row), size) for row in plain)  # there was something to ban

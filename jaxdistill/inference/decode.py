@@ -46,19 +46,45 @@ def _start_buffer(n: int, max_len: int, start_id: int, pad_id: int) -> jax.Array
     return buf.at[:, 0].set(start_id)
 
 
+def ban_repeated_ngrams(scores: jax.Array, buf: jax.Array, t: jax.Array, size: int) -> jax.Array:
+    """`scores` [N, V] for column t + 1 with -inf for every token that would repeat an n-gram
+    of `size` tokens already in columns 0..t of `buf` [N, L + 1] (the start token counts, as
+    in Hugging Face's `no_repeat_ngram_size` and OpenNMT's `block_ngram_repeat`). size 0: as is.
+    """
+    if size <= 0:
+        return scores
+    n_rows, width = buf.shape
+    starts = width - size + 1  # n-grams that fit in the buffer, by first column s
+    if starts <= 0:
+        return scores
+    s = jnp.arange(starts)
+    # An n-gram already written (so t >= size - 1 and the clip below never bites) whose first
+    # size - 1 tokens are the ones the next token follows (columns t - size + 2 .. t).
+    same = jnp.broadcast_to((s + size - 1 <= t)[None, :], (n_rows, starts))
+    for k in range(size - 1):
+        follows = lax.dynamic_index_in_dim(buf, jnp.clip(t - size + 2 + k, 0, width - 1), axis=1)
+        same = same & (buf[:, k:k + starts] == follows)
+    completing = buf[:, size - 1:size - 1 + starts]  # the n-gram's last token, [N, starts]
+    hits = jnp.zeros(scores.shape, jnp.int32).at[
+        jnp.arange(n_rows)[:, None], completing].add(same.astype(jnp.int32))
+    return jnp.where(hits > 0, -jnp.inf, scores)
+
+
 def greedy_search(logits_fn: LogitsFn, state: Any, *, max_len: int, start_id: int, eos_id: int,
-                  pad_id: int, cache: Any = None) -> jax.Array:
+                  pad_id: int, cache: Any = None, no_repeat_ngram_size: int = 0) -> jax.Array:
     """Argmax decoding: int32 [N, max_len] generated tokens (start token excluded).
 
     After a row emits eos its later positions are pad_id, as in Hugging Face's greedy
     `generate` output after its start token, padded to max_len. Unlike beam_search, the pad
     logit is not masked here, so that the output matches Hugging Face's greedy token for token.
+    no_repeat_ngram_size: as `ban_repeated_ngrams` (0: no block).
     """
     n = _batch_size(state)
 
     def step(carry, t):
         buf, done, cache = carry
         logits, cache = _call(logits_fn, state, buf, t, cache)
+        logits = ban_repeated_ngrams(logits, buf, t, no_repeat_ngram_size)
         nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         nxt = jnp.where(done, pad_id, nxt)
         buf = buf.at[:, t + 1].set(nxt)
@@ -97,13 +123,15 @@ def _reorder_beams(tree: Any, origin: jax.Array) -> Any:
 
 def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int, start_id: int,
                 eos_id: int, pad_id: int, length_penalty: float = 1.0, cache: Any = None,
-                length_penalty_form: str = "hf") -> tuple[jax.Array, jax.Array]:
+                length_penalty_form: str = "hf", no_repeat_ngram_size: int = 0
+                ) -> tuple[jax.Array, jax.Array]:
     """Beam search: the best hypothesis per row, (tokens int32 [N, max_len], scores float32 [N]).
 
     Contract:
     - log-probabilities are `log_softmax(logits)` over the full vocabulary; pad_id is then set
       to -inf, so it is never generated (the probability mass is not renormalised). The start
-      token is not masked.
+      token is not masked. With no_repeat_ngram_size, so is each token that would repeat an
+      n-gram of the hypothesis (`ban_repeated_ngrams`), again without renormalising.
     - A hypothesis's raw score is the sum of its tokens' log-probabilities, eos included. It is
       finished when it emits eos (its length n counts the eos) or reaches max_len tokens
       without eos (n = max_len); its final score is raw / length_normaliser(n) (Hugging
@@ -133,6 +161,8 @@ def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int
         logits, cache = _call(logits_fn, tiled, alive_buf.reshape(n * b, max_len + 1), t, cache)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         logp = logp.at[:, pad_id].set(neg_inf)
+        logp = ban_repeated_ngrams(logp, alive_buf.reshape(n * b, max_len + 1), t,
+                                   no_repeat_ngram_size)
         v = logp.shape[-1]
         cand = (alive_raw[:, :, None] + logp.reshape(n, b, v)).reshape(n, b * v)
         # 2B candidates: at most B of them end in eos, so B non-eos ones always remain.

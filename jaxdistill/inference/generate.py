@@ -28,14 +28,15 @@ INPUT_KEYS = ("input_ids", "attention_mask")
 
 def make_generate(model: Model, params_sh: Any, mesh: jax.sharding.Mesh, max_len: int,
                   beam_size: int = 1, length_penalty: float = 1.0,
-                  length_penalty_form: str = "hf"
+                  length_penalty_form: str = "hf", no_repeat_ngram_size: int = 0
                   ) -> tuple[Callable[[Any, dict], jax.Array], dict]:
     """(jitted fn(params, {input_ids, attention_mask}) -> int32 [B, max_len] tokens, the batch
-    shardings). beam_size 1 is greedy; length_penalty_form as decode.length_normaliser."""
+    shardings). beam_size 1 is greedy; length_penalty_form as decode.length_normaliser;
+    no_repeat_ngram_size as decode.ban_repeated_ngrams."""
     cfg = model.config
     batch_sh = {k: sharding.batch_sharding(mesh, 2) for k in INPUT_KEYS}
     ids = dict(start_id=cfg.decoder_start_token_id, eos_id=cfg.eos_token_id,
-               pad_id=cfg.pad_token_id, max_len=max_len)
+               pad_id=cfg.pad_token_id, max_len=max_len, no_repeat_ngram_size=no_repeat_ngram_size)
 
     def generate(params, batch):
         with nn.logical_axis_rules(sharding.RULES):

@@ -54,13 +54,17 @@ class DecodeConfig:
     pass, and so is the export's generation_config.json."""
 
     _RANGES: ClassVar[dict[str, str]] = {"beam_size": "[1, inf)", "length_penalty": "[0, inf)",
-                                          "samples": "[0, inf)", "length_penalty_form": "hf|wu"}
+                                          "samples": "[0, inf)", "length_penalty_form": "hf|wu",
+                                          "no_repeat_ngram_size": "[0, inf)"}
 
     beam_size: int = 5  # Distill-BERT-Textgen's evaluation: beam 5, length penalty 0.6
     length_penalty: float = 0.6  # alpha of the length normaliser
     # 'hf': score = sum log p / n ** alpha (Hugging Face's); 'wu': / ((5 + n) / 6) ** alpha
     # (Wu et al. 2016; OpenNMT's, which the reference decodes with)
     length_penalty_form: str = "hf"
+    # n > 0: no output holds an n-gram of pieces twice (Hugging Face's option of this name,
+    # OpenNMT's block_ngram_repeat); 0, the reference's evaluation: no block
+    no_repeat_ngram_size: int = 0
     samples: int = 5  # outputs printed with the scores
 
 
@@ -482,7 +486,8 @@ def evaluate_model(model_ref: str, cfg: Seq2SeqRunConfig, split: str = "dev",
     began = time.perf_counter()
     arrays = s2s.encode_pairs(pairs, tok, cfg.seq_len, cfg.target_len)
     generate, batch_sh = gen.make_generate(model, params_sh, mesh, cfg.target_len,
-                                           d.beam_size, d.length_penalty, d.length_penalty_form)
+                                           d.beam_size, d.length_penalty, d.length_penalty_form,
+                                           d.no_repeat_ngram_size)
     with mesh:
         warm = {k: v[:cfg.eval_batch_size] for k, v in arrays.items()}
         gen.generate_texts(generate, batch_sh, params, warm, cfg.eval_batch_size, tok)  # compile
@@ -503,6 +508,7 @@ def evaluate_model(model_ref: str, cfg: Seq2SeqRunConfig, split: str = "dev",
             **{f"{split}_{k}": v for k, v in reliance.items()}, "distinct_outputs": len(set(texts)),
             "bleu": "sacreBLEU 13a, lowercased references", "beam_size": d.beam_size,
             "length_penalty": d.length_penalty, "length_penalty_form": d.length_penalty_form,
+            "no_repeat_ngram_size": d.no_repeat_ngram_size,
             "max_len": cfg.target_len,
             "batch_size": cfg.eval_batch_size, **speed, **written, "samples": samples}
 

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -51,17 +52,37 @@ def main() -> None:
         outputs / f"student_nokd_{split}_beam{beam}.jsonl",
         outputs / f"student_kd_{split}_beam{beam}.jsonl")
         for split in ("dev", "test") for beam in (5, 1)}
+    # Teacher-forced token accuracy, KD against no KD: a paired bootstrap over pairs.
+    token_tests = {split: significance.compare_token_accuracy(
+        outputs / f"student_nokd_{split}_beam5.jsonl", outputs / f"student_kd_{split}_beam5.jsonl")
+        for split in ("dev", "test")}
     demo = sum(stages[s]["minutes"] for s in ("teacher_mlm", "teacher", "topk", "student_kd"))
     options = config_lib.read_yaml(TASK / "cmlm_student.yaml")["method"]["options"]
     out = {"machine": f"{platform.machine()} with {os.cpu_count()} CPU cores",
            "scale": args.scale, "stages": stages, "evaluations": evals,
            "kd": {k: options[k] for k in ("alpha", "temperature", "top_k")},
-           "paired_tests": tests, "demo_minutes": demo,
+           "paired_tests": tests, "token_accuracy_tests": token_tests,
+           "teacher_targets": target_agreement(root / "cmlm" / "topk.jsonl"),
+           "demo_minutes": demo,
            "date": time.strftime("%Y-%m-%d")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     write_section(Path(args.results), render(out))
     print(json.dumps({"out": args.out, "demo_minutes": round(demo, 1)}))
+
+
+def target_agreement(topk: Path) -> dict:
+    """How often the teacher's soft targets (the top-K file) rank the training target's own
+    token first, and hold it at all: what the KD term can teach beyond the labels."""
+    first = held = tokens = 0
+    with topk.open() as f:
+        for line in f:
+            row = json.loads(line)
+            for gold, ids in zip(row["target_ids"], row["topk_ids"]):
+                tokens += 1
+                first += ids[0] == gold
+                held += gold in ids
+    return {"tokens": tokens, "top1": first / max(tokens, 1), "in_topk": held / max(tokens, 1)}
 
 
 def chain(root: Path, scale_factor: float = 1.0) -> tuple[dict, dict, dict]:
@@ -123,6 +144,11 @@ def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) 
     path.write_text(text)
 
 
+def _share(evaluation: dict, split: str) -> str:
+    value = evaluation.get(f"{split}_token_accuracy")
+    return "-" if value is None else f"{value:.4f}"
+
+
 def render(out: dict) -> str:
     ev, st = out["evaluations"], out["stages"]
     kd = out.get("kd", {"alpha": 0.5, "temperature": 10, "top_k": 8})  # before it was recorded
@@ -144,11 +170,12 @@ def render(out: dict) -> str:
         "speed is sentences/s of `jaxdistill evaluate` on the test split (batch 100, key/value "
         "cache). Cross entropy is nats per target token, teacher-forced, with each pair's own "
         "source and with the sources shuffled across the pairs (a student that ignores its "
-        "source scores the same on both); distinct outputs are of the 300 test pairs.", "",
+        "source scores the same on both); token accuracy is the share of target tokens the "
+        "student ranks first, teacher-forced; distinct outputs are of the 300 test pairs.", "",
         "| model | dev BLEU (beam 5) | test BLEU (beam 5) | dev BLEU (greedy) | test BLEU "
-        "(greedy) | test CE, true / shuffled sources | distinct test outputs (beam 5 / greedy) "
-        "| parameters | sentences/s (beam 5 / greedy) |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "(greedy) | test CE, true / shuffled sources | token accuracy (dev / test) "
+        "| distinct test outputs (beam 5 / greedy) | parameters | sentences/s (beam 5 / greedy) |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for label, key in rows:
         b5d, b5t = ev[f"{key}/dev/beam5"], ev[f"{key}/test/beam5"]
         g_d, g_t = ev[f"{key}/dev/beam1"], ev[f"{key}/test/beam1"]
@@ -156,6 +183,7 @@ def render(out: dict) -> str:
                      f"{g_d['dev_bleu']:.2f} | {g_t['test_bleu']:.2f} | "
                      f"{b5t['test_cross_entropy']:.3f} / "
                      f"{b5t['test_cross_entropy_shuffled_sources']:.3f} | "
+                     f"{_share(b5d, 'dev')} / {_share(b5t, 'test')} | "
                      f"{b5t['distinct_outputs']} / {g_t['distinct_outputs']} | "
                      f"{b5t['parameters'] / 1e6:.1f} M | {b5t['sentences_per_sec']:.1f} / "
                      f"{g_t['sentences_per_sec']:.1f} |")
@@ -167,13 +195,31 @@ def render(out: dict) -> str:
         lines.append(f"| {name.replace('/', ', ')} | {test['a']:.2f} | {test['b']:.2f} | "
                      f"{test['difference']:+.2f} | {test['p_value']:.3g} | "
                      f"{'yes' if test['significant'] else 'no'} |")
+    if "token_accuracy_tests" in out:
+        lines += ["", "Token accuracy, KD against no KD on the same pairs (paired bootstrap over "
+                  "the pairs, 10,000 resamples):", "",
+                  "| split | no KD | KD | difference (95% interval) | p | significant |",
+                  "|---|---|---|---|---|---|"]
+        for split, test in out["token_accuracy_tests"].items():
+            low, high = test["ci95"]
+            lines.append(f"| {split} | {test['a']:.4f} | {test['b']:.4f} | "
+                         f"{test['difference']:+.4f} ({low:+.4f} to {high:+.4f}) | "
+                         f"{test['p_value']:.3g} | {'yes' if test['significant'] else 'no'} |")
     t_dev, t_test = ev["teacher/dev"], ev["teacher/test"]
     lines += ["", f"Teacher: masked-token accuracy {t_dev['masked_accuracy']:.4f} (dev) / "
               f"{t_test['masked_accuracy']:.4f} (test) at 15% of the target masked, "
-              f"{t_test['parameters'] / 1e6:.1f} M parameters.", "",
+              f"{t_test['parameters'] / 1e6:.1f} M parameters."]
+    if "teacher_targets" in out:
+        agree = out["teacher_targets"]
+        lines += [f"Its soft targets (the top-{kd['top_k']} file, every training target token "
+                  f"masked once) rank the target's own token first for {agree['top1']:.1%} of "
+                  f"the {agree['tokens']:,} training target tokens and hold it among the "
+                  f"{kd['top_k']} for {agree['in_topk']:.1%}."]
+    lines += ["",
               "| stage | wall time | command |", "|---|---|---|"]
     for name in ("teacher_mlm", "teacher", "topk", "student_kd", "student_nokd"):
-        command = st[name]["command"].replace(str(REPO) + "/", "")
+        # Recipe paths as a user types them, wherever the checkout that ran them was.
+        command = re.sub(r"\S*/(configs/)", r"\1", st[name]["command"])
         lines.append(f"| {name} | {st[name]['minutes']:.1f} min | `{command}` |")
     lines += ["", f"The demo (MLM head, teacher, top-K targets, KD student): "
               f"{out['demo_minutes']:.1f} min.",

@@ -69,6 +69,26 @@ def paired_bleu(hypotheses_a: Sequence[str], hypotheses_b: Sequence[str],
             "significant": p < ALPHA}
 
 
+def paired_token_accuracy(right_a: Sequence[int], right_b: Sequence[int], tokens: Sequence[int],
+                          samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+    """B against A: the share of target tokens each ranks first (teacher-forced), counted per
+    example, and a paired bootstrap over examples of the difference: its 95% percentile
+    interval and the two-sided p-value 2 * min(share of resamples <= 0, share >= 0)."""
+    a, b, n = (np.asarray(x, np.float64) for x in (right_a, right_b, tokens))
+    if not a.shape == b.shape == n.shape or a.ndim != 1 or n.sum() <= 0:
+        raise UserError(f"paired token accuracy needs per-example counts of equal length with "
+                        f"some tokens (got {a.shape}, {b.shape}, {n.shape}).")
+    rows = np.random.default_rng(seed).integers(0, len(n), (samples, len(n)))
+    diffs = (b[rows].sum(1) - a[rows].sum(1)) / n[rows].sum(1)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
+    total = n.sum()
+    return {"test": "paired bootstrap over examples (95% interval)", "examples": len(n),
+            "tokens": int(total), "a": float(a.sum() / total), "b": float(b.sum() / total),
+            "difference": float((b.sum() - a.sum()) / total), "ci95": [float(low), float(high)],
+            "p_value": p, "significant": p < ALPHA}
+
+
 def read_predictions(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -94,6 +114,19 @@ def compare_files(path_a: str | Path, path_b: str | Path) -> dict:
                            [r["reference"] for r in a])
     return paired_accuracy([r["prediction"] == r["label"] for r in a],
                            [r["prediction"] == r["label"] for r in b])
+
+
+def compare_token_accuracy(path_a: str | Path, path_b: str | Path) -> dict:
+    """`paired_token_accuracy` of two Seq2Seq `evaluate --predictions` files of the same pairs."""
+    a, b = read_predictions(path_a), read_predictions(path_b)
+    if [r.get("reference") for r in a] != [r.get("reference") for r in b] or not a:
+        raise UserError(f"{path_a} and {path_b} do not hold the same pairs in the same order.")
+    if any("target_tokens_right" not in r for r in a + b):
+        raise UserError(f"{path_a} or {path_b} has no per-pair token counts: write them again "
+                        f"with this version's `jaxdistill evaluate --predictions`.")
+    return paired_token_accuracy([r["target_tokens_right"] for r in a],
+                                 [r["target_tokens_right"] for r in b],
+                                 [r["target_tokens"] for r in a])
 
 
 def verdict(test: dict, unit: str = "points") -> str:

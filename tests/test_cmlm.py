@@ -259,6 +259,10 @@ def test_shuffled_source_diagnostic_tells_a_reader_from_a_model_that_ignores_its
         reader = train_s2s.source_reliance(scores, batch_sh, params, dev, 16)
     assert reader["cross_entropy"] < 0.5 * np.log(9)  # it copies (a guess: log 9 per token)
     assert reader["source_gap"] > 1.0
+    assert reader["token_accuracy"] > 0.9  # it copies, token for token
+    logits = np.asarray(model.apply(params, dev).logits)
+    right = (logits.argmax(-1) == dev["labels"]) * dev["label_weights"]
+    assert reader["token_accuracy"] == pytest.approx(right.sum() / dev["label_weights"].sum())
     assert reader["cross_entropy_shuffled_sources"] == pytest.approx(
         reader["cross_entropy"] + reader["source_gap"])
     # No row keeps its own source under the shuffle.
@@ -273,6 +277,8 @@ def test_shuffled_source_diagnostic_tells_a_reader_from_a_model_that_ignores_its
     with mesh:
         blind = train_s2s.source_reliance(scores, batch_sh, cut, dev, 16)
     assert blind["source_gap"] == pytest.approx(0.0, abs=1e-6)
+    # Without its source it can only guess each token (8 choices at best: about 1/8 right).
+    assert blind["token_accuracy"] < 0.5
 
 
 def _padded(rng, n, width, low, high, vocab):

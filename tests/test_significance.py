@@ -84,3 +84,28 @@ def test_compare_files_pairs_examples_and_names_mismatches(tmp_path):
     bad = run_cli("compare", fa, str(tmp_path / "missing.jsonl"), check=False)
     assert bad.returncode == 2 and "no such predictions file" in " ".join(bad.stderr.split())
     assert "Traceback" not in bad.stderr
+
+
+def test_paired_token_accuracy_counts_tokens_and_tells_a_clear_gain_from_none(tmp_path):
+    tokens = [4, 6, 2, 8] * 25
+    a = [1, 3, 1, 4] * 25  # 9 of 20 per block of four pairs
+    b = [2, 4, 1, 6] * 25  # 13 of 20
+    test = significance.paired_token_accuracy(a, b, tokens, samples=2000)
+    assert (test["a"], test["b"]) == (pytest.approx(0.45), pytest.approx(0.65))
+    assert test["difference"] == pytest.approx(0.2) and test["tokens"] == 500
+    low, high = test["ci95"]
+    assert 0 < low < 0.2 < high and test["p_value"] == 0.0 and test["significant"]
+    # Each better on different pairs by the same count: no difference.
+    left, right = [2, 1] * 50, [1, 2] * 50
+    null = significance.paired_token_accuracy(left, right, [3] * 100, samples=2000)
+    assert null["difference"] == 0 and null["p_value"] > 0.5 and not null["significant"]
+    rows = [{"reference": f"r{i}", "output": "x", "target_tokens": n, "target_tokens_right": k}
+            for i, (n, k) in enumerate(zip(tokens, a))]
+    fa = significance.write_predictions(tmp_path / "a.jsonl", rows)
+    fb = significance.write_predictions(tmp_path / "b.jsonl", [
+        {**r, "target_tokens_right": k} for r, k in zip(rows, b)])
+    assert significance.compare_token_accuracy(fa, fb)["difference"] == pytest.approx(0.2)
+    old = significance.write_predictions(tmp_path / "c.jsonl", [
+        {"reference": r["reference"], "output": "x"} for r in rows])
+    with pytest.raises(UserError, match="no per-pair token counts"):
+        significance.compare_token_accuracy(fa, old)

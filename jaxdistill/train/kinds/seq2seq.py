@@ -207,8 +207,8 @@ SHUFFLE_SEED = 20200502  # one fixed permutation of the sources, the same for ev
 
 
 def pair_scores(model: models.Model, params_sh: Any, mesh: jax.sharding.Mesh):
-    """Jitted (nll sum, target tokens) of a seq2seq model over one batch, teacher-forced, without
-    label smoothing."""
+    """Jitted [B, 3] (nll sum, target tokens, tokens whose argmax is the target) per pair of a
+    seq2seq model over one batch, teacher-forced, without label smoothing."""
     batch_sh = {k: sharding.batch_sharding(mesh, 2) for k in PAIR_KEYS}
 
     def scores(params, batch):
@@ -217,20 +217,21 @@ def pair_scores(model: models.Model, params_sh: Any, mesh: jax.sharding.Mesh):
         logp = jax.nn.log_softmax(logits, -1)
         nll = -jnp.take_along_axis(logp, batch["labels"][..., None], -1)[..., 0]
         w = batch["label_weights"]
-        return jnp.stack([(nll * w).sum(), w.sum()])
+        hits = (jnp.argmax(logits, -1) == batch["labels"]) * w
+        return jnp.stack([(nll * w).sum(-1), w.sum(-1), hits.sum(-1)], axis=-1)
 
     return jax.jit(scores, in_shardings=(params_sh, batch_sh),
                    out_shardings=sharding.replicated(mesh)), batch_sh
 
 
-def cross_entropy(scores_fn, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray],
-                  batch_size: int) -> float:
-    """Nats per target token of `arrays` (teacher-forced, no label smoothing)."""
-    total = np.zeros(2)
-    for inputs, _ in device_batches(arrays, PAIR_KEYS, batch_sh, batch_size,
-                                    weights_into="label_weights"):
-        total += np.asarray(jax.device_get(scores_fn(params, inputs)))
-    return float(total[0] / max(total[1], 1.0))
+def teacher_forced(scores_fn, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray],
+                   batch_size: int) -> np.ndarray:
+    """float64 [N, 3] per pair of `arrays`: (nll sum, target tokens, target tokens ranked
+    first), teacher-forced, no label smoothing."""
+    rows = [np.asarray(jax.device_get(scores_fn(params, inputs)), np.float64)[weights > 0]
+            for inputs, weights in device_batches(arrays, PAIR_KEYS, batch_sh, batch_size,
+                                                  weights_into="label_weights")]
+    return np.concatenate(rows)
 
 
 def shuffled_sources(arrays: dict[str, np.ndarray], seed: int = SHUFFLE_SEED
@@ -248,13 +249,21 @@ def shuffled_sources(arrays: dict[str, np.ndarray], seed: int = SHUFFLE_SEED
 
 
 def source_reliance(scores_fn, batch_sh: dict, params: Any, arrays: dict[str, np.ndarray],
-                    batch_size: int) -> dict[str, float]:
+                    batch_size: int, true_rows: np.ndarray | None = None) -> dict[str, float]:
     """Cross entropy with the true sources and with sources shuffled across rows: a model that
-    ignores its source scores the same on both (gap ~0)."""
-    true = cross_entropy(scores_fn, batch_sh, params, arrays, batch_size)
-    shuffled = cross_entropy(scores_fn, batch_sh, params, shuffled_sources(arrays), batch_size)
-    return {"cross_entropy": true, "cross_entropy_shuffled_sources": shuffled,
-            "source_gap": shuffled - true}
+    ignores its source scores the same on both (gap ~0); and the true sources' token accuracy
+    (the share of target tokens the model ranks first, teacher-forced). true_rows: the true
+    sources' `teacher_forced` rows, when the caller has them."""
+    if true_rows is None:
+        true_rows = teacher_forced(scores_fn, batch_sh, params, arrays, batch_size)
+    true = true_rows.sum(0)
+    shuffled = teacher_forced(scores_fn, batch_sh, params, shuffled_sources(arrays),
+                              batch_size).sum(0)
+    tokens = max(true[1], 1.0)
+    return {"cross_entropy": float(true[0] / tokens),
+            "cross_entropy_shuffled_sources": float(shuffled[0] / tokens),
+            "source_gap": float((shuffled[0] - true[0]) / tokens),
+            "token_accuracy": float(true[2] / tokens)}
 
 
 class Seq2SeqDevEvaluator:
@@ -494,13 +503,19 @@ def evaluate_model(model_ref: str, cfg: Seq2SeqRunConfig, split: str = "dev",
         texts, speed = gen.generate_texts(generate, batch_sh, params, arrays,
                                           cfg.eval_batch_size, tok, bar="decode")
         scores, pair_sh = pair_scores(model, params_sh, mesh)
-        reliance = source_reliance(scores, pair_sh, params, arrays, cfg.eval_batch_size)
+        per_pair = teacher_forced(scores, pair_sh, params, arrays, cfg.eval_batch_size)
+        reliance = source_reliance(scores, pair_sh, params, arrays, cfg.eval_batch_size,
+                                   true_rows=per_pair)
     bleu = gen.bleu(texts, [p.target for p in pairs])
     print(f"done: BLEU {bleu:.2f}, {len(set(texts))} distinct outputs of {len(texts)}, source "
-          f"gap {reliance['source_gap']:.3f} nats, in {(time.perf_counter() - began) / 60:.1f} "
-          f"min", flush=True)
-    rows = [{"source": p.source, "reference": p.target, "output": t}
-            for p, t in zip(pairs, texts)]
+          f"gap {reliance['source_gap']:.3f} nats, token accuracy "
+          f"{reliance['token_accuracy']:.3f}, in {(time.perf_counter() - began) / 60:.1f} min",
+          flush=True)
+    # Each pair's teacher-forced target tokens and how many the student ranks first: the paired
+    # test of token accuracy (significance.compare_token_accuracy) resamples pairs.
+    rows = [{"source": p.source, "reference": p.target, "output": t,
+             "target_tokens": int(n), "target_tokens_right": int(right)}
+            for p, t, (_, n, right) in zip(pairs, texts, per_pair)]
     written = {"predictions": significance.write_predictions(predictions, rows)} \
         if predictions else {}
     samples = rows[:d.samples]

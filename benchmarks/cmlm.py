@@ -149,6 +149,11 @@ def _share(evaluation: dict, split: str) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _p(test: dict, resamples: int) -> str:
+    """A bootstrap p-value of 0 only says fewer than one resample in `resamples` crossed 0."""
+    return f"< {1 / resamples:.0e}" if test["p_value"] == 0 else f"{test['p_value']:.3g}"
+
+
 def render(out: dict) -> str:
     ev, st = out["evaluations"], out["stages"]
     kd = out.get("kd", {"alpha": 0.5, "temperature": 10, "top_k": 8})  # before it was recorded
@@ -204,7 +209,7 @@ def render(out: dict) -> str:
             low, high = test["ci95"]
             lines.append(f"| {split} | {test['a']:.4f} | {test['b']:.4f} | "
                          f"{test['difference']:+.4f} ({low:+.4f} to {high:+.4f}) | "
-                         f"{test['p_value']:.3g} | {'yes' if test['significant'] else 'no'} |")
+                         f"{_p(test, 10_000)} | {'yes' if test['significant'] else 'no'} |")
     t_dev, t_test = ev["teacher/dev"], ev["teacher/test"]
     lines += ["", f"Teacher: masked-token accuracy {t_dev['masked_accuracy']:.4f} (dev) / "
               f"{t_test['masked_accuracy']:.4f} (test) at 15% of the target masked, "

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from benchmarks import stages as stage_lib
 from jaxdistill import config as config_lib, significance
+from jaxdistill.data.seq2seq import read_topk
 from benchmarks.task_pipeline import REPO, TASK
 
 
@@ -74,14 +75,12 @@ def main() -> None:
 def target_agreement(topk: Path) -> dict:
     """How often the teacher's soft targets (the top-K file) rank the training target's own
     token first, and hold it at all: what the KD term can teach beyond the labels."""
-    first = held = tokens = 0
-    with topk.open() as f:
-        for line in f:
-            row = json.loads(line)
-            for gold, ids in zip(row["target_ids"], row["topk_ids"]):
-                tokens += 1
-                first += ids[0] == gold
-                held += gold in ids
+    targets = read_topk(topk)
+    gold, ids = targets["target_ids"], targets["topk_ids"]
+    real = gold >= 0  # read_topk pads past each target with -1
+    tokens = int(real.sum())
+    first = int((ids[..., 0] == gold)[real].sum())
+    held = int((ids == gold[..., None]).any(-1)[real].sum())
     return {"tokens": tokens, "top1": first / max(tokens, 1), "in_topk": held / max(tokens, 1)}
 
 
@@ -202,14 +201,14 @@ def render(out: dict) -> str:
                      f"{'yes' if test['significant'] else 'no'} |")
     if "token_accuracy_tests" in out:
         lines += ["", "Token accuracy, KD against no KD on the same pairs (paired bootstrap over "
-                  "the pairs, 10,000 resamples):", "",
+                  f"the pairs, {significance.BOOTSTRAP_SAMPLES:,} resamples):", "",
                   "| split | no KD | KD | difference (95% interval) | p | significant |",
                   "|---|---|---|---|---|---|"]
         for split, test in out["token_accuracy_tests"].items():
             low, high = test["ci95"]
             lines.append(f"| {split} | {test['a']:.4f} | {test['b']:.4f} | "
                          f"{test['difference']:+.4f} ({low:+.4f} to {high:+.4f}) | "
-                         f"{_p(test, 10_000)} | {'yes' if test['significant'] else 'no'} |")
+                         f"{_p(test, significance.BOOTSTRAP_SAMPLES)} | {'yes' if test['significant'] else 'no'} |")
     t_dev, t_test = ev["teacher/dev"], ev["teacher/test"]
     lines += ["", f"Teacher: masked-token accuracy {t_dev['masked_accuracy']:.4f} (dev) / "
               f"{t_test['masked_accuracy']:.4f} (test) at 15% of the target masked, "

@@ -158,11 +158,11 @@ def beam_search(logits_fn: LogitsFn, state: Any, *, beam_size: int, max_len: int
     def step(carry, t):
         # [N, B, L + 1], [N, B], [N, B, L], [N, B], per-row pytree
         alive_buf, alive_raw, fin_tok, fin_score, cache = carry
-        logits, cache = _call(logits_fn, tiled, alive_buf.reshape(n * b, max_len + 1), t, cache)
+        rows = alive_buf.reshape(n * b, max_len + 1)
+        logits, cache = _call(logits_fn, tiled, rows, t, cache)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         logp = logp.at[:, pad_id].set(neg_inf)
-        logp = ban_repeated_ngrams(logp, alive_buf.reshape(n * b, max_len + 1), t,
-                                   no_repeat_ngram_size)
+        logp = ban_repeated_ngrams(logp, rows, t, no_repeat_ngram_size)
         v = logp.shape[-1]
         cand = (alive_raw[:, :, None] + logp.reshape(n, b, v)).reshape(n, b * v)
         # 2B candidates: at most B of them end in eos, so B non-eos ones always remain.

@@ -19,16 +19,21 @@ import json
 import os
 import platform
 import re
+import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks import stages as stage_lib
 from jaxdistill import config as config_lib, significance
 from jaxdistill.data.seq2seq import read_topk
+from jaxdistill.methods.cmlm import CmlmOptions
 from benchmarks.task_pipeline import REPO, TASK
 
 
-TEACHER_EVAL_MASKING = 0.15
+# Teachers are scored at the method's default masking, the reference's 15%.
+TEACHER_EVAL_MASKING = CmlmOptions.mask_probability
 
 
 def main() -> None:
@@ -40,7 +45,13 @@ def main() -> None:
                     help="the Markdown file whose C-MLM section is rewritten")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the section from --out without running anything")
+    ap.add_argument("--compare-topk", nargs=2, metavar=("BASELINE", "OTHER"),
+                    help="two teachers' top-K files of the same pairs: print the paired test of "
+                         "how often each ranks the target token first and holds it")
     args = ap.parse_args()
+    if args.compare_topk:
+        print(json.dumps(compare_teachers(*map(Path, args.compare_topk)), indent=2))
+        return
     if args.render_only:
         write_section(Path(args.results), render(json.loads(Path(args.out).read_text())))
         return
@@ -75,16 +86,35 @@ def main() -> None:
     print(json.dumps({"out": args.out, "demo_minutes": round(demo, 1)}))
 
 
-def target_agreement(topk: Path) -> dict:
-    """How often the teacher's soft targets (the top-K file) rank the training target's own
-    token first, and hold it at all: what the KD term can teach beyond the labels."""
+def target_counts(topk: Path) -> dict[str, np.ndarray]:
+    """Per pair of a top-K file: its target tokens, how many of them the teacher ranks first
+    ("top1") and how many its top K hold ("in_topk")."""
     targets = read_topk(topk)
     gold, ids = targets["target_ids"], targets["topk_ids"]
     real = gold >= 0  # read_topk pads past each target with -1
-    tokens = int(real.sum())
-    first = int((ids[..., 0] == gold)[real].sum())
-    held = int((ids == gold[..., None]).any(-1)[real].sum())
-    return {"tokens": tokens, "top1": first / max(tokens, 1), "in_topk": held / max(tokens, 1)}
+    return {"tokens": real.sum(1), "top1": ((ids[..., 0] == gold) & real).sum(1),
+            "in_topk": ((ids == gold[..., None]).any(-1) & real).sum(1)}
+
+
+def target_agreement(topk: Path) -> dict:
+    """How often the teacher's soft targets (the top-K file) rank the training target's own
+    token first, and hold it at all: what the KD term can teach beyond the labels."""
+    counts = target_counts(topk)
+    tokens = int(counts["tokens"].sum())
+    return {"tokens": tokens, "top1": int(counts["top1"].sum()) / max(tokens, 1),
+            "in_topk": int(counts["in_topk"].sum()) / max(tokens, 1)}
+
+
+def compare_teachers(baseline: Path, other: Path, samples: int = 2_000) -> dict:
+    """OTHER's top-K file against BASELINE's, on the same pairs: a paired bootstrap over pairs
+    of the share of target tokens ranked first and of those held in the top K."""
+    a, b = target_counts(baseline), target_counts(other)
+    if not np.array_equal(a["tokens"], b["tokens"]):
+        print(f"{baseline} and {other} do not hold the same pairs' targets: compare the top-K "
+              f"files of one task split and size.", file=sys.stderr)
+        raise SystemExit(2)
+    return {key: significance.paired_token_accuracy(a[key], b[key], a["tokens"], samples=samples)
+            for key in ("top1", "in_topk")}
 
 
 def chain(root: Path, scale_factor: float = 1.0) -> tuple[dict, dict, dict]:

@@ -275,7 +275,9 @@ def render(out: dict) -> str:
     lines += ["", f"**Against the target** (the KD student ahead of the no-KD student on dev and "
               f"test, significant on test): {'met' if met else 'not met'}, "
               f"{dev['difference']:+.2f} BLEU on dev (p = {dev['p_value']:.3g}) and "
-              f"{test['difference']:+.2f} on test (p = {test['p_value']:.3g}), beam 5."]
+              f"{test['difference']:+.2f} on test (p = {test['p_value']:.3g}), beam 5, "
+              f"one training run of each student (the bootstrap resamples the pairs, not the "
+              f"training: another seed can move a student by more than this margin)."]
     return "\n".join(lines)
 
 

@@ -108,6 +108,11 @@ def target_agreement(topk: Path) -> dict:
 def compare_teachers(baseline: Path, other: Path, samples: int = 2_000) -> dict:
     """OTHER's top-K file against BASELINE's, on the same pairs: a paired bootstrap over pairs
     of the share of target tokens ranked first and of those held in the top K."""
+    missing = [str(path) for path in (baseline, other) if not path.is_file()]
+    if missing:
+        print(f"--compare-topk: no such file: {', '.join(missing)} (give two `jaxdistill augment` "
+              f"method cmlm_topk outputs, e.g. runs/cmlm/topk.jsonl).", file=sys.stderr)
+        raise SystemExit(2)
     a, b = target_counts(baseline), target_counts(other)
     if not np.array_equal(a["tokens"], b["tokens"]):
         print(f"{baseline} and {other} do not hold the same pairs' targets: compare the top-K "
